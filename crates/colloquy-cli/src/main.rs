@@ -1,0 +1,247 @@
+//! `colloquy`: run chat models locally.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use colloquy_engine::arch::LogitsFor;
+use colloquy_engine::fetch;
+use colloquy_engine::linear::Precision;
+use colloquy_engine::model::{Model, ModelOptions};
+use colloquy_engine::sampler::{Sampler, SamplerParams};
+
+mod progress;
+
+#[derive(Parser)]
+#[command(name = "colloquy", version, about = "Run chat language models locally")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download a known model into the cache and print its path.
+    Pull {
+        /// smollm2 or gemma3.
+        #[arg(default_value = "smollm2")]
+        name: String,
+    },
+    /// Print the token ids of a text as a JSON array.
+    Tokenize {
+        /// A .gguf path or a known model name.
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// Treat special-token text (like `<|im_start|>`) as plain text.
+        #[arg(long)]
+        no_special: bool,
+        #[command(flatten)]
+        input: TextInput,
+    },
+    /// Raw completion (no chat template), streamed to stdout.
+    Generate(GenerateArgs),
+    /// Teacher-forced logits: one JSON line per position with the top-K ids.
+    Logits {
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        #[command(flatten)]
+        input: PromptInput,
+        /// Token ids as a JSON array, instead of a prompt.
+        #[arg(long, conflicts_with_all = ["prompt", "prompt_file"])]
+        ids: Option<String>,
+        /// How many of the largest logits to print per position.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Dequantized weights, f32 activations and f32 KV cache.
+        #[arg(long)]
+        precise: bool,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TextInput {
+    /// The text.
+    #[arg(long)]
+    text: Option<String>,
+    /// A file holding the text.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PromptInput {
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// A file holding the prompt.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+}
+
+impl PromptInput {
+    fn read(&self) -> Result<Option<String>> {
+        match (&self.prompt, &self.prompt_file) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some(f)) => Ok(Some(
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    #[command(flatten)]
+    input: PromptInput,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Dequantized weights, f32 activations and f32 KV cache.
+    #[arg(long)]
+    precise: bool,
+    /// Print the generated token ids as a JSON array on the last line.
+    #[arg(long)]
+    ids: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(model: &str, threads: Option<usize>, precise: bool) -> Result<Model> {
+    let path = fetch::resolve_model(model, &fetch::PullOptions::default())?;
+    let mut opts = ModelOptions::default();
+    if let Some(t) = threads {
+        opts.threads = t;
+    }
+    if precise {
+        opts.precision = Precision::Precise;
+    }
+    Model::load(&path, opts).with_context(|| format!("loading {}", path.display()))
+}
+
+fn prompt_ids(model: &Model, text: &str) -> Vec<u32> {
+    let tok = model.tokenizer();
+    let mut ids = Vec::new();
+    if tok.add_bos() {
+        ids.extend(tok.bos());
+    }
+    ids.extend(tok.encode(text, true));
+    ids
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Pull { name } => {
+            let path = fetch::pull(&name, &fetch::PullOptions::default())?;
+            println!("{}", path.display());
+        }
+        Cmd::Tokenize { model, no_special, input } => {
+            let text = match (input.text, input.file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => unreachable!("clap requires one input"),
+            };
+            let model = load(&model, Some(1), false)?;
+            let ids = model.tokenizer().encode(&text, !no_special);
+            println!("{}", serde_json::to_string(&ids)?);
+        }
+        Cmd::Generate(args) => generate(args)?,
+        Cmd::Logits { model, input, ids, top, precise, threads } => {
+            let model = load(&model, threads, precise)?;
+            let tokens: Vec<u32> = match (ids, input.read()?) {
+                (Some(j), _) => serde_json::from_str(&j).context("--ids must be a JSON array of token ids")?,
+                (None, Some(text)) => prompt_ids(&model, &text),
+                (None, None) => bail!("give --prompt, --prompt-file or --ids"),
+            };
+            let mut kv = model.new_kv();
+            let logits = model.forward(&mut kv, &tokens, LogitsFor::All)?;
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            for (pos, row) in logits.chunks_exact(model.n_vocab()).enumerate() {
+                let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+                let k = top.min(idx.len()).max(1);
+                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                idx.truncate(k);
+                idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                let top: Vec<(u32, f32)> = idx.iter().map(|&i| (i, row[i as usize])).collect();
+                writeln!(out, "{}", serde_json::json!({"pos": pos, "top": top}))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let model = load(&args.model, args.threads, args.precise)?;
+    let Some(text) = args.input.read()? else { bail!("give --prompt or --prompt-file") };
+    let prompt = prompt_ids(&model, &text);
+    if prompt.is_empty() {
+        bail!("the prompt is empty; give some text to complete");
+    }
+    let mut kv = model.new_kv();
+    let t0 = Instant::now();
+    let bar = progress::prompt_bar(prompt.len());
+    let mut logits = Vec::new();
+    model.forward_chunked(&mut kv, &prompt, LogitsFor::Last, colloquy_engine::model::UBATCH, &mut logits, &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    let t_prompt = t0.elapsed();
+    let mut sampler = Sampler::new(SamplerParams { temperature: args.temperature, seed: args.seed, ..Default::default() });
+    let mut history = prompt.clone();
+    let mut stream = colloquy_engine::tokenizer::StreamDecoder::new();
+    let stdout = std::io::stdout();
+    let t1 = Instant::now();
+    let mut write_err = None;
+    let new = model.generate(&mut kv, logits, &mut history, &mut sampler, args.max_tokens, &mut |tok| {
+        let piece = model.tokenizer().token_to_piece(tok).unwrap_or_default();
+        let text = stream.push(&piece);
+        let mut out = stdout.lock();
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+            write_err = Some(e);
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    let t_gen = t1.elapsed();
+    let mut out = stdout.lock();
+    write!(out, "{}", stream.finish())?;
+    writeln!(out)?;
+    if args.ids {
+        writeln!(out, "{}", serde_json::to_string(&new)?)?;
+    }
+    eprintln!(
+        "prompt: {} tokens in {:.3}s ({:.1} tok/s); generation: {} tokens in {:.3}s ({:.1} tok/s); {} threads",
+        prompt.len(),
+        t_prompt.as_secs_f64(),
+        prompt.len() as f64 / t_prompt.as_secs_f64(),
+        new.len(),
+        t_gen.as_secs_f64(),
+        // The first sampled token needs no forward pass; the rest each need one.
+        new.len().saturating_sub(1) as f64 / t_gen.as_secs_f64().max(1e-9),
+        model.threads(),
+    );
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Model architectures and their registry.
+//!
+//! An architecture turns tokens into logits, reading and appending K/V in a
+//! [`KvCache`]. Adding a family means one file here and one line in
+//! [`load_architecture`].
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::kv::{KvCache, KvLayout};
+use crate::runtime::Runtime;
+
+pub mod llama;
+
+/// Which positions of a forward pass need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last position (decoding and ordinary prefill).
+    Last,
+    /// Every position (teacher-forced evaluation).
+    All,
+    /// None (prefill whose continuation comes later).
+    None,
+}
+
+/// A model family's forward pass.
+pub trait Architecture: Send + Sync + std::fmt::Debug {
+    /// The GGUF `general.architecture` name.
+    fn name(&self) -> &'static str;
+    /// Vocabulary size (rows of logits).
+    fn n_vocab(&self) -> usize;
+    /// The context length the model was trained with.
+    fn n_ctx_train(&self) -> usize;
+    /// The KV cache shape, for the runtime's precision.
+    fn kv_layout(&self, rt: &Runtime) -> KvLayout;
+    /// Runs `tokens` at positions `kv.len()..`, appends their K/V to `kv`, and
+    /// writes the requested logits (`[rows][n_vocab]`) into `logits`.
+    fn forward(
+        &self,
+        rt: &mut Runtime,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        want: LogitsFor,
+        logits: &mut Vec<f32>,
+    ) -> Result<()>;
+}
+
+/// Builds the architecture named by the GGUF's `general.architecture`.
+pub fn load_architecture(gguf: Arc<Gguf>) -> Result<Box<dyn Architecture>> {
+    let name = gguf.get_str("general.architecture")?.to_string();
+    match name.as_str() {
+        "llama" => Ok(Box::new(llama::Llama::load(gguf)?)),
+        _ => Err(Error::UnknownArchitecture(name)),
+    }
+}

@@ -1,0 +1,179 @@
+//! Causal grouped-query attention over the paged KV cache.
+//!
+//! Batch invariance: the output for a query at position `p` is computed by the
+//! same sequence of operations whether `p` is decoded alone or is one query of
+//! a long prefill. Keys are visited block by block in position order, scores
+//! are normalized with a two-pass softmax over exactly the visible keys (masked
+//! keys are skipped, never added as `-inf`), and values are accumulated in
+//! position order. Threads split (query, KV head) pairs, never a sum.
+
+use std::sync::Mutex;
+
+use half::slice::HalfFloatSliceExt;
+
+use crate::kernels;
+use crate::kv::{KvCache, KvRows, BLOCK_TOKENS};
+use crate::pool::{split_range, DisjointSlice, ThreadPool};
+
+/// The shape and masking rules of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionSpec {
+    /// Query heads.
+    pub n_heads: usize,
+    /// K/V heads (each serves `n_heads / n_kv_heads` query heads).
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Multiplier applied to `q·k` (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+    /// Sliding window: a key at `j` is visible from `p` when `p - j < window`.
+    pub window: Option<usize>,
+}
+
+/// Per-thread buffers, grown on demand and then reused.
+#[derive(Debug, Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+/// Reusable buffers for [`attention`], one set per pool thread.
+#[derive(Debug, Default)]
+pub struct AttentionScratch {
+    threads: Vec<Mutex<Scratch>>,
+}
+
+impl AttentionScratch {
+    fn ensure(&mut self, n_threads: usize) {
+        while self.threads.len() < n_threads {
+            self.threads.push(Mutex::new(Scratch::default()));
+        }
+    }
+}
+
+/// Computes attention for `m` queries at positions `start..start + m`.
+///
+/// `q` is `[m][n_heads * head_dim]`; `out` has the same shape. K/V for every
+/// position up to `start + m - 1` must already be in `kv` for `layer`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    pool: &ThreadPool,
+    scratch: &mut AttentionScratch,
+    spec: &AttentionSpec,
+    kv: &KvCache,
+    layer: usize,
+    start: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let qd = spec.n_heads * spec.head_dim;
+    let m = q.len() / qd;
+    debug_assert_eq!(out.len(), q.len());
+    let tasks = m * spec.n_kv_heads;
+    scratch.ensure(pool.n_threads());
+    let scratch = &*scratch;
+    let out = DisjointSlice::new(out);
+    pool.run(&|thread| {
+        let range = split_range(tasks, pool.n_threads(), thread);
+        if range.is_empty() {
+            return;
+        }
+        let mut s = scratch.threads[thread].lock().unwrap_or_else(|e| e.into_inner());
+        for task in range {
+            let (t, g) = (task / spec.n_kv_heads, task % spec.n_kv_heads);
+            let group = spec.n_heads / spec.n_kv_heads;
+            let at = t * qd + g * group * spec.head_dim;
+            let len = group * spec.head_dim;
+            // SAFETY: task (t, g) owns exactly these output elements.
+            let o = unsafe { out.slice(at, len) };
+            attend_one(&mut s, spec, kv, layer, start + t, g, &q[at..at + len], o);
+        }
+    });
+}
+
+/// One query position, one KV head, and the group of query heads that share it.
+#[allow(clippy::too_many_arguments)]
+fn attend_one(
+    s: &mut Scratch,
+    spec: &AttentionSpec,
+    kv: &KvCache,
+    layer: usize,
+    pos: usize,
+    g: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let hd = spec.head_dim;
+    let group = spec.n_heads / spec.n_kv_heads;
+    let first = match spec.window {
+        Some(w) => (pos + 1).saturating_sub(w),
+        None => 0,
+    };
+    let n_keys = pos + 1 - first;
+    s.scores.resize(group * n_keys, 0.0);
+    s.rows.resize(BLOCK_TOKENS * hd, 0.0);
+
+    // Scores, block by block in position order.
+    for_each_block(first, pos, |b, lo, hi| {
+        gather_head(kv.k_rows(layer, b), kv.layout().row(), g, hd, lo, hi, &mut s.rows);
+        for j in lo..hi {
+            let key = &s.rows[(j - lo) * hd..(j - lo + 1) * hd];
+            let kj = b * BLOCK_TOKENS + j - first;
+            for h in 0..group {
+                s.scores[h * n_keys + kj] = kernels::dot_f32(&q[h * hd..(h + 1) * hd], key) * spec.scale;
+            }
+        }
+    });
+
+    // Two-pass softmax per head, summed in position order.
+    for h in 0..group {
+        let sc = &mut s.scores[h * n_keys..(h + 1) * n_keys];
+        let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for x in sc.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in sc.iter_mut() {
+            *x *= inv;
+        }
+    }
+
+    // Weighted sum of values, in position order.
+    out.fill(0.0);
+    for_each_block(first, pos, |b, lo, hi| {
+        gather_head(kv.v_rows(layer, b), kv.layout().row(), g, hd, lo, hi, &mut s.rows);
+        for j in lo..hi {
+            let val = &s.rows[(j - lo) * hd..(j - lo + 1) * hd];
+            let kj = b * BLOCK_TOKENS + j - first;
+            for h in 0..group {
+                let p = s.scores[h * n_keys + kj];
+                for (o, &v) in out[h * hd..(h + 1) * hd].iter_mut().zip(val) {
+                    *o += p * v;
+                }
+            }
+        }
+    });
+}
+
+/// Calls `f(block, lo, hi)` for the in-block slot ranges covering positions `first..=last`.
+fn for_each_block(first: usize, last: usize, mut f: impl FnMut(usize, usize, usize)) {
+    for b in first / BLOCK_TOKENS..=last / BLOCK_TOKENS {
+        let lo = first.max(b * BLOCK_TOKENS) - b * BLOCK_TOKENS;
+        let hi = (last + 1).min((b + 1) * BLOCK_TOKENS) - b * BLOCK_TOKENS;
+        f(b, lo, hi);
+    }
+}
+
+/// Copies head `g` of slots `lo..hi` into `dst` as f32 (`[slot - lo][head_dim]`).
+fn gather_head(rows: KvRows<'_>, row: usize, g: usize, hd: usize, lo: usize, hi: usize, dst: &mut [f32]) {
+    for j in lo..hi {
+        let src = j * row + g * hd;
+        let d = &mut dst[(j - lo) * hd..(j - lo + 1) * hd];
+        match rows {
+            KvRows::F16(r) => r[src..src + hd].convert_to_f32_slice(d),
+            KvRows::F32(r) => d.copy_from_slice(&r[src..src + hd]),
+        }
+    }
+}

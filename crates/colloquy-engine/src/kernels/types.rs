@@ -1,0 +1,219 @@
+//! ggml tensor types: ids, block geometry and which activation type each pairs with.
+
+/// Elements per block of the K-quant ("super-block") types.
+pub const QK_K: usize = 256;
+/// Elements per block of the classic 32-wide quant types.
+pub const QK32: usize = 32;
+
+/// A ggml tensor element type, with ggml's numeric type id as discriminant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+#[allow(non_camel_case_types)]
+pub enum GgmlType {
+    /// 32-bit IEEE float.
+    F32 = 0,
+    /// 16-bit IEEE half float.
+    F16 = 1,
+    /// 4-bit, 32 per block, one f16 scale, values `d * (q - 8)`.
+    Q4_0 = 2,
+    /// 4-bit, 32 per block, f16 scale and min, values `d * q + m`.
+    Q4_1 = 3,
+    /// 5-bit, 32 per block, one f16 scale, values `d * (q - 16)`.
+    Q5_0 = 6,
+    /// 5-bit, 32 per block, f16 scale and min, values `d * q + m`.
+    Q5_1 = 7,
+    /// 8-bit, 32 per block, one f16 scale.
+    Q8_0 = 8,
+    /// 8-bit, 32 per block, f16 scale and f16 `d * sum(q)` (activation type).
+    Q8_1 = 9,
+    /// 2-bit K-quant (listed, not computed with).
+    Q2_K = 10,
+    /// 3-bit K-quant (listed, not computed with).
+    Q3_K = 11,
+    /// 4-bit K-quant, 256 per super-block, 6-bit sub-block scales and mins.
+    Q4_K = 12,
+    /// 5-bit K-quant, 256 per super-block, 6-bit sub-block scales and mins.
+    Q5_K = 13,
+    /// 6-bit K-quant, 256 per super-block, 8-bit sub-block scales.
+    Q6_K = 14,
+    /// 8-bit K-quant, f32 scale plus 16-wide sums (activation type).
+    Q8_K = 15,
+    /// bfloat16.
+    BF16 = 30,
+}
+
+impl GgmlType {
+    /// Every type this enum knows, in id order.
+    pub const ALL: [GgmlType; 15] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+        GgmlType::BF16,
+    ];
+
+    /// The weight types that [`crate::kernels::vec_dot`] can compute with.
+    pub const DOT_TYPES: [GgmlType; 11] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
+    /// Maps a ggml type id to the type, `None` for ids this engine does not know.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        GgmlType::ALL.iter().copied().find(|t| t.id() == id)
+    }
+
+    /// The ggml type id.
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// ggml's name for the type (`"q4_K"`, `"f16"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "f32",
+            GgmlType::F16 => "f16",
+            GgmlType::Q4_0 => "q4_0",
+            GgmlType::Q4_1 => "q4_1",
+            GgmlType::Q5_0 => "q5_0",
+            GgmlType::Q5_1 => "q5_1",
+            GgmlType::Q8_0 => "q8_0",
+            GgmlType::Q8_1 => "q8_1",
+            GgmlType::Q2_K => "q2_K",
+            GgmlType::Q3_K => "q3_K",
+            GgmlType::Q4_K => "q4_K",
+            GgmlType::Q5_K => "q5_K",
+            GgmlType::Q6_K => "q6_K",
+            GgmlType::Q8_K => "q8_K",
+            GgmlType::BF16 => "bf16",
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q8_1 => QK32,
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::Q8_K => QK_K,
+        }
+    }
+
+    /// Bytes per block, exactly as ggml lays blocks out.
+    pub fn type_size(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q8_1 => 36,
+            GgmlType::Q2_K => 84,
+            GgmlType::Q3_K => 110,
+            GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
+            GgmlType::Q6_K => 210,
+            GgmlType::Q8_K => 292,
+        }
+    }
+
+    /// Bytes taken by `n_elems` elements, `None` if `n_elems` is not a whole
+    /// number of blocks (or the size overflows).
+    pub fn row_bytes(self, n_elems: usize) -> Option<usize> {
+        if n_elems % self.block_size() != 0 {
+            return None;
+        }
+        (n_elems / self.block_size()).checked_mul(self.type_size())
+    }
+
+    /// Whether the kernels can dequantize this type (everything but Q2_K/Q3_K;
+    /// the activation-only types Q8_1/Q8_K included).
+    pub fn is_supported(self) -> bool {
+        !matches!(self, GgmlType::Q2_K | GgmlType::Q3_K)
+    }
+
+    /// Whether [`crate::kernels::vec_dot`] accepts this as a weight type.
+    pub fn can_dot(self) -> bool {
+        GgmlType::DOT_TYPES.contains(&self)
+    }
+
+    /// The format activations must be converted to before a dot product
+    /// against weights of this type (ggml's `vec_dot_type`).
+    ///
+    /// Q4_0/Q5_0/Q8_0 pair with Q8_0, Q4_1/Q5_1 with Q8_1, the K-quants with
+    /// Q8_K, F16 with F16 and F32 with F32. BF16 weights pair with F32
+    /// activations here (ggml uses BF16); the activation keeps full precision.
+    pub fn vec_dot_type(self) -> GgmlType {
+        match self {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
+            GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::Q8_K => GgmlType::Q8_K,
+            GgmlType::F16 => GgmlType::F16,
+            GgmlType::Q8_1 => GgmlType::Q8_1,
+            GgmlType::F32 | GgmlType::BF16 => GgmlType::F32,
+        }
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        for t in GgmlType::ALL {
+            assert_eq!(GgmlType::from_id(t.id()), Some(t));
+        }
+        assert_eq!(GgmlType::from_id(4), None);
+        assert_eq!(GgmlType::from_id(31), None);
+    }
+
+    #[test]
+    fn row_bytes() {
+        assert_eq!(GgmlType::Q4_1.row_bytes(576), Some(18 * 20));
+        assert_eq!(GgmlType::Q4_K.row_bytes(512), Some(288));
+        assert_eq!(GgmlType::Q4_K.row_bytes(576), None);
+        assert_eq!(GgmlType::F16.row_bytes(3), Some(6));
+    }
+}

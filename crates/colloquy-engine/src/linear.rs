@@ -1,0 +1,153 @@
+//! Weight matrices and the matmul that applies them.
+//!
+//! `y[t][i] = Σ_k W[i][k] · x[t][k]`. Threads split the output features `i`,
+//! never the sum over `k`, and every `(t, i)` dot product runs the same kernel
+//! sequence whatever `m` is, so the result is batch- and thread-invariant.
+
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::kernels::{self, GgmlType};
+use crate::pool::{DisjointSlice, ThreadPool};
+
+/// How matmuls and the KV cache compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// Activations quantized to 8 bits for the integer dot products, f16 KV cache
+    /// (what llama.cpp does).
+    #[default]
+    Fast,
+    /// Weights dequantized to f32, f32 activations and f32 KV cache: the reference
+    /// path for checking the architecture's math.
+    Precise,
+}
+
+/// A 2-D weight tensor stored in the GGUF: `n_out` rows of `n_in` elements.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub ty: GgmlType,
+    /// Output features (rows).
+    pub n_out: usize,
+    /// Input features (row length).
+    pub n_in: usize,
+    offset: usize,
+    row_bytes: usize,
+}
+
+impl Linear {
+    /// Looks up tensor `name` and checks that it is `n_out × n_in`.
+    pub fn load(gguf: &Gguf, name: &str, n_in: usize, n_out: usize) -> Result<Linear> {
+        let info = gguf.tensor(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let want = [n_in as u64, n_out as u64];
+        if info.dims != want {
+            return Err(Error::TensorShape {
+                tensor: name.to_string(),
+                expected: want.to_vec(),
+                found: info.dims.clone(),
+            });
+        }
+        if !info.ty.can_dot() {
+            return Err(Error::UnknownTensorType { tensor: name.to_string(), type_id: info.ty.id() });
+        }
+        let row_bytes = info.ty.row_bytes(n_in).ok_or_else(|| {
+            Error::GgufCorrupt(format!("{name}: row length {n_in} is not a whole number of blocks"))
+        })?;
+        Ok(Linear {
+            name: name.to_string(),
+            ty: info.ty,
+            n_out,
+            n_in,
+            offset: info.offset as usize,
+            row_bytes,
+        })
+    }
+
+    /// The raw bytes of row `i`, from the model file's bytes.
+    pub fn row<'a>(&self, file: &'a [u8], i: usize) -> &'a [u8] {
+        let start = self.offset + i * self.row_bytes;
+        &file[start..start + self.row_bytes]
+    }
+
+    /// Dequantizes row `i` into `out` (`n_in` values), exactly as ggml does.
+    pub fn dequantize_row(&self, file: &[u8], i: usize, out: &mut [f32]) {
+        kernels::dequantize_row(self.ty, self.row(file, i), out);
+    }
+}
+
+/// Reusable buffers for [`matmul`].
+#[derive(Debug, Default)]
+pub struct MatmulScratch {
+    xq: Vec<u8>,
+    rows: Vec<Mutex<Vec<f32>>>,
+}
+
+/// Token rows handled together by the multi-row kernel.
+const ROW_TILE: usize = 4;
+
+/// `out[t][i] = W[i] · x[t]` for `m = x.len() / n_in` rows of `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    pool: &ThreadPool,
+    scratch: &mut MatmulScratch,
+    precision: Precision,
+    file: &[u8],
+    w: &Linear,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let m = x.len() / w.n_in;
+    debug_assert_eq!(out.len(), m * w.n_out);
+    let n_out = w.n_out;
+    while scratch.rows.len() < pool.n_threads() {
+        scratch.rows.push(Mutex::new(Vec::new()));
+    }
+    let out = DisjointSlice::new(out);
+    match precision {
+        Precision::Fast => {
+            let act = w.ty.vec_dot_type();
+            let stride = act.row_bytes(w.n_in).unwrap_or(0);
+            scratch.xq.resize(m * stride, 0);
+            for (xr, q) in x.chunks_exact(w.n_in).zip(scratch.xq.chunks_exact_mut(stride)) {
+                kernels::quantize_activation(act, xr, q);
+            }
+            let xq = &scratch.xq;
+            let rows = &scratch.rows;
+            pool.for_ranges(n_out, &|range| {
+                let mut tmp = [0.0f32; ROW_TILE];
+                let _ = rows;
+                for i in range {
+                    let wr = w.row(file, i);
+                    let mut t = 0;
+                    while t < m {
+                        let n = ROW_TILE.min(m - t);
+                        kernels::vec_dot_rows(w.ty, wr, &xq[t * stride..(t + n) * stride], stride, n, w.n_in, &mut tmp[..n]);
+                        for (j, &v) in tmp[..n].iter().enumerate() {
+                            // SAFETY: this thread owns column i of every row.
+                            unsafe { out.slice((t + j) * n_out + i, 1)[0] = v };
+                        }
+                        t += n;
+                    }
+                }
+            });
+        }
+        Precision::Precise => {
+            let rows = &scratch.rows;
+            pool.run(&|thread| {
+                let range = crate::pool::split_range(n_out, pool.n_threads(), thread);
+                let mut buf = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
+                buf.resize(w.n_in, 0.0);
+                for i in range {
+                    w.dequantize_row(file, i, &mut buf);
+                    for (t, xr) in x.chunks_exact(w.n_in).enumerate() {
+                        // SAFETY: this thread owns column i of every row.
+                        unsafe { out.slice(t * n_out + i, 1)[0] = kernels::dot_f32(&buf, xr) };
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! A loaded model: GGUF file, architecture, tokenizer and runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::arch::{load_architecture, Architecture, LogitsFor};
+use crate::error::Result;
+use crate::gguf::Gguf;
+use crate::kv::KvCache;
+use crate::linear::Precision;
+use crate::runtime::Runtime;
+use crate::sampler::Sampler;
+use crate::tokenizer::Tokenizer;
+
+/// Tokens processed per forward call when a prompt is long. Results do not
+/// depend on it (batch invariance); it only bounds the activation memory.
+pub const UBATCH: usize = 512;
+
+/// How to load a model.
+///
+/// ```
+/// use colloquy_engine::model::ModelOptions;
+/// let opts = ModelOptions { threads: 2, ..ModelOptions::default() };
+/// assert_eq!(opts.threads, 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Threads for the forward pass (default: all available cores).
+    pub threads: usize,
+    /// Fast (quantized activations) or precise (f32) computation.
+    pub precision: Precision,
+    /// Context length; `None` uses the model's training context.
+    pub n_ctx: Option<usize>,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            precision: Precision::Fast,
+            n_ctx: None,
+        }
+    }
+}
+
+/// A model ready to run.
+///
+/// ```no_run
+/// use colloquy_engine::model::{Model, ModelOptions};
+/// use colloquy_engine::arch::LogitsFor;
+///
+/// let model = Model::load("SmolLM2-135M-Instruct.Q4_1.gguf", ModelOptions::default())?;
+/// let tokens = model.tokenizer().encode("The capital of France is", true);
+/// let mut kv = model.new_kv();
+/// let logits = model.forward(&mut kv, &tokens, LogitsFor::Last)?;
+/// assert_eq!(logits.len(), model.n_vocab());
+/// # Ok::<(), colloquy_engine::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Model {
+    path: PathBuf,
+    gguf: Arc<Gguf>,
+    arch: Box<dyn Architecture>,
+    tokenizer: Tokenizer,
+    rt: Mutex<Runtime>,
+    n_ctx: usize,
+    precision: Precision,
+}
+
+impl Model {
+    /// Memory-maps and loads a GGUF model.
+    pub fn load(path: impl AsRef<Path>, opts: ModelOptions) -> Result<Model> {
+        let path = path.as_ref().to_path_buf();
+        let gguf = Arc::new(Gguf::open(&path)?);
+        let arch = load_architecture(Arc::clone(&gguf))?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let n_ctx = opts.n_ctx.unwrap_or(arch.n_ctx_train()).max(1);
+        Ok(Model {
+            path,
+            gguf,
+            arch,
+            tokenizer,
+            rt: Mutex::new(Runtime::new(opts.threads, opts.precision)),
+            n_ctx,
+            precision: opts.precision,
+        })
+    }
+
+    /// The file the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed GGUF.
+    pub fn gguf(&self) -> &Gguf {
+        &self.gguf
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> &dyn Architecture {
+        &*self.arch
+    }
+
+    /// Vocabulary size.
+    pub fn n_vocab(&self) -> usize {
+        self.arch.n_vocab()
+    }
+
+    /// Context length.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Fast or precise.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Threads used by the forward pass.
+    pub fn threads(&self) -> usize {
+        self.runtime().pool.n_threads()
+    }
+
+    fn runtime(&self) -> std::sync::MutexGuard<'_, Runtime> {
+        self.rt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_kv(&self) -> KvCache {
+        let layout = self.arch.kv_layout(&self.runtime());
+        KvCache::new(layout, self.n_ctx)
+    }
+
+    /// Runs `tokens` after what `kv` holds and returns the requested logits
+    /// (`[rows][n_vocab]`). Long inputs are processed in chunks of [`UBATCH`].
+    pub fn forward(&self, kv: &mut KvCache, tokens: &[u32], want: LogitsFor) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.forward_chunked(kv, tokens, want, UBATCH, &mut out, &mut |_, _| {})?;
+        Ok(out)
+    }
+
+    /// Like [`forward`](Self::forward), with an explicit chunk size and a progress
+    /// callback `(tokens done, total)`. The logits do not depend on `chunk`.
+    pub fn forward_chunked(
+        &self,
+        kv: &mut KvCache,
+        tokens: &[u32],
+        want: LogitsFor,
+        chunk: usize,
+        out: &mut Vec<f32>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let needed = kv.len() + tokens.len();
+        if needed > kv.capacity() {
+            return Err(crate::Error::ContextOverflow { needed, n_ctx: kv.capacity() });
+        }
+        out.clear();
+        let mut rt = self.runtime();
+        let mut part = Vec::new();
+        let chunks: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
+        let n = chunks.len();
+        let mut done = 0;
+        for (i, c) in chunks.into_iter().enumerate() {
+            let w = match want {
+                LogitsFor::All => LogitsFor::All,
+                LogitsFor::Last if i + 1 == n => LogitsFor::Last,
+                _ => LogitsFor::None,
+            };
+            if w == LogitsFor::None {
+                self.arch.forward(&mut rt, c, kv, w, &mut part)?;
+            } else if n == 1 {
+                self.arch.forward(&mut rt, c, kv, w, out)?;
+            } else {
+                self.arch.forward(&mut rt, c, kv, w, &mut part)?;
+                out.extend_from_slice(&part);
+            }
+            done += c.len();
+            progress(done, tokens.len());
+        }
+        Ok(())
+    }
+
+    /// Generates up to `max_tokens` after `kv`'s contents, starting from `logits`
+    /// (the logits of the last processed position). Calls `on_token` for every new
+    /// token; it returns `false` to stop early. Stops after an end-of-generation
+    /// token, which is included in the result.
+    pub fn generate(
+        &self,
+        kv: &mut KvCache,
+        mut logits: Vec<f32>,
+        history: &mut Vec<u32>,
+        sampler: &mut Sampler,
+        max_tokens: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        let mut new = Vec::new();
+        let mut rt = self.runtime();
+        for _ in 0..max_tokens {
+            let tok = sampler.sample(&mut logits, history);
+            new.push(tok);
+            history.push(tok);
+            let go_on = on_token(tok);
+            if self.tokenizer.is_eog(tok) || !go_on || new.len() == max_tokens {
+                break;
+            }
+            self.arch.forward(&mut rt, &[tok], kv, LogitsFor::Last, &mut logits)?;
+        }
+        Ok(new)
+    }
+}

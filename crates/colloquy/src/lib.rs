@@ -1,0 +1,1 @@
+//! colloquy: chat sessions as first-class, durable objects (API in progress, see issue 3).
