@@ -208,7 +208,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let t_prompt = t0.elapsed();
     let mut sampler = Sampler::new(SamplerParams { temperature: args.temperature, seed: args.seed, ..Default::default() });
     let mut history = prompt.clone();
-    let mut stream = colloquy_engine::tokenizer::StreamDecoder::new();
+    let mut stream = colloquy_engine::tokenizer::Utf8Stream::new();
     let stdout = std::io::stdout();
     let t1 = Instant::now();
     let mut write_err = None;

@@ -33,6 +33,7 @@ pub struct AttentionSpec {
 /// Per-thread buffers, grown on demand and then reused.
 #[derive(Debug, Default)]
 struct Scratch {
+    q: Vec<f32>,
     scores: Vec<f32>,
     rows: Vec<f32>,
 }
@@ -112,6 +113,16 @@ fn attend_one(
     let n_keys = pos + 1 - first;
     s.scores.resize(group * n_keys, 0.0);
     s.rows.resize(BLOCK_TOKENS * hd, 0.0);
+    // With an f16 cache, llama.cpp multiplies in f16: queries and probabilities
+    // are rounded to f16 before the two products. Doing the same keeps the fast
+    // path close to it.
+    let half = matches!(kv.k_rows(layer, 0), KvRows::F16(_));
+    s.q.clear();
+    s.q.extend_from_slice(q);
+    if half {
+        round_f16(&mut s.q);
+    }
+    let q = &s.q[..];
 
     // Scores, block by block in position order.
     for_each_block(first, pos, |b, lo, hi| {
@@ -137,6 +148,9 @@ fn attend_one(
         let inv = 1.0 / sum;
         for x in sc.iter_mut() {
             *x *= inv;
+        }
+        if half {
+            round_f16(sc);
         }
     }
 
@@ -175,5 +189,11 @@ fn gather_head(rows: KvRows<'_>, row: usize, g: usize, hd: usize, lo: usize, hi:
             KvRows::F16(r) => r[src..src + hd].convert_to_f32_slice(d),
             KvRows::F32(r) => d.copy_from_slice(&r[src..src + hd]),
         }
+    }
+}
+
+fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = half::f16::from_f32(*v).to_f32();
     }
 }

@@ -4,3 +4,14 @@ pub mod error;
 pub mod fetch;
 pub mod gguf;
 pub mod kernels;
+pub mod tokenizer;
+pub mod arch;
+pub mod attention;
+pub mod kv;
+pub mod linear;
+pub mod model;
+pub mod pool;
+pub mod runtime;
+pub mod sampler;
+
+pub use error::{Error, Result};

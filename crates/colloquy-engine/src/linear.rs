@@ -74,7 +74,7 @@ impl Linear {
 
     /// Dequantizes row `i` into `out` (`n_in` values), exactly as ggml does.
     pub fn dequantize_row(&self, file: &[u8], i: usize, out: &mut [f32]) {
-        kernels::dequantize_row(self.ty, self.row(file, i), out);
+        checked(kernels::dequantize_row(self.ty, self.row(file, i), out));
     }
 }
 
@@ -108,23 +108,21 @@ pub fn matmul(
     let out = DisjointSlice::new(out);
     match precision {
         Precision::Fast => {
-            let act = w.ty.vec_dot_type();
-            let stride = act.row_bytes(w.n_in).unwrap_or(0);
+            let stride = w.ty.vec_dot_type().row_bytes(w.n_in).unwrap_or(0);
             scratch.xq.resize(m * stride, 0);
             for (xr, q) in x.chunks_exact(w.n_in).zip(scratch.xq.chunks_exact_mut(stride)) {
-                kernels::quantize_activation(act, xr, q);
+                checked(kernels::quantize_activation(w.ty, xr, q));
             }
             let xq = &scratch.xq;
-            let rows = &scratch.rows;
             pool.for_ranges(n_out, &|range| {
                 let mut tmp = [0.0f32; ROW_TILE];
-                let _ = rows;
                 for i in range {
                     let wr = w.row(file, i);
                     let mut t = 0;
                     while t < m {
                         let n = ROW_TILE.min(m - t);
-                        kernels::vec_dot_rows(w.ty, wr, &xq[t * stride..(t + n) * stride], stride, n, w.n_in, &mut tmp[..n]);
+                        let xs = &xq[t * stride..(t + n) * stride];
+                        checked(kernels::vec_dot_rows(w.ty, wr, xs, stride, n, w.n_in, &mut tmp[..n]));
                         for (j, &v) in tmp[..n].iter().enumerate() {
                             // SAFETY: this thread owns column i of every row.
                             unsafe { out.slice((t + j) * n_out + i, 1)[0] = v };
@@ -149,5 +147,14 @@ pub fn matmul(
                 }
             });
         }
+    }
+}
+
+/// Shapes are validated when a [`Linear`] is loaded, so a kernel's length
+/// check failing here is a bug in this crate, not bad input.
+fn checked<T>(r: Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("kernel called with inconsistent shapes (a colloquy bug): {e}"),
     }
 }

@@ -26,11 +26,22 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
         let t0 = Instant::now();
         for _ in 0..iters {
             for r in 0..rows {
-                out[r] = kernels::vec_dot_with(backend, ty, &w[r * wlen..(r + 1) * wlen], &xs[..xlen], n).unwrap();
+                out[r] =
+                    kernels::vec_dot_with(backend, ty, &w[r * wlen..(r + 1) * wlen], &xs[..xlen], n).unwrap();
             }
             black_box(&out);
         }
         best = best.min(t0.elapsed().as_secs_f64() / iters as f64);
+    }
+    // The same through `matmul` (four weight rows per tile).
+    let mut best_mm = f64::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            kernels::matmul_with(backend, ty, &w, rows, &xs[..xlen], 1, n, &mut out[..rows], rows).unwrap();
+            black_box(&out);
+        }
+        best_mm = best_mm.min(t0.elapsed().as_secs_f64() / iters as f64);
     }
     // Four activation rows at once (prompt processing).
     let mut best4 = f64::MAX;
@@ -38,8 +49,17 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
         let t0 = Instant::now();
         for _ in 0..iters / 4 + 1 {
             for r in 0..rows {
-                kernels::vec_dot_rows_with(backend, ty, &w[r * wlen..(r + 1) * wlen], &xs, xlen, 4, n, &mut out[4 * r..4 * r + 4])
-                    .unwrap();
+                kernels::vec_dot_rows_with(
+                    backend,
+                    ty,
+                    &w[r * wlen..(r + 1) * wlen],
+                    &xs,
+                    xlen,
+                    4,
+                    n,
+                    &mut out[4 * r..4 * r + 4],
+                )
+                .unwrap();
             }
             black_box(&out);
         }
@@ -47,12 +67,13 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
     }
     let bytes = (rows * wlen) as f64;
     println!(
-        "{:>5} {:>6} {rows:>5}x{n:<5} matvec {:8.1} us ({:6.2} GB/s, {:6.2} Gdot-elem/s) | 4 rows {:8.1} us ({:5.2} us/row)",
+        "{:>5} {:>7} {rows:>5}x{n:<5} vec_dot {:7.1} us | matmul {:7.1} us ({:6.2} GB/s, {:6.2} Gelem/s) | 4 rows {:8.1} us ({:6.1} us/row)",
         ty.name(),
         backend.name(),
         best * 1e6,
-        bytes / best / 1e9,
-        (rows * n) as f64 / best / 1e9,
+        best_mm * 1e6,
+        bytes / best_mm / 1e9,
+        (rows * n) as f64 / best_mm / 1e9,
         best4 * 1e6,
         best4 * 1e6 / 4.0,
     );
@@ -61,13 +82,27 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
 #[test]
 #[ignore]
 fn bench_matvec() {
-    for backend in Backend::ALL.into_iter().filter(|b| b.is_available()).rev() {
+    let only = std::env::var("BENCH_BACKEND").ok();
+    for backend in Backend::ALL
+        .into_iter()
+        .rev()
+        .filter(|b| b.is_available() && only.as_deref().is_none_or(|o| o == b.name()))
+    {
         for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
             bench(ty, 1536, 576, backend);
             bench(ty, 576, 1536, backend);
         }
         bench(GgmlType::Q8_0, 49152, 576, backend);
-        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::F16, GgmlType::F32] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+            GgmlType::F16,
+            GgmlType::F32,
+        ] {
             bench(ty, 1536, 1024, backend);
         }
     }

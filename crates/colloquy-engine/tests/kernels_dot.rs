@@ -58,11 +58,13 @@ fn check_case(ty: GgmlType, n: usize, seed: u64) {
         );
         got.push(v);
     }
-    // Backends agree within rounding; K-quants bit for bit.
-    for v in &got[1..] {
+    // Backends agree within rounding; K-quants bit for bit, and the SIMD
+    // backends (AVX2 with or without VNNI) bit for bit on every type.
+    for (i, v) in got.iter().enumerate().skip(1) {
         assert!((v - got[0]).abs() as f64 <= tol, "{ty} n={n}: backends {got:?}");
-        if ty.block_size() == 256 {
-            assert_eq!(v.to_bits(), got[0].to_bits(), "{ty} n={n}: K-quant backends differ {got:?}");
+        if ty.block_size() == 256 || i > 1 {
+            let j = if ty.block_size() == 256 { 0 } else { 1 };
+            assert_eq!(v.to_bits(), got[j].to_bits(), "{ty} n={n}: backends differ {got:?}");
         }
     }
 }
@@ -115,22 +117,37 @@ fn multi_row_is_bit_identical_to_single_row() {
 }
 
 #[test]
-fn matmul_matches_vec_dot() {
-    let (rows, m) = (5usize, 6usize);
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F32] {
-        let n = 512;
-        let mut rng = Rng::new(77);
-        let w: Vec<u8> = (0..rows).flat_map(|_| random_weights(&mut rng, ty, n)).collect();
-        let xs: Vec<u8> = (0..m).flat_map(|_| activation(ty, &rng.floats(n, 1.0))).collect();
-        let xlen = kernels::activation_row_bytes(ty, n).unwrap();
-        let wlen = ty.row_bytes(n).unwrap();
-        let stride = rows + 3;
-        let mut out = vec![f32::NAN; m * stride];
-        kernels::matmul(ty, &w, rows, &xs, m, n, &mut out, stride).unwrap();
-        for t in 0..m {
-            for r in 0..rows {
-                let v = kernels::vec_dot(ty, &w[r * wlen..(r + 1) * wlen], &xs[t * xlen..(t + 1) * xlen], n).unwrap();
-                assert_eq!(out[t * stride + r].to_bits(), v.to_bits());
+fn matmul_is_bit_identical_to_vec_dot() {
+    for ty in GgmlType::DOT_TYPES {
+        for (rows, m) in [(9usize, 1usize), (5, 6), (4, 1), (3, 9)] {
+            let n = if ty.block_size() == 256 { 512 } else { 96 };
+            let mut rng = Rng::new(77 + rows as u64);
+            let w: Vec<u8> = (0..rows).flat_map(|_| random_weights(&mut rng, ty, n)).collect();
+            let xs: Vec<u8> = (0..m).flat_map(|_| activation(ty, &rng.floats(n, 1.0))).collect();
+            let xlen = kernels::activation_row_bytes(ty, n).unwrap();
+            let wlen = ty.row_bytes(n).unwrap();
+            let stride = rows + 3;
+            for b in backends() {
+                let mut out = vec![f32::NAN; (m - 1) * stride + rows];
+                kernels::matmul_with(b, ty, &w, rows, &xs, m, n, &mut out, stride).unwrap();
+                for t in 0..m {
+                    for r in 0..rows {
+                        let v = kernels::vec_dot_with(
+                            b,
+                            ty,
+                            &w[r * wlen..(r + 1) * wlen],
+                            &xs[t * xlen..(t + 1) * xlen],
+                            n,
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            out[t * stride + r].to_bits(),
+                            v.to_bits(),
+                            "{ty} {} rows={rows} m={m} ({r},{t})",
+                            b.name()
+                        );
+                    }
+                }
             }
         }
     }

@@ -84,7 +84,7 @@ pub(crate) fn load_vector(g: &Gguf, name: &str, n: usize) -> Result<Vec<f32>> {
         return Err(Error::UnknownTensorType { tensor: name.to_string(), type_id: info.ty.id() });
     }
     let mut out = vec![0.0; n];
-    kernels::dequantize_row(info.ty, g.tensor_data(info), &mut out);
+    kernels::dequantize_row(info.ty, g.tensor_data(info), &mut out)?;
     Ok(out)
 }
 
@@ -237,8 +237,7 @@ impl Architecture for Llama {
             rms_norm_rows(&a.x, &b.ffn_norm, c.eps, fit(&mut a.h, m * d));
             rt.matmul(file, &b.w_gate, &a.h, fit(&mut a.gate, m * c.n_ff));
             rt.matmul(file, &b.w_up, &a.h, fit(&mut a.up, m * c.n_ff));
-            kernels::silu_inplace(&mut a.gate);
-            kernels::mul_inplace(&mut a.gate, &a.up);
+            kernels::silu_mul(&mut a.gate, &a.up);
             rt.matmul(file, &b.w_down, &a.gate, fit(&mut a.proj, m * d));
             kernels::add_inplace(&mut a.x, &a.proj);
         }

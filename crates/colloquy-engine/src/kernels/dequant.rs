@@ -7,6 +7,28 @@
 
 use super::types::{GgmlType, QK32, QK_K};
 use half::{bf16, f16};
+use std::sync::OnceLock;
+
+/// All 65536 f16 values as f32 (exact), for fast portable conversion.
+pub(crate) type F16Table = [f32; 65536];
+
+/// The shared f16 -> f32 table, built on first use.
+pub(crate) fn f16_table() -> &'static F16Table {
+    static TABLE: OnceLock<Box<F16Table>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0.0f32; 65536]);
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = f16::from_bits(i as u16).to_f32();
+        }
+        t
+    })
+}
+
+/// Reads the little-endian f16 at `b[off..off + 2]` as f32 through `t`.
+#[inline(always)]
+pub(crate) fn f16_at_t(t: &F16Table, b: &[u8], off: usize) -> f32 {
+    t[u16::from_le_bytes([b[off], b[off + 1]]) as usize]
+}
 
 /// Reads the little-endian f16 at `b[off..off + 2]` as f32.
 #[inline(always)]
@@ -21,10 +43,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 

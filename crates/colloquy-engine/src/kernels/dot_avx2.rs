@@ -68,12 +68,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn bits_to_bytes(x: u32) -> __m256i {
     // Byte k takes source byte k / 8, then tests bit k % 8.
-    let pick = _mm256_set_epi64x(
-        0x0303_0303_0303_0303,
-        0x0202_0202_0202_0202,
-        0x0101_0101_0101_0101,
-        0,
-    );
+    let pick = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), pick);
     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit)
@@ -115,88 +110,155 @@ const fn w_block(k: u8) -> usize {
     }
 }
 
-/// One block for one activation row: updates `acc` (and `accm` for the min kinds).
+/// Broadcasts lane `idx` of `v` to all eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_row<const K: u8>(
-    wb: *const u8,
-    qw: __m256i,
-    aw: __m256i,
-    xb: *const u8,
-    acc: &mut __m256,
-    accm: &mut __m128,
-) {
-    let ones = _mm256_set1_epi16(1);
-    if is_sym(K) {
-        let qy = _mm256_loadu_si256(xb.add(2) as *const __m256i);
-        let sy = _mm256_sign_epi8(qy, qw);
-        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones));
-        // [d_w, d_x] -> d_w * d_x in lane 0.
-        let h = rd_u16(wb) as u32 | ((rd_u16(xb) as u32) << 16);
-        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(h as i32));
-        let dd = _mm_mul_ss(v, _mm_movehdup_ps(v));
-        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), p, *acc);
+fn lane(v: __m256, idx: usize) -> __m256 {
+    if idx == 0 {
+        _mm256_broadcastss_ps(_mm256_castps256_ps128(v))
     } else {
-        let qy = _mm256_loadu_si256(xb.add(4) as *const __m256i);
-        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qw, qy), ones));
-        // [d_w, m_w, d_x, s_x] -> [d_w * d_x, m_w * s_x, ..].
-        let v = _mm_cvtph_ps(_mm_set_epi32(0, 0, rd_u32(xb) as i32, rd_u32(wb) as i32));
-        let s = _mm_mul_ps(v, _mm_movehl_ps(v, v));
-        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, *acc);
-        *accm = _mm_add_ps(*accm, s);
+        _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(idx as i32))
     }
 }
 
-/// Dot products of one 32-wide-quant weight row (`nb` blocks) with `R`
-/// activation rows (Q8_0 blocks for the symmetric kinds, Q8_1 otherwise).
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` must cover `nb` weight
-/// blocks and every `xs[r]` `nb` activation blocks.
+/// Per-block scale products of a tile of `P = max(RW, RX)` (weight row,
+/// activation row) pairs, one side having a single row. Symmetric kinds: lane
+/// `p` holds `d_w * d_x` of pair `p`. Min kinds: lane `2p` holds `d_w * d_x`
+/// and lane `2p + 1` holds `m_w * s_x`. Both products are single IEEE
+/// multiplications, whatever the tile shape.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot_q32<const K: u8, const R: usize>(
-    w: *const u8,
-    xs: [*const u8; R],
-    nb: usize,
-) -> [f32; R] {
-    let wsz = w_block(K);
-    let xsz = if is_sym(K) { 34 } else { 36 };
-    let mut acc0 = [_mm256_setzero_ps(); R];
-    let mut acc1 = [_mm256_setzero_ps(); R];
-    let mut accm = [_mm_setzero_ps(); R];
-    let mut ib = 0;
-    while ib + 2 <= nb {
-        let wb = w.add(ib * wsz);
-        let qw = load_w::<K>(wb);
-        let aw = if is_sym(K) { _mm256_sign_epi8(qw, qw) } else { qw };
-        for r in 0..R {
-            block_row::<K>(wb, qw, aw, xs[r].add(ib * xsz), &mut acc0[r], &mut accm[r]);
+unsafe fn tile_scales<const K: u8, const RW: usize, const RX: usize>(
+    w: &[*const u8; RW],
+    xs: &[*const u8; RX],
+    wo: usize,
+    xo: usize,
+) -> __m256 {
+    let pc = if RW > RX { RW } else { RX };
+    if is_sym(K) {
+        let single = if RW == 1 { rd_u16(w[0].add(wo)) } else { rd_u16(xs[0].add(xo)) };
+        let mut lo = 0u64;
+        for p in 0..pc {
+            let h = if RW == 1 { rd_u16(xs[p].add(xo)) } else { rd_u16(w[p].add(wo)) };
+            lo |= (h as u64) << (16 * p);
         }
-        let wb = w.add((ib + 1) * wsz);
-        let qw = load_w::<K>(wb);
-        let aw = if is_sym(K) { _mm256_sign_epi8(qw, qw) } else { qw };
-        for r in 0..R {
-            block_row::<K>(wb, qw, aw, xs[r].add((ib + 1) * xsz), &mut acc1[r], &mut accm[r]);
+        let hi = single as u64 * 0x0001_0001_0001_0001;
+        let v = _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64));
+        _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)))
+    } else {
+        let single = if RW == 1 { rd_u32(w[0].add(wo)) } else { rd_u32(xs[0].add(xo)) };
+        let mut m = [0u32; 4];
+        for (p, mp) in m.iter_mut().enumerate().take(pc) {
+            *mp = if RW == 1 { rd_u32(xs[p].add(xo)) } else { rd_u32(w[p].add(wo)) };
         }
-        ib += 2;
+        let a = _mm256_cvtph_ps(_mm_set_epi32(m[3] as i32, m[2] as i32, m[1] as i32, m[0] as i32));
+        let b = _mm256_cvtph_ps(_mm_set1_epi32(single as i32));
+        _mm256_mul_ps(a, b)
     }
-    if ib < nb {
-        let wb = w.add(ib * wsz);
-        let qw = load_w::<K>(wb);
-        let aw = if is_sym(K) { _mm256_sign_epi8(qw, qw) } else { qw };
-        for r in 0..R {
-            block_row::<K>(wb, qw, aw, xs[r].add(ib * xsz), &mut acc0[r], &mut accm[r]);
-        }
-    }
-    let mut out = [0.0f32; R];
-    for r in 0..R {
-        out[r] = hsum8(_mm256_add_ps(acc0[r], acc1[r]));
-        if !is_sym(K) {
-            out[r] += _mm_cvtss_f32(_mm_movehdup_ps(accm[r]));
-        }
-    }
-    out
 }
+
+/// Generates a module with the 32-wide-quant tile kernel for one feature set
+/// (`vnni` selects AVX-VNNI `vpdpbusd` for the u8 x i8 dot, which gives the
+/// same exact i32 sums as `maddubs` + `madd` since the i16 pairs never
+/// saturate here: |a| <= 128, b in -128..=127, a >= 0).
+macro_rules! q32_module {
+    ($module:ident, $feat:literal, $vnni:literal) => {
+        pub(crate) mod $module {
+            use super::*;
+
+            /// Sums of 4 adjacent u8 x i8 products as 8 f32 lanes.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn mul_sum(a: __m256i, b: __m256i) -> __m256 {
+                if $vnni {
+                    _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b))
+                } else {
+                    let p = _mm256_maddubs_epi16(a, b);
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn block<const K: u8, const RW: usize, const RX: usize>(
+                w: &[*const u8; RW],
+                xs: &[*const u8; RX],
+                ib: usize,
+                acc: &mut [__m256; 4],
+                accm: &mut __m256,
+            ) {
+                let pc = if RW > RX { RW } else { RX };
+                let wo = ib * w_block(K);
+                let xo = ib * if is_sym(K) { 34 } else { 36 };
+                let s = tile_scales::<K, RW, RX>(w, xs, wo, xo);
+                if !is_sym(K) {
+                    *accm = _mm256_add_ps(*accm, s);
+                }
+                let mut qw = [_mm256_setzero_si256(); 4];
+                for i in 0..RW {
+                    qw[i] = load_w::<K>(w[i].add(wo));
+                }
+                let mut qy = [_mm256_setzero_si256(); 4];
+                let hdr = if is_sym(K) { 2 } else { 4 };
+                for t in 0..RX {
+                    qy[t] = _mm256_loadu_si256(xs[t].add(xo + hdr) as *const __m256i);
+                }
+                for p in 0..pc {
+                    let (i, t) = if RW == 1 { (0, p) } else { (p, 0) };
+                    let prod = if is_sym(K) {
+                        mul_sum(_mm256_sign_epi8(qw[i], qw[i]), _mm256_sign_epi8(qy[t], qw[i]))
+                    } else {
+                        mul_sum(qw[i], qy[t])
+                    };
+                    let d = lane(s, if is_sym(K) { p } else { 2 * p });
+                    acc[p] = _mm256_fmadd_ps(d, prod, acc[p]);
+                }
+            }
+
+            /// Dots of a tile of 32-wide-quant weight rows and activation
+            /// rows (Q8_0 for the symmetric kinds, Q8_1 otherwise): `RW`
+            /// weight rows by `RX` activation rows, one of them 1. Result
+            /// `p` is pair `p`; entries past `max(RW, RX)` are 0.
+            ///
+            /// # Safety
+            /// The CPU must have the module's features; every pointer must
+            /// cover `nb` blocks of its format.
+            #[target_feature(enable = $feat)]
+            pub(crate) unsafe fn dot_q32<const K: u8, const RW: usize, const RX: usize>(
+                w: [*const u8; RW],
+                xs: [*const u8; RX],
+                nb: usize,
+            ) -> [f32; 4] {
+                debug_assert!(RW == 1 || RX == 1);
+                let pc = if RW > RX { RW } else { RX };
+                let mut acc0 = [_mm256_setzero_ps(); 4];
+                let mut acc1 = [_mm256_setzero_ps(); 4];
+                let mut accm = _mm256_setzero_ps();
+                let mut ib = 0;
+                while ib < nb {
+                    block::<K, RW, RX>(&w, &xs, ib, &mut acc0, &mut accm);
+                    if ib + 1 < nb {
+                        block::<K, RW, RX>(&w, &xs, ib + 1, &mut acc1, &mut accm);
+                    }
+                    ib += 2;
+                }
+                let mut ms = [0.0f32; 8];
+                _mm256_storeu_ps(ms.as_mut_ptr(), accm);
+                let mut out = [0.0f32; 4];
+                for p in 0..pc {
+                    out[p] = hsum8(_mm256_add_ps(acc0[p], acc1[p]));
+                    if !is_sym(K) {
+                        out[p] += ms[2 * p + 1];
+                    }
+                }
+                out
+            }
+        }
+    };
+}
+
+q32_module!(plain, "avx2,fma,f16c", false);
+q32_module!(vnni, "avx2,fma,f16c,avxvnni", true);
 
 /// Float element kinds for [`dot_float`].
 pub(crate) const F_F32: u8 = 0;

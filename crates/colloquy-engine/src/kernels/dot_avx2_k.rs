@@ -120,11 +120,7 @@ pub(crate) unsafe fn dot_q45k<const FIVE: bool, const R: usize>(
 /// # Safety
 /// As for [`dot_q45k`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot_q6k<const R: usize>(
-    w: *const u8,
-    xs: [*const u8; R],
-    nb: usize,
-) -> [f32; R] {
+pub(crate) unsafe fn dot_q6k<const R: usize>(w: *const u8, xs: [*const u8; R], nb: usize) -> [f32; R] {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = [0.0f32; R];
     for ib in 0..nb {
@@ -145,8 +141,7 @@ pub(crate) unsafe fn dot_q6k<const R: usize>(
             let hb0 = _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)));
             let hb1 = _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)));
             let hb2 = _mm256_and_si256(qh, _mm256_set1_epi8(0x30));
-            let hb3 =
-                _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)));
+            let hb3 = _mm256_srli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)));
             q[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, m4), hb0);
             q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), hb1);
             q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), hb2);

@@ -11,9 +11,9 @@
 //!   AVX2 kernels, which makes K-quant dots bit-identical across backends.
 //! * F32/F16/BF16: eight interleaved accumulators, combined pairwise.
 
-use super::dequant::{f16_at, scale_min_k4};
+use super::dequant::{f16_at_t, f16_table, scale_min_k4};
 use super::types::GgmlType;
-use half::{bf16, f16};
+use half::bf16;
 
 /// Rows of activations, one byte slice per row.
 pub(crate) type Rows<'a, const R: usize> = [&'a [u8]; R];
@@ -48,7 +48,7 @@ fn rd_f32(b: &[u8], i: usize) -> f32 {
 }
 #[inline(always)]
 fn rd_f16(b: &[u8], i: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+    f16_at_t(f16_table(), b, 2 * i)
 }
 #[inline(always)]
 fn rd_bf16(b: &[u8], i: usize) -> f32 {
@@ -62,13 +62,11 @@ pub(crate) fn combine8(a: [f32; 8]) -> f32 {
 }
 
 #[inline(always)]
-fn dot_float<const R: usize>(
-    w: &[u8],
-    xs: Rows<'_, R>,
-    n: usize,
-    rw: fn(&[u8], usize) -> f32,
-    rx: fn(&[u8], usize) -> f32,
-) -> [f32; R] {
+fn dot_float<const R: usize, FW, FX>(w: &[u8], xs: Rows<'_, R>, n: usize, rw: FW, rx: FX) -> [f32; R]
+where
+    FW: Fn(&[u8], usize) -> f32,
+    FX: Fn(&[u8], usize) -> f32,
+{
     let mut acc = [[0.0f32; 8]; R];
     let mut wv = [0.0f32; 8];
     let mut i = 0;
@@ -158,21 +156,22 @@ fn idot32(q: &[i8; 32], x: &[u8]) -> i32 {
 
 /// Weight types without a min (paired with Q8_0: `d`, then 32 quants).
 #[inline(always)]
-fn q32_sym<const R: usize>(
+fn q32_sym<const R: usize, U: Fn(&[u8], &mut [i8; 32])>(
     w: &[u8],
     xs: Rows<'_, R>,
     bsz: usize,
-    unpack: fn(&[u8], &mut [i8; 32]),
+    unpack: U,
 ) -> [f32; R] {
+    let t = f16_table();
     let mut acc = [0.0f32; R];
     let mut q = [0i8; 32];
     for (ib, wb) in w.chunks_exact(bsz).enumerate() {
         unpack(wb, &mut q);
-        let dw = f16_at(wb, 0);
+        let dw = f16_at_t(t, wb, 0);
         for r in 0..R {
             let xb = &xs[r][34 * ib..34 * ib + 34];
             let sumi = idot32(&q, &xb[2..]);
-            acc[r] += sumi as f32 * (dw * f16_at(xb, 0));
+            acc[r] += sumi as f32 * (dw * f16_at_t(t, xb, 0));
         }
     }
     acc
@@ -180,22 +179,23 @@ fn q32_sym<const R: usize>(
 
 /// Weight types with a min (paired with Q8_1: `d`, `s`, then 32 quants).
 #[inline(always)]
-fn q32_min<const R: usize>(
+fn q32_min<const R: usize, U: Fn(&[u8], &mut [i8; 32])>(
     w: &[u8],
     xs: Rows<'_, R>,
     bsz: usize,
-    unpack: fn(&[u8], &mut [i8; 32]),
+    unpack: U,
 ) -> [f32; R] {
+    let t = f16_table();
     let mut acc = [0.0f32; R];
     let mut q = [0i8; 32];
     for (ib, wb) in w.chunks_exact(bsz).enumerate() {
         unpack(wb, &mut q);
-        let dw = f16_at(wb, 0);
-        let mw = f16_at(wb, 2);
+        let dw = f16_at_t(t, wb, 0);
+        let mw = f16_at_t(t, wb, 2);
         for r in 0..R {
             let xb = &xs[r][36 * ib..36 * ib + 36];
             let sumi = idot32(&q, &xb[4..]);
-            acc[r] += (dw * f16_at(xb, 0)) * sumi as f32 + mw * f16_at(xb, 2);
+            acc[r] += (dw * f16_at_t(t, xb, 0)) * sumi as f32 + mw * f16_at_t(t, xb, 2);
         }
     }
     acc
@@ -244,11 +244,12 @@ pub(crate) fn k4_scales(scales: &[u8]) -> ([u8; 8], [u8; 8]) {
 
 fn q4k_q5k<const R: usize>(w: &[u8], xs: Rows<'_, R>, five: bool) -> [f32; R] {
     let bsz = if five { 176 } else { 144 };
+    let t = f16_table();
     let mut acc = [0.0f32; R];
     let mut q = [0u8; 256];
     for (ib, wb) in w.chunks_exact(bsz).enumerate() {
-        let wd = f16_at(wb, 0);
-        let wdmin = f16_at(wb, 2);
+        let wd = f16_at_t(t, wb, 0);
+        let wdmin = f16_at_t(t, wb, 2);
         let (sc, m) = k4_scales(&wb[4..16]);
         let qs = if five { &wb[48..176] } else { &wb[16..144] };
         for j in 0..4 {
@@ -258,9 +259,11 @@ fn q4k_q5k<const R: usize>(w: &[u8], xs: Rows<'_, R>, five: bool) -> [f32; R] {
             }
         }
         if five {
-            let qh = &wb[16..48];
-            for (i, v) in q.iter_mut().enumerate() {
-                *v |= ((qh[i % 32] >> (i / 32)) & 1) << 4;
+            let qh: &[u8; 32] = wb[16..48].try_into().unwrap_or(&[0; 32]);
+            for (j, qj) in q.chunks_exact_mut(32).enumerate() {
+                for (v, &h) in qj.iter_mut().zip(qh) {
+                    *v |= ((h >> j) & 1) << 4;
+                }
             }
         }
         for r in 0..R {
@@ -282,6 +285,7 @@ fn q4k_q5k<const R: usize>(w: &[u8], xs: Rows<'_, R>, five: bool) -> [f32; R] {
 }
 
 fn q6k<const R: usize>(w: &[u8], xs: Rows<'_, R>) -> [f32; R] {
+    let t = f16_table();
     let mut acc = [0.0f32; R];
     let mut q = [0i8; 256];
     for (ib, wb) in w.chunks_exact(210).enumerate() {
@@ -297,7 +301,7 @@ fn q6k<const R: usize>(w: &[u8], xs: Rows<'_, R>) -> [f32; R] {
             }
         }
         let sc = &wb[192..208];
-        let wd = f16_at(wb, 208);
+        let wd = f16_at_t(t, wb, 208);
         for r in 0..R {
             let xb = &xs[r][292 * ib..292 * ib + 292];
             let mut sumi = 0i32;

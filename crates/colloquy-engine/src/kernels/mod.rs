@@ -17,6 +17,7 @@
 //! bit-identical across backends; the others agree to rounding.
 
 mod dequant;
+mod dispatch;
 mod dot_scalar;
 mod ops;
 mod quantize;
@@ -28,9 +29,9 @@ mod dot_avx2;
 mod dot_avx2_k;
 
 pub use ops::{
-    add_inplace, f16_to_f32_row, f32_to_f16_row, gelu_mul, gelu_tanh, gelu_tanh_f32, mul_inplace,
-    rms_norm, rope_cache, rope_neox, rope_neox_cached, rope_norm, rope_norm_cached, scale_inplace,
-    silu, silu_f32, silu_mul, softmax_inplace,
+    add_inplace, f16_to_f32_row, f32_to_f16_row, gelu_mul, gelu_tanh, gelu_tanh_f32, mul_inplace, rms_norm,
+    rope_cache, rope_neox, rope_neox_cached, rope_norm, rope_norm_cached, scale_inplace, silu, silu_f32,
+    silu_mul, softmax_inplace,
 };
 pub use types::{GgmlType, QK32, QK_K};
 
@@ -44,46 +45,51 @@ pub enum Backend {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// [`Backend::Avx2`] plus AVX-VNNI for the 32-wide quants; results are
+    /// bit-identical to [`Backend::Avx2`].
+    AvxVnni,
 }
 
 impl Backend {
-    /// Both backends, for tests and benchmarks.
-    pub const ALL: [Backend; 2] = [Backend::Scalar, Backend::Avx2];
+    /// Every backend, for tests and benchmarks.
+    pub const ALL: [Backend; 3] = [Backend::Scalar, Backend::Avx2, Backend::AvxVnni];
 
     /// Whether this CPU can run the backend.
     pub fn is_available(self) -> bool {
         match self {
             Backend::Scalar => true,
-            Backend::Avx2 => avx2_available(),
+            Backend::Avx2 => cpu::avx2(),
+            Backend::AvxVnni => cpu::avx2() && cpu::avxvnni(),
         }
     }
 
     /// The fastest backend this CPU supports (ignores the environment).
     pub fn detect() -> Backend {
-        if avx2_available() {
-            Backend::Avx2
-        } else {
-            Backend::Scalar
-        }
+        [Backend::AvxVnni, Backend::Avx2].into_iter().find(|b| b.is_available()).unwrap_or(Backend::Scalar)
     }
 
     /// The backend used by the functions without an explicit backend:
     /// [`Backend::detect`], unless the environment variable
-    /// `COLLOQUY_KERNELS=scalar` forces [`Backend::Scalar`]. Decided once per
-    /// process.
+    /// `COLLOQUY_KERNELS` names another available one (`scalar`, `avx2`,
+    /// `avxvnni`). Decided once per process.
     pub fn active() -> Backend {
         static ACTIVE: OnceLock<Backend> = OnceLock::new();
-        *ACTIVE.get_or_init(|| match std::env::var("COLLOQUY_KERNELS") {
-            Ok(v) if v.eq_ignore_ascii_case("scalar") => Backend::Scalar,
-            _ => Backend::detect(),
+        *ACTIVE.get_or_init(|| {
+            let wanted = std::env::var("COLLOQUY_KERNELS").ok();
+            Backend::ALL
+                .into_iter()
+                .find(|b| wanted.as_deref().is_some_and(|w| w.eq_ignore_ascii_case(b.name())))
+                .filter(|b| b.is_available())
+                .unwrap_or_else(Backend::detect)
         })
     }
 
-    /// A short name (`"scalar"`, `"avx2"`).
+    /// A short name (`"scalar"`, `"avx2"`, `"avxvnni"`).
     pub fn name(self) -> &'static str {
         match self {
             Backend::Scalar => "scalar",
             Backend::Avx2 => "avx2",
+            Backend::AvxVnni => "avxvnni",
         }
     }
 
@@ -98,18 +104,32 @@ impl Backend {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx2_available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
+mod cpu {
+    use std::sync::OnceLock;
+
+    pub(super) fn avx2() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    pub(super) fn avxvnni() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| is_x86_feature_detected!("avxvnni"))
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn avx2_available() -> bool {
-    false
+mod cpu {
+    pub(super) fn avx2() -> bool {
+        false
+    }
+    pub(super) fn avxvnni() -> bool {
+        false
+    }
 }
 
 fn invalid(msg: String) -> Error {
@@ -118,10 +138,7 @@ fn invalid(msg: String) -> Error {
 
 fn row_len(ty: GgmlType, n: usize) -> Result<usize> {
     ty.row_bytes(n).ok_or_else(|| {
-        invalid(format!(
-            "{n} elements is not a whole number of {ty} blocks ({} per block)",
-            ty.block_size()
-        ))
+        invalid(format!("{n} elements is not a whole number of {ty} blocks ({} per block)", ty.block_size()))
     })
 }
 
@@ -135,9 +152,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         return Err(invalid(format!("cannot dequantize {ty}")));
     }
     let len = row_len(ty, dst.len())?;
-    let src = src
-        .get(..len)
-        .ok_or_else(|| invalid(format!("{ty} row of {} elements needs {len} bytes, got {}", dst.len(), src.len())))?;
+    let src = src.get(..len).ok_or_else(|| {
+        invalid(format!("{ty} row of {} elements needs {len} bytes, got {}", dst.len(), src.len()))
+    })?;
     dequant::dequantize(ty, src, dst);
     Ok(())
 }
@@ -214,8 +231,8 @@ pub fn vec_dot_with(backend: Backend, ty: GgmlType, w_row: &[u8], x_row: &[u8], 
     if x_row.len() < xlen {
         return Err(invalid(format!("activation row needs {xlen} bytes, got {}", x_row.len())));
     }
-    let [r] = dot_n::<1>(backend.usable(), ty, &w_row[..wlen], [&x_row[..xlen]], n);
-    Ok(r)
+    let r = dispatch::dot_tile::<1, 1>(backend.usable(), ty, [&w_row[..wlen]], [&x_row[..xlen]], n);
+    Ok(r[0])
 }
 
 /// Dot products of one weight row with `m` activation rows: row `t` starts at
@@ -269,18 +286,17 @@ pub fn vec_dot_rows_with(
     let row = |t: usize| &xs[t * x_stride..t * x_stride + xlen];
     let mut t = 0;
     while t + 4 <= m {
-        let r = dot_n::<4>(b, ty, w, [row(t), row(t + 1), row(t + 2), row(t + 3)], n);
+        let r = dispatch::dot_tile::<1, 4>(b, ty, [w], [row(t), row(t + 1), row(t + 2), row(t + 3)], n);
         out[t..t + 4].copy_from_slice(&r);
         t += 4;
     }
     if t + 2 <= m {
-        let r = dot_n::<2>(b, ty, w, [row(t), row(t + 1)], n);
-        out[t..t + 2].copy_from_slice(&r);
+        let r = dispatch::dot_tile::<1, 2>(b, ty, [w], [row(t), row(t + 1)], n);
+        out[t..t + 2].copy_from_slice(&r[..2]);
         t += 2;
     }
     if t < m {
-        let [r] = dot_n::<1>(b, ty, w, [row(t)], n);
-        out[t] = r;
+        out[t] = dispatch::dot_tile::<1, 1>(b, ty, [w], [row(t)], n)[0];
     }
     Ok(())
 }
@@ -288,6 +304,10 @@ pub fn vec_dot_rows_with(
 /// Matrix product against `rows` consecutive weight rows of `n` elements:
 /// `out[t * out_stride + r] = vec_dot(w row r, activation row t)` for
 /// `r < rows`, `t < m`; activation rows are packed back to back in `xs`.
+///
+/// Each value is bit-identical to [`vec_dot`]. A single activation row
+/// (decode) runs four weight rows at a time, sharing the activation loads;
+/// several run four activation rows at a time per weight row.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     ty: GgmlType,
@@ -299,6 +319,25 @@ pub fn matmul(
     out: &mut [f32],
     out_stride: usize,
 ) -> Result<()> {
+    matmul_with(Backend::active(), ty, w, rows, xs, m, n, out, out_stride)
+}
+
+/// [`matmul`] on an explicit backend.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    backend: Backend,
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    xs: &[u8],
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) -> Result<()> {
+    if !ty.can_dot() {
+        return Err(invalid(format!("no dot product for weight type {ty}")));
+    }
     let wlen = row_len(ty, n)?;
     let xlen = row_len(ty.vec_dot_type(), n)?;
     if rows == 0 || m == 0 {
@@ -310,20 +349,39 @@ pub fn matmul(
     if w.len() / wlen.max(1) < rows {
         return Err(invalid(format!("{rows} weight rows need {} bytes, got {}", rows * wlen, w.len())));
     }
-    if out_stride < rows || out.len() < (m - 1) * out_stride + rows {
+    let fits = (m - 1).checked_mul(out_stride).and_then(|v| v.checked_add(rows));
+    if out_stride < rows || fits.is_none_or(|need| out.len() < need) {
         return Err(invalid(format!("output of {} values is too small for {m} x {rows}", out.len())));
     }
-    let mut tmp = [0.0f32; 4];
+    let b = backend.usable();
+    let wr = |r: usize| &w[r * wlen..(r + 1) * wlen];
+    let xr = |t: usize| &xs[t * xlen..(t + 1) * xlen];
+    if m == 1 {
+        let x = xr(0);
+        let mut r = 0;
+        while r + 4 <= rows {
+            let v = dispatch::dot_tile::<4, 1>(b, ty, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x], n);
+            out[r..r + 4].copy_from_slice(&v);
+            r += 4;
+        }
+        while r < rows {
+            out[r] = dispatch::dot_tile::<1, 1>(b, ty, [wr(r)], [x], n)[0];
+            r += 1;
+        }
+        return Ok(());
+    }
     for r in 0..rows {
-        let wr = &w[r * wlen..(r + 1) * wlen];
         let mut t = 0;
-        while t < m {
-            let k = (m - t).min(4);
-            vec_dot_rows(ty, wr, &xs[t * xlen..], xlen, k, n, &mut tmp)?;
-            for (i, v) in tmp[..k].iter().enumerate() {
-                out[(t + i) * out_stride + r] = *v;
+        while t + 4 <= m {
+            let v = dispatch::dot_tile::<1, 4>(b, ty, [wr(r)], [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], n);
+            for (i, val) in v.iter().enumerate() {
+                out[(t + i) * out_stride + r] = *val;
             }
-            t += k;
+            t += 4;
+        }
+        while t < m {
+            out[t * out_stride + r] = dispatch::dot_tile::<1, 1>(b, ty, [wr(r)], [xr(t)], n)[0];
+            t += 1;
         }
     }
     Ok(())
@@ -339,46 +397,13 @@ pub fn dot_f32_with(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     match backend.usable() {
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 => {
+        Backend::Avx2 | Backend::AvxVnni => {
             use dot_avx2::F_F32;
             // SAFETY: AVX2/FMA/F16C checked by `usable`; both cover `n` floats.
-            unsafe { dot_avx2::dot_float::<F_F32, F_F32>(a.as_ptr() as *const u8, b.as_ptr() as *const u8, n) }
+            unsafe {
+                dot_avx2::dot_float::<F_F32, F_F32>(a.as_ptr() as *const u8, b.as_ptr() as *const u8, n)
+            }
         }
         _ => dot_scalar::dot_f32(&a[..n], &b[..n]),
-    }
-}
-
-/// Dispatch of `R` validated rows (weight row and activation rows exactly sized).
-fn dot_n<const R: usize>(b: Backend, ty: GgmlType, w: &[u8], xs: [&[u8]; R], n: usize) -> [f32; R] {
-    #[cfg(target_arch = "x86_64")]
-    if b == Backend::Avx2 {
-        // SAFETY: `b` is only Avx2 when the CPU supports AVX2/FMA/F16C, and
-        // the caller sized every slice for `n` elements of its format.
-        return unsafe { dot_n_avx2::<R>(ty, w, xs, n) };
-    }
-    let _ = b;
-    dot_scalar::dot_rows::<R>(ty, w, xs, n)
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn dot_n_avx2<const R: usize>(ty: GgmlType, w: &[u8], xs: [&[u8]; R], n: usize) -> [f32; R] {
-    use dot_avx2::*;
-    use dot_avx2_k::*;
-    let wp = w.as_ptr();
-    let xp = xs.map(|x| x.as_ptr());
-    let nb = n / ty.block_size();
-    match ty {
-        GgmlType::Q4_0 => dot_q32::<K_Q4_0, R>(wp, xp, nb),
-        GgmlType::Q4_1 => dot_q32::<K_Q4_1, R>(wp, xp, nb),
-        GgmlType::Q5_0 => dot_q32::<K_Q5_0, R>(wp, xp, nb),
-        GgmlType::Q5_1 => dot_q32::<K_Q5_1, R>(wp, xp, nb),
-        GgmlType::Q8_0 => dot_q32::<K_Q8_0, R>(wp, xp, nb),
-        GgmlType::Q4_K => dot_q45k::<false, R>(wp, xp, nb),
-        GgmlType::Q5_K => dot_q45k::<true, R>(wp, xp, nb),
-        GgmlType::Q6_K => dot_q6k::<R>(wp, xp, nb),
-        GgmlType::F32 => xp.map(|x| dot_float::<F_F32, F_F32>(wp, x, n)),
-        GgmlType::F16 => xp.map(|x| dot_float::<F_F16, F_F16>(wp, x, n)),
-        GgmlType::BF16 => xp.map(|x| dot_float::<F_BF16, F_F32>(wp, x, n)),
-        _ => dot_scalar::dot_rows::<R>(ty, w, xs, n),
     }
 }

@@ -29,7 +29,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// base^(-2/n_rot)`, `theta` starts at `pos` and is multiplied by
 /// `theta_scale` per pair (in f32), each angle is `freq_scale * theta`.
 pub fn rope_cache(pos: usize, n_rot: usize, freq_base: f32, freq_scale: f32, cache: &mut [f32]) {
-    debug_assert!(n_rot % 2 == 0 && cache.len() >= n_rot);
+    debug_assert!(n_rot.is_multiple_of(2) && cache.len() >= n_rot);
     let theta_scale = freq_base.powf(-2.0f32 / n_rot as f32);
     let mut theta = pos as f32;
     for pair in cache.chunks_exact_mut(2).take(n_rot / 2) {

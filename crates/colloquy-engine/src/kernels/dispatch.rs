@@ -1,0 +1,120 @@
+//! Routes a validated tile of dot products to the backend's kernel.
+//!
+//! A tile is `RW` weight rows by `RX` activation rows with one of the two
+//! equal to 1; result `p` is the dot of pair `p` (entries past
+//! `max(RW, RX)` are unused). Every kernel computes each pair with the same
+//! operation sequence as a 1 x 1 tile, so tiling never changes a result.
+
+use super::dot_scalar;
+use super::types::GgmlType;
+use super::Backend;
+
+/// Copies the first `R` results into a 4-wide result array.
+#[inline(always)]
+fn widen<const R: usize>(r: [f32; R]) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    out[..R].copy_from_slice(&r);
+    out
+}
+
+/// Dots of the tile `w` x `xs`. Every slice must be exactly sized for `n`
+/// elements of its format, `ty` must be a dot type and `b` usable here.
+pub(super) fn dot_tile<const RW: usize, const RX: usize>(
+    b: Backend,
+    ty: GgmlType,
+    w: [&[u8]; RW],
+    xs: [&[u8]; RX],
+    n: usize,
+) -> [f32; 4] {
+    debug_assert!((RW == 1 || RX == 1) && RW <= 4 && RX <= 4);
+    #[cfg(target_arch = "x86_64")]
+    if b != Backend::Scalar {
+        // SAFETY: non-scalar backends are only passed in when
+        // `Backend::is_available` holds, and the caller sized every slice.
+        return unsafe { x86::dot_tile::<RW, RX>(b == Backend::AvxVnni, ty, w, xs, n) };
+    }
+    let _ = b;
+    if RW == 1 {
+        widen(dot_scalar::dot_rows::<RX>(ty, w[0], xs, n))
+    } else {
+        let mut out = [0.0f32; 4];
+        for (o, wr) in out.iter_mut().zip(w) {
+            let [v] = dot_scalar::dot_rows::<1>(ty, wr, [xs[0]], n);
+            *o = v;
+        }
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::dot_avx2::{self, plain, vnni, F_BF16, F_F16, F_F32};
+    use super::super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0};
+    use super::super::dot_avx2_k::{dot_q45k, dot_q6k};
+    use super::widen;
+    use super::GgmlType;
+
+    /// # Safety
+    /// AVX2/FMA/F16C (and AVX-VNNI when `use_vnni`) must be available; the
+    /// slices must be sized as for [`super::dot_tile`].
+    #[inline]
+    pub(super) unsafe fn dot_tile<const RW: usize, const RX: usize>(
+        use_vnni: bool,
+        ty: GgmlType,
+        w: [&[u8]; RW],
+        xs: [&[u8]; RX],
+        n: usize,
+    ) -> [f32; 4] {
+        let wp = w.map(|s| s.as_ptr());
+        let xp = xs.map(|s| s.as_ptr());
+        let nb = n / ty.block_size();
+        macro_rules! q32 {
+            ($k:expr) => {
+                if use_vnni {
+                    vnni::dot_q32::<{ $k }, RW, RX>(wp, xp, nb)
+                } else {
+                    plain::dot_q32::<{ $k }, RW, RX>(wp, xp, nb)
+                }
+            };
+        }
+        // Kernels that only tile over activation rows: loop over weight rows.
+        macro_rules! per_w {
+            ($f:ident $(, $g:expr)?) => {{
+                if RW == 1 {
+                    widen($f::<$({ $g },)? RX>(wp[0], xp, nb))
+                } else {
+                    let mut out = [0.0f32; 4];
+                    for (o, &p) in out.iter_mut().zip(wp.iter()) {
+                        let [v] = $f::<$({ $g },)? 1>(p, [xp[0]], nb);
+                        *o = v;
+                    }
+                    out
+                }
+            }};
+        }
+        macro_rules! float {
+            ($wt:expr, $xt:expr) => {{
+                let mut out = [0.0f32; 4];
+                for p in 0..RW.max(RX) {
+                    let (i, t) = if RW == 1 { (0, p) } else { (p, 0) };
+                    out[p] = dot_avx2::dot_float::<{ $wt }, { $xt }>(wp[i], xp[t], n);
+                }
+                out
+            }};
+        }
+        match ty {
+            GgmlType::Q4_0 => q32!(K_Q4_0),
+            GgmlType::Q4_1 => q32!(K_Q4_1),
+            GgmlType::Q5_0 => q32!(K_Q5_0),
+            GgmlType::Q5_1 => q32!(K_Q5_1),
+            GgmlType::Q8_0 => q32!(K_Q8_0),
+            GgmlType::Q4_K => per_w!(dot_q45k, false),
+            GgmlType::Q5_K => per_w!(dot_q45k, true),
+            GgmlType::Q6_K => per_w!(dot_q6k),
+            GgmlType::F32 => float!(F_F32, F_F32),
+            GgmlType::F16 => float!(F_F16, F_F16),
+            GgmlType::BF16 => float!(F_BF16, F_F32),
+            _ => super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n),
+        }
+    }
+}

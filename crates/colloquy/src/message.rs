@@ -1,0 +1,76 @@
+//! Chat messages and their roles.
+
+/// Who wrote a message.
+///
+/// ```
+/// use colloquy::language::*;
+/// assert_eq!(MessageType::UserMessage.as_role(), "user");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// The system prompt.
+    SystemPrompt,
+    /// A message from the user.
+    UserMessage,
+    /// An answer from the model.
+    ModelAnswer,
+}
+
+impl MessageType {
+    /// The role name chat templates use: `system`, `user` or `assistant`.
+    pub fn as_role(self) -> &'static str {
+        match self {
+            MessageType::SystemPrompt => "system",
+            MessageType::UserMessage => "user",
+            MessageType::ModelAnswer => "assistant",
+        }
+    }
+
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            MessageType::SystemPrompt => 0,
+            MessageType::UserMessage => 1,
+            MessageType::ModelAnswer => 2,
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<MessageType> {
+        match b {
+            0 => Some(MessageType::SystemPrompt),
+            1 => Some(MessageType::UserMessage),
+            2 => Some(MessageType::ModelAnswer),
+            _ => None,
+        }
+    }
+}
+
+/// One message of a conversation.
+///
+/// ```
+/// use colloquy::language::*;
+/// let m = ChatMessage::new(MessageType::UserMessage, "Hello");
+/// assert_eq!(m.role(), MessageType::UserMessage);
+/// assert_eq!(m.content(), "Hello");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChatMessage {
+    role: MessageType,
+    content: String,
+}
+
+impl ChatMessage {
+    /// A message with a role and text.
+    pub fn new(role: MessageType, content: impl Into<String>) -> ChatMessage {
+        ChatMessage { role, content: content.into() }
+    }
+
+    /// Who wrote it.
+    pub fn role(&self) -> MessageType {
+        self.role
+    }
+
+    /// Its text.
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+}
