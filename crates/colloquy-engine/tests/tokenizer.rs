@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use colloquy_engine::error::Error;
 use colloquy_engine::gguf::Gguf;
 use colloquy_engine::tokenizer::{Tokenizer, Utf8Stream};
 use proptest::prelude::*;
@@ -264,5 +265,201 @@ proptest! {
                 prop_assert_eq!(tok.decode(&ids).unwrap(), s.as_bytes());
             }
         }
+    }
+}
+
+/// Builds small GGUF files in memory, to test vocabularies without a model file.
+mod synthetic {
+    use super::*;
+
+    pub enum Meta {
+        Str(&'static str),
+        Bool(bool),
+        U32(u32),
+        Strs(Vec<String>),
+        I32s(Vec<i32>),
+        F32s(Vec<f32>),
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn gguf(kvs: &[(&str, Meta)]) -> Gguf {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (key, value) in kvs {
+            put_str(&mut out, key);
+            match value {
+                Meta::Str(s) => {
+                    out.extend_from_slice(&8u32.to_le_bytes());
+                    put_str(&mut out, s);
+                }
+                Meta::Bool(b) => {
+                    out.extend_from_slice(&7u32.to_le_bytes());
+                    out.push(u8::from(*b));
+                }
+                Meta::U32(v) => {
+                    out.extend_from_slice(&4u32.to_le_bytes());
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                Meta::Strs(v) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&8u32.to_le_bytes());
+                    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                    for s in v {
+                        put_str(&mut out, s);
+                    }
+                }
+                Meta::I32s(v) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&5u32.to_le_bytes());
+                    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                    for x in v {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+                Meta::F32s(v) => {
+                    out.extend_from_slice(&9u32.to_le_bytes());
+                    out.extend_from_slice(&6u32.to_le_bytes());
+                    out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                    for x in v {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
+        }
+        Gguf::from_bytes(out).expect("valid synthetic GGUF")
+    }
+
+    /// GPT-2's byte-to-character mapping, for building byte-level vocabularies.
+    fn byte_char(b: u8) -> char {
+        let mut n = 0;
+        for x in 0..=255u8 {
+            let direct = matches!(x, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+            if x == b {
+                return if direct { char::from(x) } else { char::from_u32(256 + n).unwrap() };
+            }
+            if !direct {
+                n += 1;
+            }
+        }
+        unreachable!()
+    }
+
+    /// 256 byte tokens, then `extra` (normal), then `<|x|>` (control); returns the GGUF and `<|x|>`'s id.
+    fn byte_level(pre: &'static str, extra: &[&str], merges: &[&str]) -> (Gguf, u32) {
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
+        tokens.extend(extra.iter().map(|s| s.to_string()));
+        tokens.push("<|x|>".to_string());
+        let mut types = vec![1; tokens.len()];
+        *types.last_mut().unwrap() = 3;
+        let x = tokens.len() as u32 - 1;
+        let g = gguf(&[
+            ("tokenizer.ggml.model", Meta::Str("gpt2")),
+            ("tokenizer.ggml.pre", Meta::Str(pre)),
+            ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
+            ("tokenizer.ggml.token_type", Meta::I32s(types)),
+            ("tokenizer.ggml.merges", Meta::Strs(merges.iter().map(|s| s.to_string()).collect())),
+            ("tokenizer.ggml.eos_token_id", Meta::U32(x)),
+        ]);
+        (g, x)
+    }
+
+    fn id(b: u8) -> u32 {
+        // Byte tokens are stored in byte order.
+        u32::from(b)
+    }
+
+    #[test]
+    fn unknown_model_is_named() {
+        let g = gguf(&[
+            ("tokenizer.ggml.model", Meta::Str("bert")),
+            ("tokenizer.ggml.tokens", Meta::Strs(vec!["a".into()])),
+        ]);
+        match Tokenizer::from_gguf(&g) {
+            Err(Error::UnsupportedTokenizer(m)) => assert!(m.contains("bert"), "{m}"),
+            other => panic!("expected UnsupportedTokenizer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_pre_tokenizer_is_named() {
+        let (g, _) = byte_level("frobnicate", &[], &[]);
+        match Tokenizer::from_gguf(&g) {
+            Err(Error::UnsupportedTokenizer(m)) => assert!(m.contains("frobnicate"), "{m}"),
+            other => panic!("expected UnsupportedTokenizer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_model_key_is_reported() {
+        let g = gguf(&[("tokenizer.ggml.tokens", Meta::Strs(vec!["a".into()]))]);
+        assert!(
+            matches!(Tokenizer::from_gguf(&g), Err(Error::MissingMetadata(k)) if k == "tokenizer.ggml.model")
+        );
+    }
+
+    #[test]
+    fn byte_level_bpe_merges_by_rank() {
+        // "a b" ranks before "Ġ a": " ab" becomes "Ġ" + "ab", not "Ġab".
+        let (g, x) = byte_level("gpt-2", &["ab", "Ġa", "Ġab"], &["a b", "Ġ a", "Ġa b"]);
+        let tok = Tokenizer::from_gguf(&g).unwrap();
+        let (ab, space) = (256, id(b' '));
+        let space_tok = tok.token_to_id("Ġ").unwrap();
+        assert_eq!(space_tok, space);
+        assert_eq!(tok.encode("ab ab<|x|>", true), vec![ab, space_tok, ab, x]);
+        assert_eq!(tok.decode(&tok.encode("ab ab<|x|>", false)).unwrap(), b"ab ab<|x|>");
+        assert!(tok.is_eog(x));
+        assert_eq!(tok.bos(), Some(11), "llama.cpp's default BOS for gpt2 vocabularies");
+
+        // With "Ġ a" first, " ab" becomes "Ġa" then "Ġab".
+        let (g, _) = byte_level("gpt-2", &["ab", "Ġa", "Ġab"], &["Ġ a", "a b", "Ġa b"]);
+        let tok = Tokenizer::from_gguf(&g).unwrap();
+        assert_eq!(tok.encode(" ab", false), vec![258]);
+        // A non-ASCII character is its UTF-8 bytes.
+        assert_eq!(tok.encode("é", false), vec![id(0xC3), id(0xA9)]);
+        assert_eq!(tok.token_to_piece(id(0xC3)).unwrap(), vec![0xC3]);
+    }
+
+    #[test]
+    fn sentencepiece_with_byte_fallback() {
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+        let mut types = vec![2, 3, 3];
+        for b in 0..=255u8 {
+            tokens.push(format!("<0x{b:02X}>"));
+            types.push(6);
+        }
+        for t in ["▁", "a", "b", "ab", "▁ab", "<h1>"] {
+            tokens.push(t.into());
+            types.push(if t == "<h1>" { 4 } else { 1 });
+        }
+        let mut scores = vec![0.0; tokens.len()];
+        let n = tokens.len();
+        scores[n - 3] = -1.0; // ab
+        scores[n - 2] = -0.5; // ▁ab
+        let g = gguf(&[
+            ("tokenizer.ggml.model", Meta::Str("llama")),
+            ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
+            ("tokenizer.ggml.token_type", Meta::I32s(types)),
+            ("tokenizer.ggml.scores", Meta::F32s(scores)),
+            ("tokenizer.ggml.add_space_prefix", Meta::Bool(false)),
+        ]);
+        let tok = Tokenizer::from_gguf(&g).unwrap();
+        let byte = |b: u8| 3 + u32::from(b);
+        let (space, ab, space_ab, h1) = (259, 262, 263, 264);
+        // "▁ab" outscores "ab", so " ab" is one token; "é" is not in the vocabulary.
+        assert_eq!(tok.encode(" ab", false), vec![space_ab]);
+        assert_eq!(tok.encode("ab é", false), vec![ab, space, byte(0xC3), byte(0xA9)]);
+        // User-defined tokens are split out even without parse_special; control tokens only with it.
+        assert_eq!(tok.encode("<h1></s>", false)[0], h1);
+        assert_eq!(tok.encode("<h1></s>", true), vec![h1, 2]);
+        assert_eq!(tok.decode(&tok.encode("ab é <h1>x", false)).unwrap(), "ab é <h1>x".as_bytes());
+        assert_eq!(tok.token_to_piece(space_ab).unwrap(), b" ab");
+        assert_eq!(tok.token_to_piece(byte(b'\n')).unwrap(), b"\n");
+        assert_eq!((tok.bos(), tok.eos(), tok.add_bos()), (Some(1), 2, true));
     }
 }

@@ -1,9 +1,11 @@
 //! Unicode general categories of every code point, as ranges.
 //!
-//! Generated from the Unicode Character Database (general categories, Unicode 15.1),
-//! collapsed to the eight classes the pre-tokenizers use. Each entry is
-//! `(first code point, category bits)`; a range runs to the next entry's start.
-//! Unassigned code points are `UNDEFINED`. Do not edit by hand.
+//! Unicode 15.1 general categories, collapsed to the eight classes the
+//! pre-tokenizers use (`\p{N}`, `\p{L}`, `\p{Z}`, `\p{M}`, `\p{P}`, `\p{S}`,
+//! other `\p{C}`, unassigned). The ranges are the ones llama.cpp's tokenizer
+//! tables hold, so that word boundaries agree with it code point for code
+//! point. Each entry is `(first code point, class bit)`; a range runs to the
+//! next entry's start. Generated data: do not edit by hand.
 
 /// `(first code point, category bits)`, sorted by code point; the last range ends at U+10FFFF.
 #[rustfmt::skip]
