@@ -86,7 +86,7 @@ pub enum Error {
         found: Vec<u64>,
     },
     /// The model's architecture is not implemented.
-    #[error("unknown model architecture {0:?}; colloquy supports: llama")]
+    #[error("unknown model architecture {0:?}; colloquy supports: llama, gemma3")]
     UnknownArchitecture(String),
 
     // ---- tokenizer ----

@@ -120,7 +120,8 @@ pub struct KvBlock {
 }
 
 impl KvBlock {
-    fn new(layout: &KvLayout) -> KvBlock {
+    /// A block of zeros shaped for `layout`.
+    pub fn zeroed(layout: &KvLayout) -> KvBlock {
         let n = layout.n_layers * layout.layer_stride();
         KvBlock { k: KvData::zeros(layout.dtype, n), v: KvData::zeros(layout.dtype, n) }
     }
@@ -187,7 +188,7 @@ impl KvCache {
             return Err(Error::ContextOverflow { needed: end, n_ctx: self.capacity });
         }
         while self.blocks.len() * BLOCK_TOKENS < end {
-            self.blocks.push(Arc::new(KvBlock::new(&self.layout)));
+            self.blocks.push(Arc::new(KvBlock::zeroed(&self.layout)));
         }
         if n > 0 {
             for b in start / BLOCK_TOKENS..=(end - 1) / BLOCK_TOKENS {
@@ -238,6 +239,11 @@ impl KvCache {
             )));
         }
         Ok(KvCache { layout, blocks, len, capacity })
+    }
+
+    /// Changes the most positions this cache may hold (never below its length).
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(self.len);
     }
 
     /// Bytes of K/V memory that the filled positions use.

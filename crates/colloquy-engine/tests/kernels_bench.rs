@@ -4,7 +4,7 @@
 
 mod kernels_support;
 
-use colloquy_engine::kernels::{self, Backend, GgmlType};
+use colloquy_engine::kernels::{self, Backend, GgmlType, PackedWeights};
 use kernels_support::{activation, random_weights, Rng};
 use std::hint::black_box;
 use std::time::Instant;
@@ -12,6 +12,11 @@ use std::time::Instant;
 /// Times `rows x n` matrix-vector products (and 4-row batches); prints µs per
 /// product and effective weight bandwidth.
 fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
+    if let Ok(only) = std::env::var("BENCH_TYPES") {
+        if !only.split(',').any(|t| t == ty.name()) {
+            return;
+        }
+    }
     let mut rng = Rng::new(1);
     let w: Vec<u8> = (0..rows).flat_map(|_| random_weights(&mut rng, ty, n)).collect();
     let wlen = ty.row_bytes(n).unwrap();
@@ -21,8 +26,9 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
 
     // Matrix-vector (decode): one activation row.
     let iters = (2e9 / (rows * n) as f64).clamp(3.0, 2000.0) as usize;
+    let reps = if rows * n > 10_000_000 { 15 } else { 5 };
     let mut best = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..reps {
         let t0 = Instant::now();
         for _ in 0..iters {
             for r in 0..rows {
@@ -35,7 +41,7 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
     }
     // The same through `matmul` (four weight rows per tile).
     let mut best_mm = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..reps {
         let t0 = Instant::now();
         for _ in 0..iters {
             kernels::matmul_with(backend, ty, &w, rows, &xs[..xlen], 1, n, &mut out[..rows], rows).unwrap();
@@ -65,6 +71,29 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
         }
         best4 = best4.min(t0.elapsed().as_secs_f64() / (iters / 4 + 1) as f64);
     }
+    // Packed weights (Q4_0/Q4_1/Q8_0): one row, and 16 rows at a time.
+    let mut packed = String::new();
+    if PackedWeights::supports(ty) {
+        let pw = PackedWeights::pack(ty, &w, rows, n).unwrap();
+        let x16: Vec<u8> = (0..16).flat_map(|_| activation(ty, &rng.floats(n, 1.0))).collect();
+        let mut out16 = vec![0.0f32; rows * 16];
+        let mut bp = [f64::MAX; 2];
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                pw.matmul_with(backend, 0..rows, &xs[..xlen], 1, &mut out[..rows], rows).unwrap();
+                black_box(&out);
+            }
+            bp[0] = bp[0].min(t0.elapsed().as_secs_f64() / iters as f64);
+            let t0 = Instant::now();
+            for _ in 0..iters / 16 + 1 {
+                pw.matmul_with(backend, 0..rows, &x16, 16, &mut out16, rows).unwrap();
+                black_box(&out16);
+            }
+            bp[1] = bp[1].min(t0.elapsed().as_secs_f64() / (iters / 16 + 1) as f64);
+        }
+        packed = format!(" | packed {:7.1} us, 16 rows {:6.1} us/row", bp[0] * 1e6, bp[1] * 1e6 / 16.0);
+    }
     let bytes = (rows * wlen) as f64;
     println!(
         "{:>5} {:>7} {rows:>5}x{n:<5} vec_dot {:7.1} us | matmul {:7.1} us ({:6.2} GB/s, {:6.2} Gelem/s) | 4 rows {:8.1} us ({:6.1} us/row)",
@@ -77,6 +106,19 @@ fn bench(ty: GgmlType, rows: usize, n: usize, backend: Backend) {
         best4 * 1e6,
         best4 * 1e6 / 4.0,
     );
+    if !packed.is_empty() {
+        println!("{:>40}{packed}", "");
+    }
+}
+
+#[test]
+#[ignore]
+fn bench_large() {
+    // Weights far larger than the caches: memory bandwidth bound.
+    for backend in [Backend::detect()] {
+        bench(GgmlType::Q4_1, 49152, 2048, backend);
+        bench(GgmlType::Q8_0, 49152, 1024, backend);
+    }
 }
 
 #[test]
@@ -104,6 +146,59 @@ fn bench_matvec() {
             GgmlType::F32,
         ] {
             bench(ty, 1536, 1024, backend);
+        }
+    }
+}
+
+/// Decode-like streaming: many 1536x576 matrices, together far larger than
+/// the caches, each used once per pass (as the layers of a model are).
+#[test]
+#[ignore]
+fn bench_stream() {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let (rows, n, mats) = (1536usize, 576usize, 300usize);
+        let mut rng = Rng::new(9);
+        let one: Vec<u8> = (0..rows).flat_map(|_| random_weights(&mut rng, ty, n)).collect();
+        let w: Vec<u8> = (0..mats).flat_map(|_| one.iter().copied()).collect();
+        let x = activation(ty, &rng.floats(n, 1.0));
+        let wlen = ty.row_bytes(n).unwrap();
+        let mut out = vec![0.0f32; rows];
+        let packs: Vec<PackedWeights> =
+            w.chunks_exact(rows * wlen).map(|mat| PackedWeights::pack(ty, mat, rows, n).unwrap()).collect();
+        for backend in [Backend::detect()] {
+            let mut best = [f64::MAX; 3];
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                for mat in w.chunks_exact(rows * wlen) {
+                    for r in 0..rows {
+                        out[r] = kernels::vec_dot_with(backend, ty, &mat[r * wlen..(r + 1) * wlen], &x, n).unwrap();
+                    }
+                    black_box(&out);
+                }
+                best[0] = best[0].min(t0.elapsed().as_secs_f64());
+                let t0 = Instant::now();
+                for mat in w.chunks_exact(rows * wlen) {
+                    kernels::matmul_with(backend, ty, mat, rows, &x, 1, n, &mut out, rows).unwrap();
+                    black_box(&out);
+                }
+                best[1] = best[1].min(t0.elapsed().as_secs_f64());
+                let t0 = Instant::now();
+                for p in &packs {
+                    p.matmul_with(backend, 0..rows, &x, 1, &mut out, rows).unwrap();
+                    black_box(&out);
+                }
+                best[2] = best[2].min(t0.elapsed().as_secs_f64());
+            }
+            let gb = w.len() as f64 / 1e9;
+            println!(
+                "{:>5} {:>7} stream {} MB: vec_dot {:6.2} GB/s | matmul {:6.2} GB/s | packed {:6.2} GB/s",
+                ty.name(),
+                backend.name(),
+                w.len() / 1_000_000,
+                gb / best[0],
+                gb / best[1],
+                gb / best[2]
+            );
         }
     }
 }

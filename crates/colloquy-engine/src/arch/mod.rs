@@ -11,6 +11,7 @@ use crate::gguf::Gguf;
 use crate::kv::{KvCache, KvLayout};
 use crate::runtime::Runtime;
 
+pub mod gemma3;
 pub mod llama;
 
 /// Which positions of a forward pass need logits.
@@ -51,6 +52,7 @@ pub fn load_architecture(gguf: Arc<Gguf>) -> Result<Box<dyn Architecture>> {
     let name = gguf.get_str("general.architecture")?.to_string();
     match name.as_str() {
         "llama" => Ok(Box::new(llama::Llama::load(gguf)?)),
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(gguf)?)),
         _ => Err(Error::UnknownArchitecture(name)),
     }
 }

@@ -6,8 +6,50 @@
 //! operation sequence as a 1 x 1 tile, so tiling never changes a result.
 
 use super::dot_scalar;
+use super::packed::XPrep;
 use super::types::GgmlType;
 use super::Backend;
+
+/// Dots of one packed 8-row group (`g`, `nb` group-blocks of type `ty`)
+/// with `RX` activation rows; `None` on the portable backend (which then
+/// rebuilds the rows). Result `[t][r]`: activation row `t`, group row `r`.
+pub(super) fn dot_packed<const RX: usize>(
+    b: Backend,
+    ty: GgmlType,
+    g: &[u8],
+    xs: [&[u8]; RX],
+    xp: [&XPrep; RX],
+    nb: usize,
+) -> Option<[[f32; 8]; 4]> {
+    debug_assert!(RX <= 4 && xp.iter().all(|p| p.d.len() >= nb));
+    #[cfg(target_arch = "x86_64")]
+    if b != Backend::Scalar {
+        use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
+        use super::packed_avx2::{plain, vnni};
+        let (gp, xq) = (g.as_ptr(), xs.map(|s| s.as_ptr()));
+        macro_rules! go {
+            ($k:expr) => {
+                // SAFETY: SIMD backends are only passed in when available; the
+                // caller sized the group, activation rows and preparations.
+                unsafe {
+                    if b == Backend::AvxVnni {
+                        vnni::dot_packed::<{ $k }, RX>(gp, xq, xp, nb)
+                    } else {
+                        plain::dot_packed::<{ $k }, RX>(gp, xq, xp, nb)
+                    }
+                }
+            };
+        }
+        return match ty {
+            GgmlType::Q4_0 => Some(go!(K_Q4_0)),
+            GgmlType::Q4_1 => Some(go!(K_Q4_1)),
+            GgmlType::Q8_0 => Some(go!(K_Q8_0)),
+            _ => None,
+        };
+    }
+    let _ = (b, ty, g, xs, xp, nb);
+    None
+}
 
 /// Copies the first `R` results into a 4-wide result array.
 #[inline(always)]
@@ -26,14 +68,27 @@ pub(super) fn dot_tile<const RW: usize, const RX: usize>(
     xs: [&[u8]; RX],
     n: usize,
 ) -> [f32; 4] {
+    dot_tile_pf::<RW, RX>(b, ty, w, xs, n, 0)
+}
+
+/// [`dot_tile`] with a software-prefetch distance `pf` (bytes past each
+/// weight row start, 0 for none; a hint only, results are unaffected).
+pub(super) fn dot_tile_pf<const RW: usize, const RX: usize>(
+    b: Backend,
+    ty: GgmlType,
+    w: [&[u8]; RW],
+    xs: [&[u8]; RX],
+    n: usize,
+    pf: usize,
+) -> [f32; 4] {
     debug_assert!((RW == 1 || RX == 1) && RW <= 4 && RX <= 4);
     #[cfg(target_arch = "x86_64")]
     if b != Backend::Scalar {
         // SAFETY: non-scalar backends are only passed in when
         // `Backend::is_available` holds, and the caller sized every slice.
-        return unsafe { x86::dot_tile::<RW, RX>(b == Backend::AvxVnni, ty, w, xs, n) };
+        return unsafe { x86::dot_tile::<RW, RX>(b == Backend::AvxVnni, ty, w, xs, n, pf) };
     }
-    let _ = b;
+    let _ = (b, pf);
     if RW == 1 {
         widen(dot_scalar::dot_rows::<RX>(ty, w[0], xs, n))
     } else {
@@ -64,6 +119,7 @@ mod x86 {
         w: [&[u8]; RW],
         xs: [&[u8]; RX],
         n: usize,
+        pf: usize,
     ) -> [f32; 4] {
         let wp = w.map(|s| s.as_ptr());
         let xp = xs.map(|s| s.as_ptr());
@@ -71,9 +127,9 @@ mod x86 {
         macro_rules! q32 {
             ($k:expr) => {
                 if use_vnni {
-                    vnni::dot_q32::<{ $k }, RW, RX>(wp, xp, nb)
+                    vnni::dot_q32::<{ $k }, RW, RX>(wp, xp, nb, pf)
                 } else {
-                    plain::dot_q32::<{ $k }, RW, RX>(wp, xp, nb)
+                    plain::dot_q32::<{ $k }, RW, RX>(wp, xp, nb, pf)
                 }
             };
         }

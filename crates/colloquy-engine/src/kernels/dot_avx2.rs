@@ -3,11 +3,11 @@
 //! Callers must have checked that the CPU has these features and that every
 //! pointer covers the blocks it is read for (see `mod.rs`).
 //!
-//! Per-row float sequence (fixed, independent of how many rows run together):
-//! blocks alternate between two 8-lane accumulators (even, odd), each block
-//! adding `(d_w * d_x) * float(int32 lane sums)` with one FMA; at the end the
-//! two are added, reduced by [`hsum8`], and for Q4_1/Q5_1 the running sum of
-//! `m_w * s_x` (accumulated in its own lane) is added last.
+//! The 32-wide kernels reduce each block to its exact integer dot `sumi` and
+//! then run the same float steps as the portable kernels, block by block:
+//! `acc + sumi * (d_w * d_x)` (Q4_0/Q5_0/Q8_0) or
+//! `acc + ((d_w * d_x) * sumi + m_w * s_x)` (Q4_1/Q5_1), so every backend and
+//! every tile shape gives the same bits.
 
 use std::arch::x86_64::*;
 
@@ -110,17 +110,6 @@ const fn w_block(k: u8) -> usize {
     }
 }
 
-/// Broadcasts lane `idx` of `v` to all eight lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn lane(v: __m256, idx: usize) -> __m256 {
-    if idx == 0 {
-        _mm256_broadcastss_ps(_mm256_castps256_ps128(v))
-    } else {
-        _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(idx as i32))
-    }
-}
-
 /// Per-block scale products of a tile of `P = max(RW, RX)` (weight row,
 /// activation row) pairs, one side having a single row. Symmetric kinds: lane
 /// `p` holds `d_w * d_x` of pair `p`. Min kinds: lane `2p` holds `d_w * d_x`
@@ -157,24 +146,33 @@ unsafe fn tile_scales<const K: u8, const RW: usize, const RX: usize>(
     }
 }
 
+/// Exact sums of up to four i32x8 vectors, one per lane of the result.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn hsum4_i32(v: [__m256i; 4]) -> __m128i {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h = _mm256_hadd_epi32(h01, h23);
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
 /// Generates a module with the 32-wide-quant tile kernel for one feature set
 /// (`vnni` selects AVX-VNNI `vpdpbusd` for the u8 x i8 dot, which gives the
 /// same exact i32 sums as `maddubs` + `madd` since the i16 pairs never
-/// saturate here: |a| <= 128, b in -128..=127, a >= 0).
+/// saturate here: a in 0..=128, b in -128..=127).
 macro_rules! q32_module {
     ($module:ident, $feat:literal, $vnni:literal) => {
         pub(crate) mod $module {
             use super::*;
 
-            /// Sums of 4 adjacent u8 x i8 products as 8 f32 lanes.
+            /// Sums of 4 adjacent u8 x i8 products as 8 i32 lanes.
             #[inline]
             #[target_feature(enable = $feat)]
-            unsafe fn mul_sum(a: __m256i, b: __m256i) -> __m256 {
+            pub(crate) unsafe fn mul_sum(a: __m256i, b: __m256i) -> __m256i {
                 if $vnni {
-                    _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b))
+                    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
                 } else {
-                    let p = _mm256_maddubs_epi16(a, b);
-                    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
                 }
             }
 
@@ -184,16 +182,17 @@ macro_rules! q32_module {
                 w: &[*const u8; RW],
                 xs: &[*const u8; RX],
                 ib: usize,
-                acc: &mut [__m256; 4],
-                accm: &mut __m256,
+                pf: usize,
+                acc: &mut __m128,
             ) {
                 let pc = if RW > RX { RW } else { RX };
                 let wo = ib * w_block(K);
-                let xo = ib * if is_sym(K) { 34 } else { 36 };
-                let s = tile_scales::<K, RW, RX>(w, xs, wo, xo);
-                if !is_sym(K) {
-                    *accm = _mm256_add_ps(*accm, s);
+                if pf != 0 {
+                    for wi in w.iter() {
+                        _mm_prefetch::<_MM_HINT_T0>(wi.wrapping_add(wo + pf) as *const i8);
+                    }
                 }
+                let xo = ib * if is_sym(K) { 34 } else { 36 };
                 let mut qw = [_mm256_setzero_si256(); 4];
                 for i in 0..RW {
                     qw[i] = load_w::<K>(w[i].add(wo));
@@ -203,15 +202,25 @@ macro_rules! q32_module {
                 for t in 0..RX {
                     qy[t] = _mm256_loadu_si256(xs[t].add(xo + hdr) as *const __m256i);
                 }
+                let mut v = [_mm256_setzero_si256(); 4];
                 for p in 0..pc {
                     let (i, t) = if RW == 1 { (0, p) } else { (p, 0) };
-                    let prod = if is_sym(K) {
+                    v[p] = if is_sym(K) {
                         mul_sum(_mm256_sign_epi8(qw[i], qw[i]), _mm256_sign_epi8(qy[t], qw[i]))
                     } else {
                         mul_sum(qw[i], qy[t])
                     };
-                    let d = lane(s, if is_sym(K) { p } else { 2 * p });
-                    acc[p] = _mm256_fmadd_ps(d, prod, acc[p]);
+                }
+                let sumi = _mm_cvtepi32_ps(hsum4_i32(v));
+                let s = tile_scales::<K, RW, RX>(w, xs, wo, xo);
+                if is_sym(K) {
+                    *acc = _mm_add_ps(*acc, _mm_mul_ps(sumi, _mm256_castps256_ps128(s)));
+                } else {
+                    let lo = _mm256_castps256_ps128(s);
+                    let hi = _mm256_extractf128_ps::<1>(s);
+                    let dd = _mm_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                    let ms = _mm_shuffle_ps::<0b11_01_11_01>(lo, hi);
+                    *acc = _mm_add_ps(*acc, _mm_add_ps(_mm_mul_ps(dd, sumi), ms));
                 }
             }
 
@@ -219,6 +228,10 @@ macro_rules! q32_module {
             /// rows (Q8_0 for the symmetric kinds, Q8_1 otherwise): `RW`
             /// weight rows by `RX` activation rows, one of them 1. Result
             /// `p` is pair `p`; entries past `max(RW, RX)` are 0.
+            ///
+            /// A non-zero `pf` software-prefetches the weight bytes `pf`
+            /// bytes ahead of each row (the rows of a later tile), which keeps
+            /// several interleaved row streams flowing from memory.
             ///
             /// # Safety
             /// The CPU must have the module's features; every pointer must
@@ -228,29 +241,15 @@ macro_rules! q32_module {
                 w: [*const u8; RW],
                 xs: [*const u8; RX],
                 nb: usize,
+                pf: usize,
             ) -> [f32; 4] {
                 debug_assert!(RW == 1 || RX == 1);
-                let pc = if RW > RX { RW } else { RX };
-                let mut acc0 = [_mm256_setzero_ps(); 4];
-                let mut acc1 = [_mm256_setzero_ps(); 4];
-                let mut accm = _mm256_setzero_ps();
-                let mut ib = 0;
-                while ib < nb {
-                    block::<K, RW, RX>(&w, &xs, ib, &mut acc0, &mut accm);
-                    if ib + 1 < nb {
-                        block::<K, RW, RX>(&w, &xs, ib + 1, &mut acc1, &mut accm);
-                    }
-                    ib += 2;
+                let mut acc = _mm_setzero_ps();
+                for ib in 0..nb {
+                    block::<K, RW, RX>(&w, &xs, ib, pf, &mut acc);
                 }
-                let mut ms = [0.0f32; 8];
-                _mm256_storeu_ps(ms.as_mut_ptr(), accm);
                 let mut out = [0.0f32; 4];
-                for p in 0..pc {
-                    out[p] = hsum8(_mm256_add_ps(acc0[p], acc1[p]));
-                    if !is_sym(K) {
-                        out[p] += ms[2 * p + 1];
-                    }
-                }
+                _mm_storeu_ps(out.as_mut_ptr(), acc);
                 out
             }
         }

@@ -20,6 +20,7 @@ mod dequant;
 mod dispatch;
 mod dot_scalar;
 mod ops;
+mod packed;
 mod quantize;
 mod types;
 
@@ -27,12 +28,15 @@ mod types;
 mod dot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx2;
 
 pub use ops::{
     add_inplace, f16_to_f32_row, f32_to_f16_row, gelu_mul, gelu_tanh, gelu_tanh_f32, mul_inplace, rms_norm,
     rope_cache, rope_neox, rope_neox_cached, rope_norm, rope_norm_cached, scale_inplace, silu, silu_f32,
     silu_mul, softmax_inplace,
 };
+pub use packed::{PackedWeights, PACK_ROWS};
 pub use types::{GgmlType, QK32, QK_K};
 
 use crate::error::{Error, Result};
@@ -358,9 +362,12 @@ pub fn matmul_with(
     let xr = |t: usize| &xs[t * xlen..(t + 1) * xlen];
     if m == 1 {
         let x = xr(0);
+        // Prefetch two tiles ahead: the interleaved row streams defeat the
+        // hardware prefetchers once the weights come from memory.
+        let pf = 8 * wlen;
         let mut r = 0;
         while r + 4 <= rows {
-            let v = dispatch::dot_tile::<4, 1>(b, ty, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x], n);
+            let v = dispatch::dot_tile_pf::<4, 1>(b, ty, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x], n, pf);
             out[r..r + 4].copy_from_slice(&v);
             r += 4;
         }

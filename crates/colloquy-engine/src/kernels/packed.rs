@@ -1,0 +1,295 @@
+//! Weights repacked eight rows at a time for fast matrix products.
+//!
+//! For Q4_0, Q4_1 and Q8_0, groups of 8 consecutive rows are interleaved
+//! block by block: the 8 scales (and mins) first, then the quant bytes in
+//! 4-byte chunks, row after row (`chunk c = [row0 bytes 4c..4c+4, row1 ...,
+//! row7 ...]`). One 32-byte load then feeds 8 rows at once and the integer
+//! dot of each row lands in its own SIMD lane, so the float work per block
+//! is shared by 8 rows. Rows past the last full group stay in ggml layout.
+//!
+//! Results are bit-identical to [`super::vec_dot`] on the original rows (the
+//! per-row float sequence is the same exact-integer-then-f32 one), for any
+//! number of activation rows, row range or backend.
+
+use super::dispatch;
+use super::dot_scalar;
+use super::types::GgmlType;
+use super::{invalid, row_len, Backend};
+use crate::error::Result;
+use std::ops::Range;
+
+/// Per-block activation values the kernels need, precomputed once per row.
+pub(crate) struct XPrep {
+    /// `d` of each block, as f32.
+    pub d: Vec<f32>,
+    /// `s` of each Q8_1 block, as f32 (empty for Q8_0).
+    pub s: Vec<f32>,
+    /// Sum of the 32 quants of each Q8_0 block (empty for Q8_1).
+    pub sum: Vec<i32>,
+}
+
+impl XPrep {
+    /// Prepares a Q8_0 (`min = false`) or Q8_1 (`min = true`) row of `nb` blocks.
+    pub(crate) fn new(x: &[u8], nb: usize, min: bool) -> XPrep {
+        let h = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+        let bs = if min { 36 } else { 34 };
+        let mut p = XPrep { d: Vec::with_capacity(nb), s: Vec::new(), sum: Vec::new() };
+        for blk in x.chunks_exact(bs).take(nb) {
+            p.d.push(h(blk, 0));
+            if min {
+                p.s.push(h(blk, 2));
+            } else {
+                p.sum.push(blk[2..].iter().map(|&q| q as i8 as i32).sum());
+            }
+        }
+        p
+    }
+}
+
+/// Rows per interleaved group.
+pub const PACK_ROWS: usize = 8;
+
+/// A weight matrix (`rows` x `n`, type Q4_0, Q4_1 or Q8_0) repacked for
+/// [`PackedWeights::matmul`].
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    ty: GgmlType,
+    rows: usize,
+    n: usize,
+    data: Vec<u8>,
+}
+
+/// Byte offsets inside one packed group-block: (scales, mins, quants, size).
+pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
+    match ty {
+        GgmlType::Q4_0 => (0, 0, 16, 144),
+        GgmlType::Q4_1 => (0, 16, 32, 160),
+        _ => (0, 0, 16, 272),
+    }
+}
+
+impl PackedWeights {
+    /// Whether `ty` can be packed.
+    pub fn supports(ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    }
+
+    /// Repacks `rows` consecutive ggml rows of `n` elements from `w`.
+    pub fn pack(ty: GgmlType, w: &[u8], rows: usize, n: usize) -> Result<PackedWeights> {
+        if !Self::supports(ty) {
+            return Err(invalid(format!("cannot pack {ty} weights")));
+        }
+        let wlen = row_len(ty, n)?;
+        let total = rows.checked_mul(wlen).ok_or_else(|| invalid("weight size overflows".into()))?;
+        if w.len() < total {
+            return Err(invalid(format!("{rows} {ty} rows of {n} need {total} bytes, got {}", w.len())));
+        }
+        let nb = n / ty.block_size();
+        let bs = ty.type_size();
+        let (_, mo, qo, gbs) = group_block_layout(ty);
+        // Quant bytes per row block (16 or 32): the block minus its share of the header.
+        let qbytes = bs - qo / PACK_ROWS;
+        let groups = rows / PACK_ROWS;
+        let mut data = vec![0u8; total];
+        for g in 0..groups {
+            for b in 0..nb {
+                let dst = &mut data[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
+                for r in 0..PACK_ROWS {
+                    let src = &w[(g * PACK_ROWS + r) * wlen + b * bs..][..bs];
+                    dst[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+                    if ty == GgmlType::Q4_1 {
+                        dst[mo + 2 * r..mo + 2 * r + 2].copy_from_slice(&src[2..4]);
+                    }
+                    let q = &src[bs - qbytes..];
+                    for c in 0..qbytes / 4 {
+                        let o = qo + 32 * c + 4 * r;
+                        dst[o..o + 4].copy_from_slice(&q[4 * c..4 * c + 4]);
+                    }
+                }
+            }
+        }
+        let tail = groups * PACK_ROWS * wlen;
+        data[tail..].copy_from_slice(&w[tail..total]);
+        Ok(PackedWeights { ty, rows, n, data })
+    }
+
+    /// Weight type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Elements per row.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Rebuilds weight row `r` in ggml layout (for checks and tooling).
+    pub fn unpack_row(&self, r: usize) -> Option<Vec<u8>> {
+        if r >= self.rows {
+            return None;
+        }
+        let wlen = self.ty.row_bytes(self.n)?;
+        let groups = self.rows / PACK_ROWS;
+        if r >= groups * PACK_ROWS {
+            return Some(self.data[r * wlen..(r + 1) * wlen].to_vec());
+        }
+        let mut out = vec![0u8; wlen];
+        for (b, blk) in out.chunks_exact_mut(self.ty.type_size()).enumerate() {
+            self.block_of(r, b, blk);
+        }
+        Some(out)
+    }
+
+    /// Writes block `b` of packed row `r` (inside a full group) in ggml layout.
+    fn block_of(&self, r: usize, b: usize, blk: &mut [u8]) {
+        let nb = self.n / self.ty.block_size();
+        let bs = self.ty.type_size();
+        let (_, mo, qo, gbs) = group_block_layout(self.ty);
+        let qbytes = bs - qo / PACK_ROWS;
+        let (g, lane) = (r / PACK_ROWS, r % PACK_ROWS);
+        let src = &self.data[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
+        blk[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
+        if self.ty == GgmlType::Q4_1 {
+            blk[2..4].copy_from_slice(&src[mo + 2 * lane..mo + 2 * lane + 2]);
+        }
+        let q = &mut blk[bs - qbytes..];
+        for c in 0..qbytes / 4 {
+            let o = qo + 32 * c + 4 * lane;
+            q[4 * c..4 * c + 4].copy_from_slice(&src[o..o + 4]);
+        }
+    }
+
+    /// `out[t * out_stride + (r - rows.start)] = vec_dot(row r, activation
+    /// row t)` for `r` in `rows` and `t < m`, activation rows packed back to
+    /// back in `xs` (`ty.vec_dot_type()` format), on the active backend.
+    ///
+    /// Threads can split the rows into disjoint ranges; ranges starting at
+    /// multiples of [`PACK_ROWS`] avoid recomputing shared groups.
+    pub fn matmul(
+        &self,
+        rows: Range<usize>,
+        xs: &[u8],
+        m: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) -> Result<()> {
+        self.matmul_with(Backend::active(), rows, xs, m, out, out_stride)
+    }
+
+    /// [`PackedWeights::matmul`] on an explicit backend.
+    pub fn matmul_with(
+        &self,
+        backend: Backend,
+        rows: Range<usize>,
+        xs: &[u8],
+        m: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) -> Result<()> {
+        let (ty, n) = (self.ty, self.n);
+        let wlen = row_len(ty, n)?;
+        let xlen = row_len(ty.vec_dot_type(), n)?;
+        if rows.start > rows.end || rows.end > self.rows {
+            return Err(invalid(format!("row range {rows:?} outside 0..{}", self.rows)));
+        }
+        let width = rows.end - rows.start;
+        if width == 0 || m == 0 {
+            return Ok(());
+        }
+        if xs.len() / xlen.max(1) < m {
+            return Err(invalid(format!("{m} activation rows need {} bytes, got {}", m * xlen, xs.len())));
+        }
+        let fits = (m - 1).checked_mul(out_stride).and_then(|v| v.checked_add(width));
+        if out_stride < width || fits.is_none_or(|need| out.len() < need) {
+            return Err(invalid(format!("output of {} values is too small for {m} x {width}", out.len())));
+        }
+        let b = backend.usable();
+        let nb = n / ty.block_size();
+        let gbytes = nb * group_block_layout(ty).3;
+        let groups = self.rows / PACK_ROWS;
+        let xr = |t: usize| &xs[t * xlen..(t + 1) * xlen];
+        let min = ty == GgmlType::Q4_1;
+        let preps: Vec<XPrep> = if b == Backend::Scalar {
+            Vec::new()
+        } else {
+            (0..m).map(|t| XPrep::new(xr(t), nb, min)).collect()
+        };
+        let pr = |t: usize| &preps[t];
+        let mut put = |t: usize, r: usize, v: f32| {
+            if rows.contains(&r) {
+                out[t * out_stride + (r - rows.start)] = v;
+            }
+        };
+        // Full groups overlapping the range.
+        let g0 = rows.start / PACK_ROWS;
+        let g1 = rows.end.div_ceil(PACK_ROWS).min(groups);
+        let mut blk = vec![0u8; wlen];
+        for g in g0..g1 {
+            let gdata = &self.data[g * gbytes..(g + 1) * gbytes];
+            let mut t = 0;
+            while t < m {
+                let k = (m - t).min(4);
+                let res = if preps.is_empty() {
+                    None
+                } else {
+                    match k {
+                        4 => dispatch::dot_packed::<4>(
+                            b,
+                            ty,
+                            gdata,
+                            [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)],
+                            [pr(t), pr(t + 1), pr(t + 2), pr(t + 3)],
+                            nb,
+                        ),
+                        3 => dispatch::dot_packed::<3>(
+                            b,
+                            ty,
+                            gdata,
+                            [xr(t), xr(t + 1), xr(t + 2)],
+                            [pr(t), pr(t + 1), pr(t + 2)],
+                            nb,
+                        ),
+                        2 => dispatch::dot_packed::<2>(b, ty, gdata, [xr(t), xr(t + 1)], [pr(t), pr(t + 1)], nb),
+                        _ => dispatch::dot_packed::<1>(b, ty, gdata, [xr(t)], [pr(t)], nb),
+                    }
+                };
+                let res = match res {
+                    Some(r) => r,
+                    None => {
+                        // Portable path: rebuild each row and use the scalar kernel.
+                        let mut r4 = [[0.0f32; PACK_ROWS]; 4];
+                        for lane in 0..PACK_ROWS {
+                            for (b_i, chunk) in blk.chunks_exact_mut(ty.type_size()).enumerate() {
+                                self.block_of(g * PACK_ROWS + lane, b_i, chunk);
+                            }
+                            for (i, row) in r4.iter_mut().enumerate().take(k) {
+                                let [v] = dot_scalar::dot_rows::<1>(ty, &blk, [xr(t + i)], n);
+                                row[lane] = v;
+                            }
+                        }
+                        r4
+                    }
+                };
+                for (i, row) in res.iter().enumerate().take(k) {
+                    for (lane, v) in row.iter().enumerate() {
+                        put(t + i, g * PACK_ROWS + lane, *v);
+                    }
+                }
+                t += k;
+            }
+        }
+        // Tail rows in ggml layout.
+        for r in rows.start.max(groups * PACK_ROWS)..rows.end {
+            let w = &self.data[r * wlen..(r + 1) * wlen];
+            for t in 0..m {
+                put(t, r, dispatch::dot_tile::<1, 1>(b, ty, [w], [xr(t)], n)[0]);
+            }
+        }
+        Ok(())
+    }
+}

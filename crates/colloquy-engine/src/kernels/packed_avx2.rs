@@ -1,0 +1,119 @@
+//! AVX2 (optionally AVX-VNNI) kernels for [`super::packed`] weights: one
+//! group of 8 interleaved rows against up to 4 activation rows.
+//!
+//! Per block, each row's exact integer dot collects in its own i32 lane;
+//! the float steps are then those of the portable kernels, lane-wise:
+//! `acc + sumi * (d_w * d_x)` or `acc + ((d_w * d_x) * sumi + m_w * s_x)`.
+
+use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
+use super::packed::XPrep;
+use std::arch::x86_64::*;
+
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m256i {
+    _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+macro_rules! packed_module {
+    ($module:ident, $feat:literal, $vnni:literal) => {
+        pub(crate) mod $module {
+            use super::*;
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn dot_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+                if $vnni {
+                    _mm256_dpbusd_avx_epi32(acc, a, b)
+                } else {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+                    _mm256_add_epi32(acc, p)
+                }
+            }
+
+            /// Dots of one packed group (8 rows, `nb` group-blocks at `g`)
+            /// with `RX` activation rows `xq` (prepared in `xp`). Result
+            /// `[t][r]` is activation row `t` against row `r` of the group.
+            ///
+            /// # Safety
+            /// The CPU must have the module's features; `g` must cover `nb`
+            /// group-blocks of kind `K`, every `xq[t]` `nb` activation
+            /// blocks and every `xp[t]` `nb` entries.
+            #[target_feature(enable = $feat)]
+            pub(crate) unsafe fn dot_packed<const K: u8, const RX: usize>(
+                g: *const u8,
+                xq: [*const u8; RX],
+                xp: [&XPrep; RX],
+                nb: usize,
+            ) -> [[f32; 8]; 4] {
+                let (gbs, qo, xbs, xhdr) = match K {
+                    K_Q4_0 => (144, 16, 34, 2),
+                    K_Q4_1 => (160, 32, 36, 4),
+                    _ => (272, 16, 34, 2),
+                };
+                let m4 = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for b in 0..nb {
+                    let gb = g.add(b * gbs);
+                    let mut si = [_mm256_setzero_si256(); 4];
+                    if K == K_Q8_0 {
+                        for c in 0..8 {
+                            let v = _mm256_loadu_si256(gb.add(qo + 32 * c) as *const __m256i);
+                            if $vnni {
+                                // (w + 128) . x, corrected by 128 * sum(x) below.
+                                let u = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
+                                for t in 0..RX {
+                                    let y = bcast4(xq[t].add(b * xbs + xhdr + 4 * c));
+                                    si[t] = dot_acc(si[t], u, y);
+                                }
+                            } else {
+                                let a = _mm256_sign_epi8(v, v);
+                                for t in 0..RX {
+                                    let y = bcast4(xq[t].add(b * xbs + xhdr + 4 * c));
+                                    si[t] = dot_acc(si[t], a, _mm256_sign_epi8(y, v));
+                                }
+                            }
+                        }
+                    } else {
+                        for c in 0..4 {
+                            let v = _mm256_loadu_si256(gb.add(qo + 32 * c) as *const __m256i);
+                            let lo = _mm256_and_si256(v, m4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                            for t in 0..RX {
+                                let xb = xq[t].add(b * xbs + xhdr);
+                                si[t] = dot_acc(si[t], lo, bcast4(xb.add(4 * c)));
+                                si[t] = dot_acc(si[t], hi, bcast4(xb.add(16 + 4 * c)));
+                            }
+                        }
+                    }
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb as *const __m128i));
+                    for t in 0..RX {
+                        let sumi = match K {
+                            K_Q4_0 => _mm256_sub_epi32(si[t], _mm256_set1_epi32(8 * xp[t].sum[b])),
+                            K_Q8_0 if $vnni => {
+                                _mm256_sub_epi32(si[t], _mm256_set1_epi32(128 * xp[t].sum[b]))
+                            }
+                            _ => si[t],
+                        };
+                        let sf = _mm256_cvtepi32_ps(sumi);
+                        let dd = _mm256_mul_ps(dw, _mm256_set1_ps(xp[t].d[b]));
+                        if K == K_Q4_1 {
+                            let mw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(16) as *const __m128i));
+                            let ms = _mm256_mul_ps(mw, _mm256_set1_ps(xp[t].s[b]));
+                            acc[t] = _mm256_add_ps(acc[t], _mm256_add_ps(_mm256_mul_ps(dd, sf), ms));
+                        } else {
+                            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(sf, dd));
+                        }
+                    }
+                }
+                let mut out = [[0.0f32; 8]; 4];
+                for t in 0..RX {
+                    _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+                }
+                out
+            }
+        }
+    };
+}
+
+packed_module!(plain, "avx2,fma,f16c", false);
+packed_module!(vnni, "avx2,fma,f16c,avxvnni", true);

@@ -1,0 +1,157 @@
+//! Gemma 3 270M against llama.cpp's reference: teacher-forced logits on the
+//! fast path (`logits.json`) and the precise path (`logits-f32.json`), batch
+//! invariance past the 512-token sliding window, and greedy generation.
+//!
+//! Tolerances come from the reference README (see `reference_logits.rs`).
+
+mod common;
+
+use colloquy_engine::arch::LogitsFor;
+use colloquy_engine::kv::{KvCache, KvData};
+use colloquy_engine::linear::Precision;
+use colloquy_engine::model::Model;
+use colloquy_engine::sampler::{Sampler, SamplerParams};
+use common::*;
+
+/// Logits `[positions][n_vocab]` for positions `from..tokens.len()` of a fresh
+/// sequence (the earlier positions are run without an output head).
+fn logits_from(model: &Model, tokens: &[u32], from: usize, chunk: usize) -> (Vec<f32>, KvCache) {
+    let mut kv = model.new_kv();
+    let mut out = Vec::new();
+    model.forward_chunked(&mut kv, &tokens[..from], LogitsFor::None, chunk, &mut out, &mut |_, _| {}).unwrap();
+    model.forward_chunked(&mut kv, &tokens[from..], LogitsFor::All, chunk, &mut out, &mut |_, _| {}).unwrap();
+    assert_eq!(out.len(), (tokens.len() - from) * model.n_vocab());
+    (out, kv)
+}
+
+/// Compares every reference position of every case with `tol` on the top-10
+/// logits and log-probs, `mean_tol` on the mean |Δlogit| per case, and the
+/// argmax where the reference margin is at least `margin_for_argmax`.
+fn check(file: &str, precision: Precision, tol: f32, mean_tol: f64, margin_for_argmax: f32) {
+    let model = load("gemma3", precision, 2);
+    let n_vocab = model.n_vocab();
+    let mut failures = Vec::new();
+    for case in logits_cases(GEMMA3, file) {
+        let tokens: Vec<u32> = case.prompt_ids.iter().chain(&case.generated_ids).copied().collect();
+        let first = case.positions[0];
+        let t0 = std::time::Instant::now();
+        let (logits, _) = logits_from(&model, &tokens, first, 512);
+        let secs = t0.elapsed().as_secs_f64();
+        let (mut n, mut sum, mut max, mut max_lp) = (0usize, 0.0f64, 0.0f32, 0.0f32);
+        for (pos, rec) in case.positions.iter().zip(&case.batched) {
+            assert_eq!(*pos, rec.pos);
+            let row = &logits[(pos - first) * n_vocab..(pos - first + 1) * n_vocab];
+            let lse = logsumexp(row);
+            for &(id, want) in &rec.top {
+                let got = row[id as usize];
+                let d = (got - want).abs();
+                let dl = ((got - lse) - (want - rec.logsumexp)).abs();
+                (n, sum, max, max_lp) = (n + 1, sum + d as f64, max.max(d), max_lp.max(dl));
+                if d > tol || dl > tol {
+                    failures.push(format!(
+                        "{} pos {pos} id {id}: ours {got} ref {want} (|d| {d}, log-prob |d| {dl})",
+                        case.name
+                    ));
+                }
+            }
+            if rec.margin() >= margin_for_argmax && argmax(row) != rec.top[0].0 {
+                failures.push(format!(
+                    "{} pos {pos}: argmax {} but reference top-1 {} (margin {})",
+                    case.name,
+                    argmax(row),
+                    rec.top[0].0,
+                    rec.margin()
+                ));
+            }
+        }
+        let mean = sum / n as f64;
+        eprintln!(
+            "{:<24} {precision:?}: {} tokens, {n} values, mean |d| {mean:.2e}, max |d| {max:.2e}, \
+             max log-prob |d| {max_lp:.2e} ({secs:.1} s)",
+            case.name,
+            tokens.len()
+        );
+        if mean > mean_tol {
+            failures.push(format!("{}: mean |d| {mean} > {mean_tol}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn gemma3_fast_path_matches_llama_cpp() {
+    check("logits.json", Precision::Fast, 2.0, 0.25, 1.0);
+}
+
+#[test]
+fn gemma3_precise_path_matches_f32_reference() {
+    check("logits-f32.json", Precision::Precise, 2e-3, 1e-4, 0.01);
+}
+
+/// The K/V cache contents as bits.
+fn kv_bits(kv: &KvCache) -> Vec<u32> {
+    let mut bits = Vec::new();
+    for b in kv.blocks() {
+        for data in [&b.k, &b.v] {
+            match data {
+                KvData::F16(d) => bits.extend(d.iter().map(|x| u32::from(x.to_bits()))),
+                KvData::F32(d) => bits.extend(d.iter().map(|x| x.to_bits())),
+            }
+        }
+    }
+    bits
+}
+
+/// A 600-token prompt (the window is 512) fed whole and in chunks must give the
+/// same K/V bits at every position and the same logits on the last `tail`
+/// positions (only those get an output head, which keeps chunks of 1 affordable).
+fn check_invariance(precision: Precision, tail: usize) {
+    let case = logits_cases(GEMMA3, "logits.json").into_iter().max_by_key(|c| c.prompt_ids.len()).unwrap();
+    assert!(case.prompt_ids.len() >= 600, "the long case has {} tokens", case.prompt_ids.len());
+    let tokens = &case.prompt_ids[..600];
+    let from = tokens.len() - tail;
+    let model = load("gemma3", precision, 2);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (logits, kv) = logits_from(&model, tokens, from, tokens.len());
+    let (whole, whole_kv) = (bits(&logits), kv_bits(&kv));
+    for chunk in [1, 7, 64] {
+        let t0 = std::time::Instant::now();
+        let (logits, kv) = logits_from(&model, tokens, from, chunk);
+        eprintln!("{precision:?}: chunks of {chunk}: {:.1} s", t0.elapsed().as_secs_f64());
+        let at = whole_kv.iter().zip(kv_bits(&kv)).position(|(a, b)| *a != b);
+        assert!(at.is_none(), "{precision:?}: chunks of {chunk}: K/V differ from one batch at element {at:?}");
+        let at = whole.iter().zip(bits(&logits)).position(|(a, b)| *a != b);
+        assert!(at.is_none(), "{precision:?}: chunks of {chunk}: logits differ from one batch at {at:?}");
+    }
+}
+
+#[test]
+fn gemma3_fast_path_is_batch_invariant() {
+    check_invariance(Precision::Fast, 88);
+}
+
+#[test]
+fn gemma3_precise_path_is_batch_invariant() {
+    check_invariance(Precision::Precise, 40);
+}
+
+#[test]
+fn gemma3_greedy_matches_reference_until_first_near_tie() {
+    let model = load("gemma3", Precision::Fast, 2);
+    let mut checked = 0;
+    for case in logits_cases(GEMMA3, "logits.json") {
+        // The sequential record is the greedy run; stop where its margin drops under 1.0.
+        let n = case.sequential.iter().position(|r| r.margin() < 1.0).unwrap_or(case.sequential.len());
+        let n = n.min(case.generated_ids.len());
+        let mut kv = model.new_kv();
+        let logits = model.forward(&mut kv, &case.prompt_ids, LogitsFor::Last).unwrap();
+        let mut sampler = Sampler::new(SamplerParams { temperature: 0.0, ..Default::default() });
+        let mut history = case.prompt_ids.clone();
+        let got = model.generate(&mut kv, logits, &mut history, &mut sampler, n, &mut |_| true).unwrap();
+        assert_eq!(got[..n.min(got.len())], case.generated_ids[..n], "{}: greedy tokens differ", case.name);
+        assert_eq!(got.len(), n, "{}: stopped early", case.name);
+        eprintln!("{}: {n} tokens equal", case.name);
+        checked += n;
+    }
+    assert!(checked >= 10, "too few tokens compared: {checked}");
+}

@@ -1,0 +1,58 @@
+//! The error type of the `colloquy` crate.
+
+/// Everything that can go wrong in colloquy's public API.
+///
+/// Session-format errors each name their cause, so callers can tell a file from
+/// another model from a damaged one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The inference engine failed (loading a model, a bad token, context overflow, ...).
+    #[error(transparent)]
+    Engine(#[from] colloquy_engine::Error),
+    /// The bytes do not start with the session magic.
+    #[error("not a colloquy session (bad magic); pass bytes made by ChatSession::to_bytes")]
+    SessionBadMagic,
+    /// The session was written by a newer (or unknown) format version.
+    #[error("session format version {found} is not supported (this colloquy reads version {supported}); upgrade colloquy")]
+    SessionUnsupportedVersion {
+        /// Version in the bytes.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// The bytes end before the length the header declares.
+    #[error("session is truncated: {found} bytes, the header declares {expected}; the file was cut short")]
+    SessionTruncated {
+        /// Declared length.
+        expected: u64,
+        /// Bytes given.
+        found: u64,
+    },
+    /// The checksum does not match: some byte changed.
+    #[error("session checksum mismatch: the bytes are corrupt")]
+    SessionChecksum,
+    /// The content is inconsistent although the checksum matched.
+    #[error("corrupt session: {0}")]
+    SessionCorrupt(String),
+    /// The session was made by a different model (weights or tokenizer differ).
+    #[error("session belongs to another model (fingerprint {found}, this model is {expected}); load it with the model that made it")]
+    SessionModelMismatch {
+        /// This model's fingerprint.
+        expected: String,
+        /// The session's fingerprint.
+        found: String,
+    },
+    /// The chat template failed.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The model's worker thread is gone.
+    #[error("the model's worker thread stopped; create the model again")]
+    WorkerStopped,
+    /// The session is being used by a turn that has not finished.
+    #[error("the session is busy with another turn")]
+    SessionBusy,
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

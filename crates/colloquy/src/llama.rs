@@ -1,0 +1,346 @@
+//! `Llama`: a GGUF chat model running on colloquy's engine, on its own thread.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use colloquy_engine::fetch::{self, PullOptions};
+use colloquy_engine::linear::Precision;
+use colloquy_engine::model::{Model, ModelOptions};
+use colloquy_engine::sampler::RngState;
+use futures_channel::oneshot;
+
+use crate::chat::Chat;
+use crate::error::{Error, Result};
+use crate::message::ChatMessage;
+use crate::params::GenerationParameters;
+use crate::session::{Fingerprint, LlamaChatSession, SessionState};
+use crate::template::{ChatTemplate, CHATML, GEMMA};
+use crate::traits::ChatModel;
+use crate::turn;
+
+/// Where a model comes from.
+///
+/// ```
+/// use colloquy::language::*;
+/// let default = LlamaSource::default(); // SmolLM2-135M-Instruct
+/// let local = LlamaSource::gguf("models/my-model.gguf");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LlamaSource {
+    /// A model colloquy knows by name (`smollm2`, `gemma3`), fetched into the cache on first use.
+    Named(String),
+    /// A local GGUF file.
+    Gguf(PathBuf),
+}
+
+impl Default for LlamaSource {
+    fn default() -> Self {
+        LlamaSource::Named(fetch::DEFAULT_MODEL.to_string())
+    }
+}
+
+impl LlamaSource {
+    /// A local GGUF file.
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let src = LlamaSource::gguf("model.gguf");
+    /// ```
+    pub fn gguf(path: impl Into<PathBuf>) -> Self {
+        LlamaSource::Gguf(path.into())
+    }
+
+    /// SmolLM2-135M-Instruct (Q4_1), the default chat model.
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// assert_eq!(LlamaSource::smollm2(), LlamaSource::default());
+    /// ```
+    pub fn smollm2() -> Self {
+        LlamaSource::Named("smollm2".into())
+    }
+
+    /// Gemma 3 270M (Q4_K_M), a base model.
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let src = LlamaSource::gemma3();
+    /// ```
+    pub fn gemma3() -> Self {
+        LlamaSource::Named("gemma3".into())
+    }
+
+    /// A known model name or a path to a `.gguf` file.
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// assert_eq!(LlamaSource::named("smollm2"), LlamaSource::smollm2());
+    /// ```
+    pub fn named(name: impl Into<String>) -> Self {
+        LlamaSource::Named(name.into())
+    }
+
+    fn resolve(&self, progress: bool) -> Result<PathBuf> {
+        let opts = PullOptions { progress, ..PullOptions::default() };
+        Ok(match self {
+            LlamaSource::Named(n) => fetch::resolve_model(n, &opts)?,
+            LlamaSource::Gguf(p) => p.clone(),
+        })
+    }
+}
+
+/// What to do when a conversation no longer fits in the context.
+///
+/// ```
+/// use colloquy::language::*;
+/// assert_eq!(ContextPolicy::default(), ContextPolicy::DropOldestTurns);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContextPolicy {
+    /// Keep the system prompt, drop the oldest messages until the conversation
+    /// fits, and recompute. The dropped messages leave the session's history.
+    #[default]
+    DropOldestTurns,
+    /// Fail the turn with a context-overflow error.
+    Error,
+}
+
+/// Builds a [`Llama`].
+///
+/// ```no_run
+/// use colloquy::language::*;
+/// # #[tokio::main] async fn main() {
+/// let llm = Llama::builder()
+///     .with_source(LlamaSource::gguf("SmolLM2-135M-Instruct.Q4_1.gguf"))
+///     .with_threads(2)
+///     .with_context_length(4096)
+///     .build()
+///     .await
+///     .unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LlamaBuilder {
+    source: LlamaSource,
+    threads: Option<usize>,
+    n_ctx: Option<usize>,
+    precision: Precision,
+    policy: ContextPolicy,
+    template: Option<String>,
+    progress: Option<bool>,
+}
+
+impl LlamaBuilder {
+    /// The model to load (default: SmolLM2-135M-Instruct).
+    pub fn with_source(mut self, source: LlamaSource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Threads for inference (default: all cores).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Context length in tokens (default: 4096, capped at the model's training context).
+    pub fn with_context_length(mut self, n_ctx: usize) -> Self {
+        self.n_ctx = Some(n_ctx);
+        self
+    }
+
+    /// Fast (8-bit activations, f16 KV, the default) or precise (f32) computation.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// What to do when a conversation outgrows the context.
+    pub fn with_context_policy(mut self, policy: ContextPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A Jinja chat template to use instead of the model's own.
+    pub fn with_chat_template(mut self, template: impl Into<String>) -> Self {
+        self.template = Some(template.into());
+        self
+    }
+
+    /// Show progress bars while fetching (default: when stderr is a terminal).
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Fetches (if needed) and loads the model on a background thread.
+    pub async fn build(self) -> Result<Llama> {
+        let (tx, rx) = oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(self.build_blocking());
+        });
+        rx.await.map_err(|_| Error::WorkerStopped)?
+    }
+
+    /// Loads the model on the calling thread.
+    pub fn build_blocking(self) -> Result<Llama> {
+        let path = self.source.resolve(self.progress.unwrap_or(true))?;
+        let mut opts = ModelOptions { precision: self.precision, ..ModelOptions::default() };
+        if let Some(t) = self.threads {
+            opts.threads = t;
+        }
+        opts.n_ctx = Some(self.n_ctx.unwrap_or(4096));
+        let model = Model::load(&path, opts)?;
+        let template = match &self.template {
+            Some(t) => t.clone(),
+            None => model_template(&model),
+        };
+        let tok = model.tokenizer();
+        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default().to_string();
+        let template = ChatTemplate::new(&template, &text(tok.bos()), &text(Some(tok.eos())))?;
+        let fingerprint = Fingerprint::of(&model);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("colloquy-model".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| Error::Engine(colloquy_engine::Error::io("worker thread", e)))?;
+        let inner = Inner { model, template, fingerprint, policy: self.policy, jobs: Mutex::new(jobs) };
+        Ok(Llama { inner: Arc::new(inner) })
+    }
+}
+
+/// The model's own template, or the documented fallback: Gemma's turn format
+/// for `gemma*` architectures, ChatML otherwise.
+fn model_template(model: &Model) -> String {
+    if let Ok(t) = model.gguf().get_str("tokenizer.chat_template") {
+        return t.to_string();
+    }
+    let arch = model.gguf().get_str("general.architecture").unwrap_or_default();
+    if arch.starts_with("gemma") { GEMMA } else { CHATML }.to_string()
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+pub(crate) struct Inner {
+    pub model: Model,
+    pub template: ChatTemplate,
+    pub fingerprint: Fingerprint,
+    pub policy: ContextPolicy,
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+/// A chat model loaded from a GGUF file. Cloning is cheap and shares the model.
+///
+/// Inference runs on a dedicated thread, so awaiting never blocks the async runtime.
+///
+/// ```no_run
+/// use colloquy::language::*;
+/// # #[tokio::main] async fn main() {
+/// let llm = Llama::new_chat().await.unwrap();
+/// let mut chat = llm.chat().with_system_prompt("Answer briefly.");
+/// let answer = chat("What is 2 + 2?").await.unwrap();
+/// println!("{answer}");
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Llama {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama").field("model", &self.inner.model.path()).finish()
+    }
+}
+
+impl Llama {
+    /// Loads the default chat model, SmolLM2-135M-Instruct, fetching it into the
+    /// cache (`$COLLOQUY_HOME`, default `~/.cache/colloquy`) on first use.
+    pub async fn new_chat() -> Result<Llama> {
+        LlamaBuilder::default().build().await
+    }
+
+    /// A builder for any source and settings.
+    pub fn builder() -> LlamaBuilder {
+        LlamaBuilder::default()
+    }
+
+    /// A chat with a new session.
+    pub fn chat(&self) -> Chat<Llama> {
+        Chat::new(self.clone())
+    }
+
+    /// The engine model.
+    pub fn model(&self) -> &Model {
+        &self.inner.model
+    }
+
+    /// The fingerprint that sessions of this model carry.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.fingerprint
+    }
+
+    /// Runs `f` on the model thread and awaits its result.
+    pub(crate) async fn on_worker<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
+        let job: Job = Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inner)));
+            let _ = tx.send(r.unwrap_or(Err(Error::WorkerStopped)));
+        });
+        self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|_| Error::WorkerStopped)?;
+        rx.await.map_err(|_| Error::WorkerStopped)?
+    }
+}
+
+impl ChatModel for Llama {
+    type ChatSession = LlamaChatSession;
+    type Error = Error;
+
+    fn new_chat_session(&self) -> Result<LlamaChatSession> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(LlamaChatSession::from_state(SessionState {
+            fingerprint: self.inner.fingerprint,
+            kv: self.inner.model.new_kv(),
+            tokens: Vec::new(),
+            history: Vec::new(),
+            pending: None,
+            rng: RngState { seed, word_pos: 0 },
+            last_turn: None,
+        }))
+    }
+
+    fn add_messages_with_callback(
+        &self,
+        session: &mut LlamaChatSession,
+        messages: &[ChatMessage],
+        sampler: GenerationParameters,
+        mut on_token: Box<dyn FnMut(String) + Send + 'static>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send {
+        let state = Arc::clone(&session.state);
+        let messages = messages.to_vec();
+        let this = self.clone();
+        async move {
+            this.on_worker(move |inner| {
+                let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+                // Work on a copy (its KV blocks are shared copy-on-write) and commit
+                // it only when the turn succeeds, so a failed turn changes nothing.
+                let mut st = guard.clone();
+                turn::run(inner, &mut st, &messages, &sampler, &mut *on_token)?;
+                *guard = st;
+                Ok(())
+            })
+            .await
+        }
+    }
+}

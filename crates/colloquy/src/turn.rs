@@ -1,0 +1,222 @@
+//! One chat turn: render the conversation, feed only what the model has not
+//! read yet, and generate the answer.
+
+use std::time::{Duration, Instant};
+
+use colloquy_engine::arch::LogitsFor;
+use colloquy_engine::model::UBATCH;
+use colloquy_engine::sampler::{RngState, Sampler};
+use colloquy_engine::tokenizer::Utf8Stream;
+
+use crate::error::{Error, Result};
+use crate::llama::{ContextPolicy, Inner};
+use crate::message::{ChatMessage, MessageType};
+use crate::params::GenerationParameters;
+use crate::session::SessionState;
+
+/// What a turn cost. Read it with
+/// [`LlamaChatSession::last_turn`](crate::LlamaChatSession::last_turn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TurnStats {
+    /// Prompt tokens the model processed this turn (the new suffix only).
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose K/V was reused from the session.
+    pub reused_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// From the start of the turn to the first generated token.
+    pub time_to_first_token: Duration,
+    /// The whole turn.
+    pub total_time: Duration,
+}
+
+pub(crate) fn run(
+    inner: &Inner,
+    st: &mut SessionState,
+    messages: &[ChatMessage],
+    params: &GenerationParameters,
+    on_token: &mut dyn FnMut(String),
+) -> Result<()> {
+    let t0 = Instant::now();
+    let model = &inner.model;
+    if st.fingerprint != inner.fingerprint {
+        return Err(Error::SessionModelMismatch {
+            expected: inner.fingerprint.to_string(),
+            found: st.fingerprint.to_string(),
+        });
+    }
+    let fresh = model.new_kv();
+    if st.kv.layout() != fresh.layout() {
+        return Err(Error::SessionCorrupt(format!(
+            "KV layout {:?} does not match the model's {:?}",
+            st.kv.layout(),
+            fresh.layout()
+        )));
+    }
+    if st.kv.len() != st.tokens.len() {
+        return Err(Error::SessionCorrupt("token count and KV length differ".into()));
+    }
+    st.kv.set_capacity(model.n_ctx());
+
+    // The conversation so far, the pending answer, and the new messages.
+    let mut conversation = st.history.clone();
+    if let Some(answer) = st.pending.take() {
+        conversation.push(ChatMessage::new(MessageType::ModelAnswer, answer));
+    }
+    conversation.extend_from_slice(messages);
+    let prompt = loop {
+        let tokens = render(inner, &conversation)?;
+        if tokens.len() < model.n_ctx() {
+            break tokens;
+        }
+        if inner.policy == ContextPolicy::Error || !drop_oldest(&mut conversation) {
+            return Err(colloquy_engine::Error::ContextOverflow { needed: tokens.len() + 1, n_ctx: model.n_ctx() }
+                .into());
+        }
+    };
+
+    // Reuse the longest common prefix; recompute the rest. At least the last
+    // prompt token is run, for its logits.
+    let mut common = st.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
+    common = common.min(prompt.len() - 1);
+    st.kv.set_len(common);
+    st.tokens.truncate(common);
+    let mut logits = Vec::new();
+    model.forward_chunked(&mut st.kv, &prompt[common..], LogitsFor::Last, UBATCH, &mut logits, &mut |_, _| {})?;
+    st.tokens.extend_from_slice(&prompt[common..]);
+
+    // Sample from the session's random stream (or a fresh one at the given seed).
+    let rng = match params.seed {
+        Some(seed) => RngState { seed, word_pos: 0 },
+        None => st.rng,
+    };
+    let mut sampler = Sampler::new(params.sampler_params(rng.seed));
+    sampler.set_rng_state(rng);
+
+    let mut answer = String::new();
+    let mut emitted = 0;
+    let mut utf8 = Utf8Stream::new();
+    let mut ttft = None;
+    let tok = model.tokenizer();
+    let room = model.n_ctx().saturating_sub(st.kv.len());
+    let max = (params.max_length as usize).min(room);
+    let mut history = st.tokens.clone();
+    let mut stopped = false;
+    let generated = model.generate(&mut st.kv, logits, &mut history, &mut sampler, max, &mut |id| {
+        ttft.get_or_insert_with(|| t0.elapsed());
+        if tok.is_eog(id) {
+            return false;
+        }
+        answer.push_str(&utf8.push(&tok.token_to_piece(id).unwrap_or_default()));
+        let (safe, stop) = stop_split(&answer, params.stop_on.as_deref());
+        if safe > emitted {
+            on_token(answer[emitted..safe].to_string());
+            emitted = safe;
+        }
+        if stop {
+            answer.truncate(safe);
+            stopped = true;
+        }
+        !stop
+    })?;
+    if !stopped {
+        answer.push_str(&utf8.finish());
+        if answer.len() > emitted {
+            on_token(answer[emitted..].to_string());
+        }
+    }
+    // Every generated token but the last has been fed; the last (usually the
+    // end-of-turn token) goes in with the next turn's text.
+    st.tokens.extend_from_slice(&generated[..generated.len().saturating_sub(1)]);
+    debug_assert_eq!(st.tokens.len(), st.kv.len());
+    st.history = conversation;
+    st.pending = Some(answer);
+    st.rng = sampler.rng_state();
+    st.last_turn = Some(TurnStats {
+        prompt_tokens: prompt.len() - common,
+        reused_tokens: common,
+        generated_tokens: generated.len(),
+        time_to_first_token: ttft.unwrap_or_else(|| t0.elapsed()),
+        total_time: t0.elapsed(),
+    });
+    Ok(())
+}
+
+/// Renders and tokenizes a conversation, ending where the answer starts.
+pub(crate) fn render(inner: &Inner, conversation: &[ChatMessage]) -> Result<Vec<u32>> {
+    let text = inner.template.render(conversation, true)?;
+    let tok = inner.model.tokenizer();
+    let mut ids = Vec::new();
+    let body = tok.encode(&text, true);
+    if let Some(bos) = tok.bos().filter(|_| tok.add_bos()) {
+        if body.first() != Some(&bos) {
+            ids.push(bos);
+        }
+    }
+    ids.extend(body);
+    Ok(ids)
+}
+
+/// Drops the oldest message that is not the system prompt. Returns false when
+/// only the system prompt and the newest message are left.
+fn drop_oldest(conversation: &mut Vec<ChatMessage>) -> bool {
+    let first = usize::from(conversation.first().is_some_and(|m| m.role() == MessageType::SystemPrompt));
+    if conversation.len() <= first + 1 {
+        return false;
+    }
+    conversation.remove(first);
+    // Never start the kept part with an answer: drop it with its question.
+    if conversation.len() > first + 1 && conversation[first].role() == MessageType::ModelAnswer {
+        conversation.remove(first);
+    }
+    true
+}
+
+/// How much of `text` is safe to show, and whether the stop string was found.
+/// Text that could be the start of the stop string is held back.
+fn stop_split(text: &str, stop: Option<&str>) -> (usize, bool) {
+    let Some(stop) = stop.filter(|s| !s.is_empty()) else { return (text.len(), false) };
+    if let Some(i) = text.find(stop) {
+        return (i, true);
+    }
+    let mut safe = text.len();
+    for k in (1..stop.len()).rev() {
+        if text.len() >= k && stop.is_char_boundary(k) && text.ends_with(&stop[..k]) {
+            safe = text.len() - k;
+            break;
+        }
+    }
+    while !text.is_char_boundary(safe) {
+        safe -= 1;
+    }
+    (safe, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_split_holds_back_partial_stop() {
+        assert_eq!(stop_split("hello wor", Some("world")), (6, false));
+        assert_eq!(stop_split("hello world!", Some("world")), (6, true));
+        assert_eq!(stop_split("hello", None), (5, false));
+        assert_eq!(stop_split("abc", Some("x")), (3, false));
+    }
+
+    #[test]
+    fn drop_oldest_keeps_system_prompt() {
+        let m = |r, c: &str| ChatMessage::new(r, c);
+        let mut c = vec![
+            m(MessageType::SystemPrompt, "s"),
+            m(MessageType::UserMessage, "u1"),
+            m(MessageType::ModelAnswer, "a1"),
+            m(MessageType::UserMessage, "u2"),
+        ];
+        assert!(drop_oldest(&mut c));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].content(), "s");
+        assert_eq!(c[1].content(), "u2");
+        assert!(!drop_oldest(&mut c));
+    }
+}
