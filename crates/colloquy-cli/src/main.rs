@@ -12,6 +12,7 @@ use colloquy_engine::linear::Precision;
 use colloquy_engine::model::{Model, ModelOptions};
 use colloquy_engine::sampler::{Sampler, SamplerParams};
 
+mod chat;
 mod progress;
 
 #[derive(Parser)]
@@ -40,6 +41,8 @@ enum Cmd {
         #[command(flatten)]
         input: TextInput,
     },
+    /// Chat with a model: one turn (with MESSAGE) or an interactive session.
+    Chat(chat::ChatArgs),
     /// Raw completion (no chat template), streamed to stdout.
     Generate(GenerateArgs),
     /// Teacher-forced logits: one JSON line per position with the top-K ids.
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&ids)?);
         }
         Cmd::Generate(args) => generate(args)?,
+        Cmd::Chat(args) => chat::run(args)?,
         Cmd::Logits { model, input, ids, top, precise, threads } => {
             let model = load(&model, threads, precise)?;
             let tokens: Vec<u32> = match (ids, input.read()?) {

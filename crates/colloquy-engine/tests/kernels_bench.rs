@@ -171,7 +171,8 @@ fn bench_stream() {
                 let t0 = Instant::now();
                 for mat in w.chunks_exact(rows * wlen) {
                     for r in 0..rows {
-                        out[r] = kernels::vec_dot_with(backend, ty, &mat[r * wlen..(r + 1) * wlen], &x, n).unwrap();
+                        out[r] = kernels::vec_dot_with(backend, ty, &mat[r * wlen..(r + 1) * wlen], &x, n)
+                            .unwrap();
                     }
                     black_box(&out);
                 }

@@ -8,6 +8,10 @@
 //! `acc + sumi * (d_w * d_x)` (Q4_0/Q5_0/Q8_0) or
 //! `acc + ((d_w * d_x) * sumi + m_w * s_x)` (Q4_1/Q5_1), so every backend and
 //! every tile shape gives the same bits.
+//!
+//! Signed-by-signed products (Q8_0 weights) use the `sign` trick, exact for
+//! every weight byte as long as the activation bytes avoid -128, which
+//! [`super::quantize_row`] never produces.
 
 use std::arch::x86_64::*;
 
@@ -224,6 +228,60 @@ macro_rules! q32_module {
                 }
             }
 
+            /// Four consecutive blocks of a single row pair: the four block
+            /// sums and scale products are computed side by side, then added
+            /// to lane 0 of `acc` one block at a time, in order.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn single4<const K: u8>(w: *const u8, x: *const u8, ib: usize, acc: &mut __m128) {
+                let wsz = w_block(K);
+                let xsz = if is_sym(K) { 34 } else { 36 };
+                let hdr = if is_sym(K) { 2 } else { 4 };
+                let mut v = [_mm256_setzero_si256(); 4];
+                for (k, vk) in v.iter_mut().enumerate() {
+                    let wb = w.add((ib + k) * wsz);
+                    let qw = load_w::<K>(wb);
+                    let qy = _mm256_loadu_si256(x.add((ib + k) * xsz + hdr) as *const __m256i);
+                    *vk = if is_sym(K) {
+                        mul_sum(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qy, qw))
+                    } else {
+                        mul_sum(qw, qy)
+                    };
+                }
+                let sumi = _mm_cvtepi32_ps(hsum4_i32(v));
+                let t = if is_sym(K) {
+                    let mut wl = 0u64;
+                    let mut xl = 0u64;
+                    for k in 0..4 {
+                        wl |= (rd_u16(w.add((ib + k) * wsz)) as u64) << (16 * k);
+                        xl |= (rd_u16(x.add((ib + k) * xsz)) as u64) << (16 * k);
+                    }
+                    let s = _mm256_cvtph_ps(_mm_set_epi64x(xl as i64, wl as i64));
+                    let dd = _mm_mul_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                    _mm_mul_ps(sumi, dd)
+                } else {
+                    let mut wh = [0i32; 4];
+                    let mut xh = [0i32; 4];
+                    for k in 0..4 {
+                        wh[k] = rd_u32(w.add((ib + k) * wsz)) as i32;
+                        xh[k] = rd_u32(x.add((ib + k) * xsz)) as i32;
+                    }
+                    let a = _mm256_cvtph_ps(_mm_set_epi32(wh[3], wh[2], wh[1], wh[0]));
+                    let b = _mm256_cvtph_ps(_mm_set_epi32(xh[3], xh[2], xh[1], xh[0]));
+                    let s = _mm256_mul_ps(a, b);
+                    let lo = _mm256_castps256_ps128(s);
+                    let hi = _mm256_extractf128_ps::<1>(s);
+                    let dd = _mm_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                    let ms = _mm_shuffle_ps::<0b11_01_11_01>(lo, hi);
+                    _mm_add_ps(_mm_mul_ps(dd, sumi), ms)
+                };
+                let mut a = _mm_add_ss(*acc, t);
+                a = _mm_add_ss(a, _mm_movehdup_ps(t));
+                a = _mm_add_ss(a, _mm_movehl_ps(t, t));
+                a = _mm_add_ss(a, _mm_shuffle_ps::<0b11_11_11_11>(t, t));
+                *acc = a;
+            }
+
             /// Dots of a tile of 32-wide-quant weight rows and activation
             /// rows (Q8_0 for the symmetric kinds, Q8_1 otherwise): `RW`
             /// weight rows by `RX` activation rows, one of them 1. Result
@@ -245,8 +303,16 @@ macro_rules! q32_module {
             ) -> [f32; 4] {
                 debug_assert!(RW == 1 || RX == 1);
                 let mut acc = _mm_setzero_ps();
-                for ib in 0..nb {
+                let mut ib = 0;
+                if RW == 1 && RX == 1 {
+                    while ib + 4 <= nb {
+                        single4::<K>(w[0], xs[0], ib, &mut acc);
+                        ib += 4;
+                    }
+                }
+                while ib < nb {
                     block::<K, RW, RX>(&w, &xs, ib, pf, &mut acc);
+                    ib += 1;
                 }
                 let mut out = [0.0f32; 4];
                 _mm_storeu_ps(out.as_mut_ptr(), acc);

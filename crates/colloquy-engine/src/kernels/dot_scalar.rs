@@ -3,13 +3,19 @@
 //! Each kernel unpacks a weight block once and then, for every activation
 //! row, runs exactly the same sequence of operations as it would for that row
 //! alone, so the result for a row never depends on `R` (batch invariance).
-//! Integer partial sums are exact; the float steps per block are fixed:
+//! These kernels define the result of every quantized dot product: each
+//! block's integer dot `sumi` is exact, and the float steps per block, in
+//! block order, are:
 //!
-//! * Q4_0/Q5_0/Q8_0: `acc += sumi as f32 * (d_w * d_x)`
-//! * Q4_1/Q5_1: `acc += (d_w * d_x) * sumi as f32 + m_w * s_x`
-//! * K-quants: see [`finish_k`] / [`finish_q6k`]; these are shared with the
-//!   AVX2 kernels, which makes K-quant dots bit-identical across backends.
-//! * F32/F16/BF16: eight interleaved accumulators, combined pairwise.
+//! * Q4_0/Q5_0/Q8_0: `acc = acc + sumi as f32 * (d_w * d_x)`
+//! * Q4_1/Q5_1: `acc = acc + ((d_w * d_x) * sumi as f32 + m_w * s_x)`
+//! * K-quants: [`finish_k`] / [`finish_q6k`] once per super-block.
+//!
+//! The SIMD kernels (unpacked, packed, AVX2 or AVX-VNNI) compute the same
+//! exact integers and apply these same IEEE operations lane by lane, so all
+//! backends agree bit for bit.
+//! F32/F16/BF16: eight interleaved accumulators, combined pairwise (the SIMD
+//! kernels use their own fixed order here).
 
 use super::dequant::{f16_at_t, f16_table, scale_min_k4};
 use super::types::GgmlType;

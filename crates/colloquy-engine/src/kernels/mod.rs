@@ -10,11 +10,21 @@
 //!
 //! # Determinism
 //! Every dot product is computed by one fixed sequence of float operations
-//! that depends only on the two rows and the [`Backend`]: never on how many
-//! rows are computed together ([`vec_dot_rows`] returns, bit for bit, what
-//! [`vec_dot`] returns for each row) nor on threads. The backend is chosen
-//! once per process ([`Backend::active`]). K-quant dots are additionally
-//! bit-identical across backends; the others agree to rounding.
+//! that depends only on the two rows: never on how many rows are computed
+//! together ([`vec_dot_rows`], [`matmul`] and [`PackedWeights::matmul`]
+//! return, bit for bit, what [`vec_dot`] returns for each pair) nor on
+//! threads. For the quantized types the sequence is also the same on every
+//! [`Backend`]: each block's integer dot is exact, and the f32 steps that
+//! scale and accumulate it block by block are fixed (see `dot_scalar`), so
+//! scalar, AVX2 and AVX-VNNI results are bit-identical. F32/F16/BF16 dots
+//! use a backend-specific (fixed) summation order and agree to rounding.
+//! The backend is chosen once per process ([`Backend::active`]).
+//!
+//! # Speed
+//! For matrix products prefer [`matmul`] (tiles of 4 weight rows for one
+//! activation row, 4 activation rows per weight row otherwise), or repack
+//! Q4_0/Q4_1/Q8_0 weights once with [`PackedWeights::pack`], whose kernels
+//! handle 8 rows per SIMD operation and are 2-3x faster again.
 
 mod dequant;
 mod dispatch;
@@ -367,7 +377,8 @@ pub fn matmul_with(
         let pf = 8 * wlen;
         let mut r = 0;
         while r + 4 <= rows {
-            let v = dispatch::dot_tile_pf::<4, 1>(b, ty, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x], n, pf);
+            let v =
+                dispatch::dot_tile_pf::<4, 1>(b, ty, [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)], [x], n, pf);
             out[r..r + 4].copy_from_slice(&v);
             r += 4;
         }

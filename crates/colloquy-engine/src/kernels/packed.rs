@@ -254,7 +254,14 @@ impl PackedWeights {
                             [pr(t), pr(t + 1), pr(t + 2)],
                             nb,
                         ),
-                        2 => dispatch::dot_packed::<2>(b, ty, gdata, [xr(t), xr(t + 1)], [pr(t), pr(t + 1)], nb),
+                        2 => dispatch::dot_packed::<2>(
+                            b,
+                            ty,
+                            gdata,
+                            [xr(t), xr(t + 1)],
+                            [pr(t), pr(t + 1)],
+                            nb,
+                        ),
                         _ => dispatch::dot_packed::<1>(b, ty, gdata, [xr(t)], [pr(t)], nb),
                     }
                 };

@@ -9,6 +9,9 @@ use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
 use super::packed::XPrep;
 use std::arch::x86_64::*;
 
+/// Bytes ahead of the current group-block to prefetch.
+const PREFETCH: usize = 2048;
+
 #[inline(always)]
 unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
@@ -54,6 +57,13 @@ macro_rules! packed_module {
                 let mut acc = [_mm256_setzero_ps(); 4];
                 for b in 0..nb {
                     let gb = g.add(b * gbs);
+                    // Software prefetch well ahead of the (single, sequential)
+                    // weight stream; the hardware prefetchers alone fall short.
+                    let mut off = 0;
+                    while off < gbs {
+                        _mm_prefetch::<_MM_HINT_T0>(gb.wrapping_add(PREFETCH + off) as *const i8);
+                        off += 64;
+                    }
                     let mut si = [_mm256_setzero_si256(); 4];
                     if K == K_Q8_0 {
                         for c in 0..8 {
@@ -89,9 +99,7 @@ macro_rules! packed_module {
                     for t in 0..RX {
                         let sumi = match K {
                             K_Q4_0 => _mm256_sub_epi32(si[t], _mm256_set1_epi32(8 * xp[t].sum[b])),
-                            K_Q8_0 if $vnni => {
-                                _mm256_sub_epi32(si[t], _mm256_set1_epi32(128 * xp[t].sum[b]))
-                            }
+                            K_Q8_0 if $vnni => _mm256_sub_epi32(si[t], _mm256_set1_epi32(128 * xp[t].sum[b])),
                             _ => si[t],
                         };
                         let sf = _mm256_cvtepi32_ps(sumi);

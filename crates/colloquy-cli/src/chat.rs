@@ -1,0 +1,164 @@
+//! `colloquy chat`: one turn against a session file, or an interactive REPL.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use colloquy::language::*;
+
+#[derive(Args)]
+pub struct ChatArgs {
+    /// A .gguf path or a known model name.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// System prompt for a new session.
+    #[arg(long)]
+    system: Option<String>,
+    /// Session file: loaded if it exists, saved (atomically) after the turn.
+    #[arg(long)]
+    session: Option<PathBuf>,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Restart the session's random stream at this seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The most tokens per answer.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: u32,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print prompt tokens processed and time to first token to stderr.
+    #[arg(long)]
+    stats: bool,
+    /// The message; without it, an interactive chat starts.
+    message: Option<String>,
+}
+
+pub fn run(args: ChatArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: ChatArgs) -> Result<()> {
+    let mut builder = Llama::builder().with_source(LlamaSource::named(&args.model));
+    if let Some(t) = args.threads {
+        builder = builder.with_threads(t);
+    }
+    let llm = builder.build().await.with_context(|| format!("loading model {}", args.model))?;
+    let mut params = GenerationParameters::new().with_temperature(args.temperature).with_max_length(args.max_tokens);
+    if let Some(s) = args.seed {
+        params = params.with_seed(s);
+    }
+    let session = match &args.session {
+        Some(p) if p.exists() => LlamaChatSession::load(p)
+            .with_context(|| format!("loading session {} (delete it to start over)", p.display()))?,
+        _ => llm.new_chat_session()?,
+    };
+    let mut chat = new_chat(&llm, &args, session, &params);
+    match &args.message {
+        Some(message) => {
+            turn(&mut chat, message, args.stats).await?;
+            if let Some(p) = &args.session {
+                save(&chat, p)?;
+            }
+        }
+        None => repl(&llm, &args, chat, &params).await?,
+    }
+    Ok(())
+}
+
+fn new_chat(llm: &Llama, args: &ChatArgs, session: LlamaChatSession, params: &GenerationParameters) -> Chat<Llama> {
+    let mut chat = llm.chat().with_sampler(params.clone()).with_session(session);
+    if let Some(sys) = &args.system {
+        chat = chat.with_system_prompt(sys.clone());
+    }
+    chat
+}
+
+async fn turn(chat: &mut Chat<Llama>, message: &str, stats: bool) -> Result<()> {
+    chat(message).to_std_out().await?;
+    println!();
+    if stats {
+        if let Some(s) = chat.session()?.last_turn() {
+            eprintln!(
+                "stats: prompt_tokens={} reused_tokens={} generated_tokens={} ttft_ms={:.1} total_ms={:.1}",
+                s.prompt_tokens,
+                s.reused_tokens,
+                s.generated_tokens,
+                s.time_to_first_token.as_secs_f64() * 1e3,
+                s.total_time.as_secs_f64() * 1e3
+            );
+        }
+    }
+    Ok(())
+}
+
+fn save(chat: &Chat<Llama>, path: &Path) -> Result<()> {
+    chat.session()?.save(path).with_context(|| format!("saving session to {}", path.display()))
+}
+
+const HELP: &str = "commands: /save FILE, /load FILE, /fork, /history, /reset, /exit";
+
+async fn repl(llm: &Llama, args: &ChatArgs, mut chat: Chat<Llama>, params: &GenerationParameters) -> Result<()> {
+    eprintln!("colloquy chat: type a message, or {HELP}");
+    // Forks kept by /fork: switching to one keeps the current branch as another fork.
+    let mut forks: Vec<LlamaChatSession> = Vec::new();
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        let (cmd, arg) = line.split_once(' ').map_or((line, ""), |(c, a)| (c, a.trim()));
+        match cmd {
+            "" => {}
+            "/exit" | "/quit" => break,
+            "/help" => eprintln!("{HELP}"),
+            "/save" if !arg.is_empty() => match save(&chat, Path::new(arg)) {
+                Ok(()) => eprintln!("saved to {arg}"),
+                Err(e) => eprintln!("error: {e:#}"),
+            },
+            "/load" if !arg.is_empty() => match LlamaChatSession::load(arg) {
+                Ok(s) => {
+                    chat = new_chat(llm, args, s, params);
+                    eprintln!("loaded {arg}");
+                }
+                Err(e) => eprintln!("error: {e:#}"),
+            },
+            "/fork" if !arg.is_empty() => match arg.parse::<usize>() {
+                Ok(n) if (1..=forks.len()).contains(&n) => {
+                    let target = std::mem::replace(&mut forks[n - 1], chat.session()?);
+                    chat = new_chat(llm, args, target, params);
+                    eprintln!("switched to fork #{n}; the previous branch is now fork #{n}");
+                }
+                _ => eprintln!("no fork {arg}; there are {}", forks.len()),
+            },
+            "/fork" => {
+                let current = chat.session()?;
+                forks.push(current.try_clone()?);
+                eprintln!("forked: the copy is fork #{} (switch with /fork N)", forks.len());
+            }
+            "/history" => {
+                for m in chat.session()?.transcript() {
+                    eprintln!("[{}] {}", m.role().as_role(), m.content());
+                }
+            }
+            "/reset" => {
+                chat = new_chat(llm, args, llm.new_chat_session()?, params);
+                eprintln!("new session");
+            }
+            c if c.starts_with('/') => eprintln!("unknown command {c}; {HELP}"),
+            _ => {
+                if let Err(e) = turn(&mut chat, line, args.stats).await {
+                    eprintln!("error: {e:#}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
