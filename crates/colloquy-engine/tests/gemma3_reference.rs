@@ -18,19 +18,48 @@ use common::*;
 fn logits_from(model: &Model, tokens: &[u32], from: usize, chunk: usize) -> (Vec<f32>, KvCache) {
     let mut kv = model.new_kv();
     let mut out = Vec::new();
-    model.forward_chunked(&mut kv, &tokens[..from], LogitsFor::None, chunk, &mut out, &mut |_, _| {}).unwrap();
+    model
+        .forward_chunked(&mut kv, &tokens[..from], LogitsFor::None, chunk, &mut out, &mut |_, _| {})
+        .unwrap();
     model.forward_chunked(&mut kv, &tokens[from..], LogitsFor::All, chunk, &mut out, &mut |_, _| {}).unwrap();
     assert_eq!(out.len(), (tokens.len() - from) * model.n_vocab());
     (out, kv)
 }
 
+/// llama.cpp's own distance between its `batched` and `sequential` records: the
+/// mean |Δlogit| over the batched top-10 ids that are also in the sequential top-10.
+fn self_distance(case: &LogitsCase) -> f64 {
+    let (mut n, mut sum) = (0usize, 0.0f64);
+    for (b, s) in case.batched.iter().zip(&case.sequential) {
+        for &(id, v) in &b.top {
+            if let Some(&(_, w)) = s.top.iter().find(|t| t.0 == id) {
+                (n, sum) = (n + 1, sum + (v - w).abs() as f64);
+            }
+        }
+    }
+    sum / n.max(1) as f64
+}
+
 /// Compares every reference position of every case with `tol` on the top-10
-/// logits and log-probs, `mean_tol` on the mean |Δlogit| per case, and the
-/// argmax where the reference margin is at least `margin_for_argmax`.
-fn check(file: &str, precision: Precision, tol: f32, mean_tol: f64, margin_for_argmax: f32) {
+/// logits and log-probs and the argmax where the reference margin is at least
+/// `margin_for_argmax`. The mean |Δlogit| must stay within `mean_tol` over all
+/// cases together, and per case within `mean_tol`, or, with `self_scale`, within
+/// `self_scale` times llama.cpp's own batched-vs-sequential distance if that is
+/// larger: with 8-bit activations a rounding-level difference anywhere changes
+/// the quantization noise, so no engine that is not bit-identical to the
+/// reference run can be closer to it than llama.cpp's own other run is.
+fn check(
+    file: &str,
+    precision: Precision,
+    tol: f32,
+    mean_tol: f64,
+    self_scale: Option<f64>,
+    margin_for_argmax: f32,
+) {
     let model = load("gemma3", precision, 2);
     let n_vocab = model.n_vocab();
     let mut failures = Vec::new();
+    let (mut all_n, mut all_sum) = (0usize, 0.0f64);
     for case in logits_cases(GEMMA3, file) {
         let tokens: Vec<u32> = case.prompt_ids.iter().chain(&case.generated_ids).copied().collect();
         let first = case.positions[0];
@@ -65,27 +94,34 @@ fn check(file: &str, precision: Precision, tol: f32, mean_tol: f64, margin_for_a
             }
         }
         let mean = sum / n as f64;
+        let case_tol = self_scale.map_or(mean_tol, |k| mean_tol.max(k * self_distance(&case)));
         eprintln!(
-            "{:<24} {precision:?}: {} tokens, {n} values, mean |d| {mean:.2e}, max |d| {max:.2e}, \
-             max log-prob |d| {max_lp:.2e} ({secs:.1} s)",
+            "{:<24} {precision:?}: {} tokens, {n} values, mean |d| {mean:.2e} (bound {case_tol:.2e}), \
+             max |d| {max:.2e}, max log-prob |d| {max_lp:.2e} ({secs:.1} s)",
             case.name,
             tokens.len()
         );
-        if mean > mean_tol {
-            failures.push(format!("{}: mean |d| {mean} > {mean_tol}", case.name));
+        if mean > case_tol {
+            failures.push(format!("{}: mean |d| {mean} > {case_tol}", case.name));
         }
+        (all_n, all_sum) = (all_n + n, all_sum + sum);
+    }
+    let mean = all_sum / all_n as f64;
+    eprintln!("all cases {precision:?}: {all_n} values, mean |d| {mean:.2e}");
+    if mean > mean_tol {
+        failures.push(format!("all cases: mean |d| {mean} > {mean_tol}"));
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
 fn gemma3_fast_path_matches_llama_cpp() {
-    check("logits.json", Precision::Fast, 2.0, 0.25, 1.0);
+    check("logits.json", Precision::Fast, 2.0, 0.25, Some(1.25), 1.0);
 }
 
 #[test]
 fn gemma3_precise_path_matches_f32_reference() {
-    check("logits-f32.json", Precision::Precise, 2e-3, 1e-4, 0.01);
+    check("logits-f32.json", Precision::Precise, 2e-3, 1e-4, None, 0.01);
 }
 
 /// The K/V cache contents as bits.
@@ -102,24 +138,38 @@ fn kv_bits(kv: &KvCache) -> Vec<u32> {
     bits
 }
 
-/// A 600-token prompt (the window is 512) fed whole and in chunks must give the
-/// same K/V bits at every position and the same logits on the last `tail`
-/// positions (only those get an output head, which keeps chunks of 1 affordable).
-fn check_invariance(precision: Precision, tail: usize) {
+/// A 600-token prompt (the window is 512) must give the same K/V bits at every
+/// position and the same logits on the last 40 positions (the only ones given
+/// an output head) whether it is run as one batch, in chunks of 7 or 64, or as
+/// one batch followed by one token at a time past the window.
+fn check_invariance(precision: Precision) {
     let case = logits_cases(GEMMA3, "logits.json").into_iter().max_by_key(|c| c.prompt_ids.len()).unwrap();
     assert!(case.prompt_ids.len() >= 600, "the long case has {} tokens", case.prompt_ids.len());
     let tokens = &case.prompt_ids[..600];
-    let from = tokens.len() - tail;
+    let from = 560;
     let model = load("gemma3", precision, 2);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let (logits, kv) = logits_from(&model, tokens, from, tokens.len());
     let (whole, whole_kv) = (bits(&logits), kv_bits(&kv));
-    for chunk in [1, 7, 64] {
+    for chunk in [7, 64, 1] {
         let t0 = std::time::Instant::now();
-        let (logits, kv) = logits_from(&model, tokens, from, chunk);
+        let (logits, kv) = if chunk == 1 {
+            let mut kv = model.new_kv();
+            model.forward(&mut kv, &tokens[..from], LogitsFor::None).unwrap();
+            let mut logits = Vec::new();
+            for &t in &tokens[from..] {
+                logits.extend(model.forward(&mut kv, &[t], LogitsFor::All).unwrap());
+            }
+            (logits, kv)
+        } else {
+            logits_from(&model, tokens, from, chunk)
+        };
         eprintln!("{precision:?}: chunks of {chunk}: {:.1} s", t0.elapsed().as_secs_f64());
         let at = whole_kv.iter().zip(kv_bits(&kv)).position(|(a, b)| *a != b);
-        assert!(at.is_none(), "{precision:?}: chunks of {chunk}: K/V differ from one batch at element {at:?}");
+        assert!(
+            at.is_none(),
+            "{precision:?}: chunks of {chunk}: K/V differ from one batch at element {at:?}"
+        );
         let at = whole.iter().zip(bits(&logits)).position(|(a, b)| *a != b);
         assert!(at.is_none(), "{precision:?}: chunks of {chunk}: logits differ from one batch at {at:?}");
     }
@@ -127,12 +177,12 @@ fn check_invariance(precision: Precision, tail: usize) {
 
 #[test]
 fn gemma3_fast_path_is_batch_invariant() {
-    check_invariance(Precision::Fast, 88);
+    check_invariance(Precision::Fast);
 }
 
 #[test]
 fn gemma3_precise_path_is_batch_invariant() {
-    check_invariance(Precision::Precise, 40);
+    check_invariance(Precision::Precise);
 }
 
 #[test]

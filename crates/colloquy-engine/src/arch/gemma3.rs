@@ -130,7 +130,9 @@ impl Gemma3Config {
         let n_heads = usize_key(g, "gemma3.attention.head_count")?;
         let n_kv_heads = opt_usize(g, "gemma3.attention.head_count_kv")?.unwrap_or(n_heads);
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(Error::GgufCorrupt(format!("{n_heads} query heads cannot share {n_kv_heads} KV heads")));
+            return Err(Error::GgufCorrupt(format!(
+                "{n_heads} query heads cannot share {n_kv_heads} KV heads"
+            )));
         }
         let head_dim = opt_usize(g, "gemma3.attention.key_length")?.unwrap_or(n_embd / n_heads);
         let v_dim = opt_usize(g, "gemma3.attention.value_length")?.unwrap_or(head_dim);
@@ -151,9 +153,8 @@ impl Gemma3Config {
         } else {
             1.0 / (head_dim as f32).sqrt()
         };
-        let token_embd = g
-            .tensor("token_embd.weight")
-            .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
+        let token_embd =
+            g.tensor("token_embd.weight").ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
         Ok(Gemma3Config {
             n_layers,
             n_embd,
