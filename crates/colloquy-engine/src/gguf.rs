@@ -234,7 +234,7 @@ impl Gguf {
             let offset = data_start
                 .checked_add(rel)
                 .ok_or_else(|| corrupt(format!("tensor {name} offset overflows")))?;
-            let end = offset.checked_add(size).unwrap_or(u64::MAX);
+            let end = offset.saturating_add(size);
             if end > len {
                 return Err(Error::TensorOutOfBounds { tensor: name, end, len });
             }
