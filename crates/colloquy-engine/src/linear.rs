@@ -85,9 +85,6 @@ pub struct MatmulScratch {
     rows: Vec<Mutex<Vec<f32>>>,
 }
 
-/// Token rows handled together by the multi-row kernel.
-const ROW_TILE: usize = 4;
-
 /// `out[t][i] = W[i] · x[t]` for `m = x.len() / n_in` rows of `x`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -114,21 +111,27 @@ pub fn matmul(
                 checked(kernels::quantize_activation(w.ty, xr, q));
             }
             let xq = &scratch.xq;
-            pool.for_ranges(n_out, &|range| {
-                let mut tmp = [0.0f32; ROW_TILE];
-                for i in range {
-                    let wr = w.row(file, i);
-                    let mut t = 0;
-                    while t < m {
-                        let n = ROW_TILE.min(m - t);
-                        let xs = &xq[t * stride..(t + n) * stride];
-                        checked(kernels::vec_dot_rows(w.ty, wr, xs, stride, n, w.n_in, &mut tmp[..n]));
-                        for (j, &v) in tmp[..n].iter().enumerate() {
-                            // SAFETY: this thread owns column i of every row.
-                            unsafe { out.slice((t + j) * n_out + i, 1)[0] = v };
-                        }
-                        t += n;
-                    }
+            let rows = &scratch.rows;
+            pool.run(&|thread| {
+                let range = crate::pool::split_range(n_out, pool.n_threads(), thread);
+                if range.is_empty() {
+                    return;
+                }
+                let len = range.len();
+                let w_bytes = &file[w.offset + range.start * w.row_bytes..w.offset + range.end * w.row_bytes];
+                if m == 1 {
+                    // SAFETY: this thread owns out[range] (one row of output).
+                    let o = unsafe { out.slice(range.start, len) };
+                    checked(kernels::matmul(w.ty, w_bytes, len, xq, 1, w.n_in, o, len));
+                    return;
+                }
+                let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
+                tmp.resize(m * len, 0.0);
+                checked(kernels::matmul(w.ty, w_bytes, len, xq, m, w.n_in, &mut tmp, len));
+                for t in 0..m {
+                    // SAFETY: this thread owns columns `range` of every output row.
+                    let o = unsafe { out.slice(t * n_out + range.start, len) };
+                    o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
                 }
             });
         }

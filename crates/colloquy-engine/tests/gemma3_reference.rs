@@ -185,10 +185,15 @@ fn gemma3_precise_path_is_batch_invariant() {
     check_invariance(Precision::Precise);
 }
 
+/// Greedy generation equals llama.cpp's greedy ids up to the first position
+/// whose `sequential` margin is under 1.0. Gemma's margins drop under 1.0 early,
+/// so the decode path is also checked teacher-forced: feeding the reference
+/// tokens one at a time, the argmax must equal the reference greedy token at
+/// every position whose `sequential` margin is at least 1.0.
 #[test]
 fn gemma3_greedy_matches_reference_until_first_near_tie() {
     let model = load("gemma3", Precision::Fast, 2);
-    let mut checked = 0;
+    let (mut free, mut forced) = (0, 0);
     for case in logits_cases(GEMMA3, "logits.json") {
         // The sequential record is the greedy run; stop where its margin drops under 1.0.
         let n = case.sequential.iter().position(|r| r.margin() < 1.0).unwrap_or(case.sequential.len());
@@ -200,8 +205,28 @@ fn gemma3_greedy_matches_reference_until_first_near_tie() {
         let got = model.generate(&mut kv, logits, &mut history, &mut sampler, n, &mut |_| true).unwrap();
         assert_eq!(got[..n.min(got.len())], case.generated_ids[..n], "{}: greedy tokens differ", case.name);
         assert_eq!(got.len(), n, "{}: stopped early", case.name);
-        eprintln!("{}: {n} tokens equal", case.name);
-        checked += n;
+
+        // Teacher-forced decoding, one token at a time after the prompt.
+        let n_prompt = case.prompt_ids.len();
+        let mut kv = model.new_kv();
+        let mut logits = model.forward(&mut kv, &case.prompt_ids, LogitsFor::Last).unwrap();
+        let mut m = 0;
+        for (i, rec) in case.sequential.iter().enumerate().take(case.generated_ids.len()) {
+            assert_eq!(rec.pos, n_prompt - 1 + i);
+            if rec.margin() >= 1.0 {
+                assert_eq!(
+                    argmax(&logits),
+                    case.generated_ids[i],
+                    "{} pos {}: decode argmax",
+                    case.name,
+                    rec.pos
+                );
+                m += 1;
+            }
+            logits = model.forward(&mut kv, &[case.generated_ids[i]], LogitsFor::Last).unwrap();
+        }
+        eprintln!("{}: {n} greedy tokens equal, {m} teacher-forced decode argmaxes equal", case.name);
+        (free, forced) = (free + n, forced + m);
     }
-    assert!(checked >= 10, "too few tokens compared: {checked}");
+    assert!(forced >= 50, "too few positions compared: {free} greedy, {forced} teacher-forced");
 }
