@@ -225,6 +225,20 @@ impl KvCache {
         self.blocks[b].v.rows(layer * s..(layer + 1) * s)
     }
 
+    /// Keeps the first `b` blocks, appends `block` as block `b` (shared, not
+    /// copied) and marks its [`BLOCK_TOKENS`] positions filled. Used to adopt a
+    /// full block computed by another sequence with the same tokens.
+    pub fn attach_block(&mut self, b: usize, block: Arc<KvBlock>) -> Result<()> {
+        let len = (b + 1) * BLOCK_TOKENS;
+        if b > self.blocks.len() || len > self.capacity {
+            return Err(Error::InvalidArgument(format!("cannot attach KV block {b}")));
+        }
+        self.blocks.truncate(b);
+        self.blocks.push(block);
+        self.len = len;
+        Ok(())
+    }
+
     /// Replaces the block table (used when restoring a session).
     pub fn from_blocks(
         layout: KvLayout,

@@ -11,6 +11,7 @@ pub mod kv;
 pub mod linear;
 pub mod model;
 pub mod pool;
+pub mod prefix;
 pub mod runtime;
 pub mod sampler;
 

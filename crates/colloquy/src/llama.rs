@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use colloquy_engine::fetch::{self, PullOptions};
 use colloquy_engine::linear::Precision;
 use colloquy_engine::model::{Model, ModelOptions};
+use colloquy_engine::prefix::{PrefixCache, PrefixCacheStats};
 use colloquy_engine::sampler::RngState;
 use futures_channel::oneshot;
 
@@ -129,7 +130,11 @@ pub struct LlamaBuilder {
     policy: ContextPolicy,
     template: Option<String>,
     progress: Option<bool>,
+    prefix_cache_bytes: Option<usize>,
 }
+
+/// The prefix cache's default budget.
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 512 << 20;
 
 impl LlamaBuilder {
     /// The model to load (default: SmolLM2-135M-Instruct).
@@ -165,6 +170,14 @@ impl LlamaBuilder {
     /// A Jinja chat template to use instead of the model's own.
     pub fn with_chat_template(mut self, template: impl Into<String>) -> Self {
         self.template = Some(template.into());
+        self
+    }
+
+    /// Memory budget of the prefix cache, which lets a session adopt the KV
+    /// blocks of any other session of this model that began with the same
+    /// tokens (default 512 MiB; 0 turns it off).
+    pub fn with_prefix_cache_bytes(mut self, bytes: usize) -> Self {
+        self.prefix_cache_bytes = Some(bytes);
         self
     }
 
@@ -209,7 +222,8 @@ impl LlamaBuilder {
                 }
             })
             .map_err(|e| Error::Engine(colloquy_engine::Error::io("worker thread", e)))?;
-        let inner = Inner { model, template, fingerprint, policy: self.policy, jobs: Mutex::new(jobs) };
+        let prefix = Mutex::new(PrefixCache::new(self.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES)));
+        let inner = Inner { model, template, fingerprint, policy: self.policy, prefix, jobs: Mutex::new(jobs) };
         Ok(Llama { inner: Arc::new(inner) })
     }
 }
@@ -231,7 +245,14 @@ pub(crate) struct Inner {
     pub template: ChatTemplate,
     pub fingerprint: Fingerprint,
     pub policy: ContextPolicy,
+    prefix: Mutex<PrefixCache>,
     jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Inner {
+    pub fn prefix(&self) -> std::sync::MutexGuard<'_, PrefixCache> {
+        self.prefix.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A chat model loaded from a GGUF file. Cloning is cheap and shares the model.
@@ -283,6 +304,19 @@ impl Llama {
     /// The fingerprint that sessions of this model carry.
     pub fn fingerprint(&self) -> Fingerprint {
         self.inner.fingerprint
+    }
+
+    /// Size and hit counters of the prefix cache shared by this model's sessions.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// println!("{} cached blocks", llm.prefix_cache_stats().blocks);
+    /// # }
+    /// ```
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.inner.prefix().stats()
     }
 
     /// Runs `f` on the model thread and awaits its result.

@@ -20,7 +20,8 @@ use crate::session::SessionState;
 pub struct TurnStats {
     /// Prompt tokens the model processed this turn (the new suffix only).
     pub prompt_tokens: usize,
-    /// Prompt tokens whose K/V was reused from the session.
+    /// Prompt tokens whose K/V was reused: from the session itself, or from
+    /// blocks another session of the same model computed (the prefix cache).
     pub reused_tokens: usize,
     /// Tokens generated.
     pub generated_tokens: usize,
@@ -80,7 +81,10 @@ pub(crate) fn run(
     let mut common = st.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
     common = common.min(prompt.len() - 1);
     st.kv.set_len(common);
-    st.tokens.truncate(common);
+    // Blocks that another session of this model already computed are adopted.
+    let common = inner.prefix().extend(&mut st.kv, &prompt, prompt.len() - 1);
+    st.tokens.clear();
+    st.tokens.extend_from_slice(&prompt[..common]);
     let mut logits = Vec::new();
     model.forward_chunked(&mut st.kv, &prompt[common..], LogitsFor::Last, UBATCH, &mut logits, &mut |_, _| {})?;
     st.tokens.extend_from_slice(&prompt[common..]);
@@ -129,6 +133,7 @@ pub(crate) fn run(
     // end-of-turn token) goes in with the next turn's text.
     st.tokens.extend_from_slice(&generated[..generated.len().saturating_sub(1)]);
     debug_assert_eq!(st.tokens.len(), st.kv.len());
+    inner.prefix().insert(&st.kv, &st.tokens);
     st.history = conversation;
     st.pending = Some(answer);
     st.rng = sampler.rng_state();
