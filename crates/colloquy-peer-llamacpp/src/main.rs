@@ -1,1 +1,276 @@
-fn main() {}
+//! `colloquy-peer-llamacpp`: the llama.cpp side of `colloquy bench --peer llama.cpp`.
+//!
+//! It runs the same measurements as `colloquy bench` (see `crates/colloquy-cli/src/bench.rs`)
+//! with llama.cpp, built from source by the `llama-cpp-2` crate, and prints them as JSON
+//! lines on stdout. It mirrors llama-bench's method:
+//!
+//! - `ppP`: a P-token prompt of fixed pseudo-random token ids, decoded in one batch on an
+//!   empty KV cache (n_batch = n_ubatch >= P);
+//! - `tgN`: N single-token decode steps from an empty KV cache, each feeding a fixed token;
+//! - `tgN@dD`: D prompt tokens decoded first (untimed), then N timed decode steps.
+//!
+//! Every test runs one untimed warm-up repetition, then `--reps` timed ones; the KV cache
+//! is cleared before each. The context uses an f16 KV cache and no flash attention, as
+//! llama-bench does by default.
+//!
+//! This crate is a workspace member but not a default member, so plain `cargo build` and
+//! `cargo test` never compile llama.cpp. Build it with
+//! `cargo build --release -p colloquy-peer-llamacpp` (see BENCHMARKS.md for the flags that
+//! give llama.cpp its native SIMD kernels).
+
+use std::ffi::CStr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+/// Command-line options; they match `colloquy bench`'s.
+#[derive(Parser)]
+#[command(name = "colloquy-peer-llamacpp", about = "llama.cpp measurements for `colloquy bench --peer llama.cpp`")]
+struct Cli {
+    /// The GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt length of the ppP test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Decode steps of the tgN tests (0 skips them).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Context depth of the tgN@dD test (0 skips it).
+    #[arg(long, default_value_t = 512)]
+    depth: usize,
+    /// Threads.
+    #[arg(short = 't', long, default_value_t = 1)]
+    threads: usize,
+    /// Timed repetitions per test.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Print JSON lines (the only output format; accepted for symmetry with `colloquy bench`).
+    #[arg(long)]
+    json: bool,
+    /// Keep llama.cpp's own log on stderr.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Fixed pseudo-random token ids in `0..n_vocab` (SplitMix64 from a fixed seed), the
+/// same sequence `colloquy bench` uses.
+fn bench_tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z % n_vocab.max(1) as u64) as u32
+        })
+        .collect()
+}
+
+/// Seed of the prompt and depth tokens; `colloquy bench` uses the same.
+const PROMPT_SEED: u64 = 0x636f_6c6c_6f71_7579;
+
+/// The peak resident set size of this process in MiB (`VmHWM` in /proc/self/status).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Median and sample standard deviation.
+fn median_stddev(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut s = xs.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+    let mean = s.iter().sum::<f64>() / n as f64;
+    let var = if n > 1 { s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+    (median, var.sqrt())
+}
+
+/// Decodes `tokens` in one batch after what the KV cache holds.
+fn decode(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken]) -> Result<()> {
+    let mut batch = LlamaBatch::get_one(tokens).context("empty batch")?;
+    ctx.decode(&mut batch).context("llama_decode failed")?;
+    Ok(())
+}
+
+/// One repetition's timed part in seconds: what it does depends on the test.
+fn one_rep(ctx: &mut LlamaContext<'_>, test: &Test, prompt: &[LlamaToken], gen_token: LlamaToken) -> Result<f64> {
+    ctx.clear_kv_cache();
+    match *test {
+        Test::Prompt(p) => {
+            let t0 = Instant::now();
+            decode(ctx, &prompt[..p])?;
+            ctx.synchronize();
+            Ok(t0.elapsed().as_secs_f64())
+        }
+        Test::Gen { n, depth } => {
+            if depth > 0 {
+                decode(ctx, &prompt[..depth])?;
+                ctx.synchronize();
+            }
+            let t0 = Instant::now();
+            for _ in 0..n {
+                decode(ctx, &[gen_token])?;
+                ctx.synchronize();
+            }
+            Ok(t0.elapsed().as_secs_f64())
+        }
+    }
+}
+
+/// A measurement.
+enum Test {
+    /// `ppP`.
+    Prompt(usize),
+    /// `tgN` (depth 0) or `tgN@dD`.
+    Gen { n: usize, depth: usize },
+}
+
+impl Test {
+    /// The llama-bench style name.
+    fn name(&self) -> String {
+        match *self {
+            Test::Prompt(p) => format!("pp{p}"),
+            Test::Gen { n, depth: 0 } => format!("tg{n}"),
+            Test::Gen { n, depth } => format!("tg{n}@d{depth}"),
+        }
+    }
+
+    /// Tokens the timed part processes.
+    fn tokens(&self) -> usize {
+        match *self {
+            Test::Prompt(p) => p,
+            Test::Gen { n, .. } => n,
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let _ = cli.json;
+    if cli.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    if cli.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    if !cli.model.is_file() {
+        bail!("no such model file: {}", cli.model.display());
+    }
+    let mut backend = LlamaBackend::init().context("initializing llama.cpp")?;
+    if !cli.verbose {
+        backend.void_logs();
+    }
+    // SAFETY: llama_print_system_info returns a pointer to a static, NUL-terminated string.
+    let system_info = unsafe { CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) }
+        .to_string_lossy()
+        .trim()
+        .to_string();
+
+    let model = LlamaModel::load_from_file(&backend, &cli.model, &LlamaModelParams::default())
+        .with_context(|| format!("llama.cpp could not load {}", cli.model.display()))?;
+    let rss_load = peak_rss_mb();
+
+    let threads = i32::try_from(cli.threads).context("--threads is too large")?;
+    let n_ctx = cli.n_prompt.max(cli.depth + cli.n_gen).max(1);
+    let n_batch = cli.n_prompt.max(cli.depth).max(1);
+    let n_ctx32 = u32::try_from(n_ctx).context("context too large")?;
+    let n_batch32 = u32::try_from(n_batch).context("batch too large")?;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx32))
+        .with_n_batch(n_batch32)
+        .with_n_ubatch(n_batch32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_type_k(KvCacheType::F16)
+        .with_type_v(KvCacheType::F16)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    let mut ctx = model.new_context(&backend, params).context("llama.cpp could not create a context")?;
+
+    let n_vocab = usize::try_from(model.n_vocab()).context("bad vocabulary size")?;
+    let to_llama = |ids: Vec<u32>| -> Result<Vec<LlamaToken>> {
+        ids.into_iter()
+            .map(|t| Ok(LlamaToken(i32::try_from(t).context("token id out of range")?)))
+            .collect()
+    };
+    let prompt = to_llama(bench_tokens(cli.n_prompt.max(cli.depth), n_vocab, PROMPT_SEED))?;
+    let gen_token = LlamaToken(i32::try_from(bench_tokens(1, n_vocab, PROMPT_SEED ^ 1)[0]).context("token id")?);
+
+    let mut tests = Vec::new();
+    if cli.n_prompt > 0 {
+        tests.push(Test::Prompt(cli.n_prompt));
+    }
+    if cli.n_gen > 0 {
+        tests.push(Test::Gen { n: cli.n_gen, depth: 0 });
+        if cli.depth > 0 {
+            tests.push(Test::Gen { n: cli.n_gen, depth: cli.depth });
+        }
+    }
+
+    println!("{}", serde_json::json!({"test": "system_info", "llama_cpp": system_info}));
+    for test in &tests {
+        one_rep(&mut ctx, test, &prompt, gen_token)?; // warm-up
+        let mut tps = Vec::with_capacity(cli.reps);
+        for _ in 0..cli.reps {
+            let secs = one_rep(&mut ctx, test, &prompt, gen_token)?;
+            tps.push(test.tokens() as f64 / secs.max(1e-12));
+        }
+        let (median, spread) = median_stddev(&tps);
+        println!(
+            "{}",
+            serde_json::json!({
+                "test": test.name(),
+                "threads": cli.threads,
+                "tps": median,
+                "spread": spread,
+                "samples": tps,
+            })
+        );
+    }
+    println!("{}", serde_json::json!({"test": "rss_load_mb", "threads": cli.threads, "mb": rss_load}));
+    println!("{}", serde_json::json!({"test": "rss_peak_mb", "threads": cli.threads, "mb": peak_rss_mb()}));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_fixed_and_in_range() {
+        let a = bench_tokens(100, 1000, PROMPT_SEED);
+        assert_eq!(a, bench_tokens(100, 1000, PROMPT_SEED));
+        assert!(a.iter().all(|&t| t < 1000));
+    }
+
+    #[test]
+    fn median_and_stddev() {
+        let (m, s) = median_stddev(&[1.0, 3.0, 2.0]);
+        assert_eq!(m, 2.0);
+        assert!((s - 1.0).abs() < 1e-12);
+    }
+}
