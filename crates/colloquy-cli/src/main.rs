@@ -12,6 +12,7 @@ use colloquy_engine::linear::Precision;
 use colloquy_engine::model::{Model, ModelOptions};
 use colloquy_engine::sampler::{Sampler, SamplerParams};
 
+mod bench;
 mod chat;
 mod progress;
 
@@ -45,6 +46,8 @@ enum Cmd {
     Chat(chat::ChatArgs),
     /// Raw completion (no chat template), streamed to stdout.
     Generate(GenerateArgs),
+    /// Measure prompt and generation tokens/s (llama-bench style), optionally beside llama.cpp.
+    Bench(bench::BenchArgs),
     /// Teacher-forced logits: one JSON line per position with the top-K ids.
     Logits {
         #[arg(long, default_value = "smollm2")]
@@ -169,6 +172,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Generate(args) => generate(args)?,
         Cmd::Chat(args) => chat::run(args)?,
+        Cmd::Bench(args) => bench::run(args)?,
         Cmd::Logits { model, input, ids, top, precise, threads } => {
             let model = load(&model, threads, precise)?;
             let tokens: Vec<u32> = match (ids, input.read()?) {

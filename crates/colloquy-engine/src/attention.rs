@@ -188,6 +188,10 @@ fn gather_head(rows: KvRows<'_>, row: usize, g: usize, hd: usize, lo: usize, hi:
         match rows {
             KvRows::F16(r) => r[src..src + hd].convert_to_f32_slice(d),
             KvRows::F32(r) => d.copy_from_slice(&r[src..src + hd]),
+            KvRows::Q8_0(r) => {
+                let q = &r[src / 32 * 34..(src + hd) / 32 * 34];
+                let _ = kernels::dequantize_row(kernels::GgmlType::Q8_0, q, d);
+            }
         }
     }
 }

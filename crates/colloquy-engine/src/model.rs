@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::arch::{load_architecture, Architecture, LogitsFor};
 use crate::error::Result;
 use crate::gguf::Gguf;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvDtype};
 use crate::linear::Precision;
 use crate::runtime::Runtime;
 use crate::sampler::Sampler;
@@ -31,6 +31,9 @@ pub struct ModelOptions {
     pub precision: Precision,
     /// Context length; `None` uses the model's training context.
     pub n_ctx: Option<usize>,
+    /// KV cache storage; `None` follows the precision (f16 fast, f32 precise).
+    /// [`KvDtype::Q8_0`] halves the bytes per token, at a small loss of accuracy.
+    pub kv_dtype: Option<KvDtype>,
 }
 
 impl Default for ModelOptions {
@@ -39,6 +42,7 @@ impl Default for ModelOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             precision: Precision::Fast,
             n_ctx: None,
+            kv_dtype: None,
         }
     }
 }
@@ -75,12 +79,20 @@ impl Model {
         let arch = load_architecture(Arc::clone(&gguf))?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let n_ctx = opts.n_ctx.unwrap_or(arch.n_ctx_train()).max(1);
+        let mut rt = Runtime::new(opts.threads, opts.precision);
+        rt.kv_override = opts.kv_dtype;
+        if !arch.kv_layout(&rt).is_valid() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a {:?} KV cache needs head dimensions that are multiples of 32",
+                rt.kv_dtype()
+            )));
+        }
         Ok(Model {
             path,
             gguf,
             arch,
             tokenizer,
-            rt: Mutex::new(Runtime::new(opts.threads, opts.precision)),
+            rt: Mutex::new(rt),
             n_ctx,
             precision: opts.precision,
         })

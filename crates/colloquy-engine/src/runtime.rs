@@ -38,6 +38,8 @@ pub struct Runtime {
     pub precision: Precision,
     /// Reusable activation buffers.
     pub act: Activations,
+    /// KV storage type; `None` follows the precision (f16 fast, f32 precise).
+    pub kv_override: Option<KvDtype>,
     matmul: MatmulScratch,
     attn: AttentionScratch,
 }
@@ -49,13 +51,17 @@ impl Runtime {
             pool: ThreadPool::new(threads),
             precision,
             act: Activations::default(),
+            kv_override: None,
             matmul: MatmulScratch::default(),
             attn: AttentionScratch::default(),
         }
     }
 
-    /// The KV storage type that goes with the precision.
+    /// The KV storage type: the override, or the one that goes with the precision.
     pub fn kv_dtype(&self) -> KvDtype {
+        if let Some(d) = self.kv_override {
+            return d;
+        }
         match self.precision {
             Precision::Fast => KvDtype::F16,
             Precision::Precise => KvDtype::F32,

@@ -35,7 +35,10 @@ use llama_cpp_2::token::LlamaToken;
 
 /// Command-line options; they match `colloquy bench`'s.
 #[derive(Parser)]
-#[command(name = "colloquy-peer-llamacpp", about = "llama.cpp measurements for `colloquy bench --peer llama.cpp`")]
+#[command(
+    name = "colloquy-peer-llamacpp",
+    about = "llama.cpp measurements for `colloquy bench --peer llama.cpp`"
+)]
 struct Cli {
     /// The GGUF file.
     #[arg(long)]
@@ -119,7 +122,13 @@ fn decode(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken]) -> Result<()> {
 }
 
 /// One repetition's timed part in seconds: what it does depends on the test.
-fn one_rep(ctx: &mut LlamaContext<'_>, test: &Test, prompt: &[LlamaToken], gen_token: LlamaToken) -> Result<f64> {
+fn one_rep(
+    ctx: &mut LlamaContext<'_>,
+    test: &Test,
+    prompt: &[LlamaToken],
+    gen_token: LlamaToken,
+    n_batch: usize,
+) -> Result<f64> {
     ctx.clear_kv_cache();
     match *test {
         Test::Prompt(p) => {
@@ -129,10 +138,11 @@ fn one_rep(ctx: &mut LlamaContext<'_>, test: &Test, prompt: &[LlamaToken], gen_t
             Ok(t0.elapsed().as_secs_f64())
         }
         Test::Gen { n, depth } => {
-            if depth > 0 {
-                decode(ctx, &prompt[..depth])?;
-                ctx.synchronize();
+            // Untimed context, in chunks of at most n_batch tokens.
+            for chunk in prompt[..depth].chunks(n_batch) {
+                decode(ctx, chunk)?;
             }
+            ctx.synchronize();
             let t0 = Instant::now();
             for _ in 0..n {
                 decode(ctx, &[gen_token])?;
@@ -197,7 +207,8 @@ fn run(cli: Cli) -> Result<()> {
 
     let threads = i32::try_from(cli.threads).context("--threads is too large")?;
     let n_ctx = cli.n_prompt.max(cli.depth + cli.n_gen).max(1);
-    let n_batch = cli.n_prompt.max(cli.depth).max(1);
+    // >= P so that ppP is one batch; depth prefill (untimed) uses chunks of it.
+    let n_batch = cli.n_prompt.max(cli.depth.min(512)).max(1);
     let n_ctx32 = u32::try_from(n_ctx).context("context too large")?;
     let n_batch32 = u32::try_from(n_batch).context("batch too large")?;
     let params = LlamaContextParams::default()
@@ -213,12 +224,11 @@ fn run(cli: Cli) -> Result<()> {
 
     let n_vocab = usize::try_from(model.n_vocab()).context("bad vocabulary size")?;
     let to_llama = |ids: Vec<u32>| -> Result<Vec<LlamaToken>> {
-        ids.into_iter()
-            .map(|t| Ok(LlamaToken(i32::try_from(t).context("token id out of range")?)))
-            .collect()
+        ids.into_iter().map(|t| Ok(LlamaToken(i32::try_from(t).context("token id out of range")?))).collect()
     };
     let prompt = to_llama(bench_tokens(cli.n_prompt.max(cli.depth), n_vocab, PROMPT_SEED))?;
-    let gen_token = LlamaToken(i32::try_from(bench_tokens(1, n_vocab, PROMPT_SEED ^ 1)[0]).context("token id")?);
+    let gen_token =
+        LlamaToken(i32::try_from(bench_tokens(1, n_vocab, PROMPT_SEED ^ 1)[0]).context("token id")?);
 
     let mut tests = Vec::new();
     if cli.n_prompt > 0 {
@@ -233,10 +243,10 @@ fn run(cli: Cli) -> Result<()> {
 
     println!("{}", serde_json::json!({"test": "system_info", "llama_cpp": system_info}));
     for test in &tests {
-        one_rep(&mut ctx, test, &prompt, gen_token)?; // warm-up
+        one_rep(&mut ctx, test, &prompt, gen_token, n_batch)?; // warm-up
         let mut tps = Vec::with_capacity(cli.reps);
         for _ in 0..cli.reps {
-            let secs = one_rep(&mut ctx, test, &prompt, gen_token)?;
+            let secs = one_rep(&mut ctx, test, &prompt, gen_token, n_batch)?;
             tps.push(test.tokens() as f64 / secs.max(1e-12));
         }
         let (median, spread) = median_stddev(&tps);

@@ -43,6 +43,15 @@ pub enum Error {
         /// The session's fingerprint.
         found: String,
     },
+    /// The session's KV cache has another shape or storage type than this model
+    /// makes (for example a Q8_0 session on a model loaded with an f16 cache).
+    #[error("session KV layout {found} differs from this model's {expected}; load the model with the same KV cache type")]
+    SessionKvMismatch {
+        /// This model's layout.
+        expected: String,
+        /// The session's layout.
+        found: String,
+    },
     /// The chat template failed.
     #[error("chat template: {0}")]
     Template(String),

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use colloquy_engine::fetch::{self, PullOptions};
+use colloquy_engine::kv::KvDtype;
 use colloquy_engine::linear::Precision;
 use colloquy_engine::model::{Model, ModelOptions};
 use colloquy_engine::prefix::{PrefixCache, PrefixCacheStats};
@@ -131,6 +132,7 @@ pub struct LlamaBuilder {
     template: Option<String>,
     progress: Option<bool>,
     prefix_cache_bytes: Option<usize>,
+    kv_dtype: Option<KvDtype>,
 }
 
 /// The prefix cache's default budget.
@@ -158,6 +160,23 @@ impl LlamaBuilder {
     /// Fast (8-bit activations, f16 KV, the default) or precise (f32) computation.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// How the KV cache stores keys and values: f16 (the default on the fast path),
+    /// f32, or [`KvDtype::Q8_0`], which halves memory and saved bytes per token.
+    /// Q8_0 is lossy: answers can differ slightly from an f16 cache, though a
+    /// Q8_0 session still saves, loads and forks exactly.
+    ///
+    /// ```no_run
+    /// use colloquy::language::*;
+    /// use colloquy::engine::kv::KvDtype;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_kv_cache_type(KvDtype::Q8_0).build().await.unwrap();
+    /// # }
+    /// ```
+    pub fn with_kv_cache_type(mut self, dtype: KvDtype) -> Self {
+        self.kv_dtype = Some(dtype);
         self
     }
 
@@ -204,6 +223,7 @@ impl LlamaBuilder {
             opts.threads = t;
         }
         opts.n_ctx = Some(self.n_ctx.unwrap_or(4096));
+        opts.kv_dtype = self.kv_dtype;
         let model = Model::load(&path, opts)?;
         let template = match &self.template {
             Some(t) => t.clone(),

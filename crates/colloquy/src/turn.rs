@@ -48,11 +48,10 @@ pub(crate) fn run(
     }
     let fresh = model.new_kv();
     if st.kv.layout() != fresh.layout() {
-        return Err(Error::SessionCorrupt(format!(
-            "KV layout {:?} does not match the model's {:?}",
-            st.kv.layout(),
-            fresh.layout()
-        )));
+        return Err(Error::SessionKvMismatch {
+            expected: format!("{:?}", fresh.layout()),
+            found: format!("{:?}", st.kv.layout()),
+        });
     }
     if st.kv.len() != st.tokens.len() {
         return Err(Error::SessionCorrupt("token count and KV length differ".into()));

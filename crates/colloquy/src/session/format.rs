@@ -15,9 +15,8 @@
 
 use std::sync::Arc;
 
-use colloquy_engine::kv::{KvBlock, KvCache, KvData, KvDtype, KvLayout, BLOCK_TOKENS};
+use colloquy_engine::kv::{KvBlock, KvCache, KvDtype, KvLayout, BLOCK_TOKENS};
 use colloquy_engine::sampler::RngState;
-use half::f16;
 
 use super::{Fingerprint, SessionState};
 use crate::error::{Error, Result};
@@ -36,34 +35,7 @@ pub(crate) fn encode(s: &SessionState) -> Vec<u8> {
     w.extend_from_slice(MAGIC);
     put_u32(&mut w, VERSION);
     put_u64(&mut w, 0); // total length, patched below
-    w.extend_from_slice(&s.fingerprint.0);
-    let l = s.kv.layout();
-    put_u32(&mut w, l.n_layers as u32);
-    put_u32(&mut w, l.n_kv_heads as u32);
-    put_u32(&mut w, l.head_dim as u32);
-    w.push(match l.dtype {
-        KvDtype::F16 => 0,
-        KvDtype::F32 => 1,
-    });
-    put_u32(&mut w, BLOCK_TOKENS as u32);
-    put_u32(&mut w, s.tokens.len() as u32);
-    for &t in &s.tokens {
-        put_u32(&mut w, t);
-    }
-    put_u32(&mut w, s.history.len() as u32);
-    for m in &s.history {
-        w.push(m.role().to_byte());
-        put_str(&mut w, m.content());
-    }
-    match &s.pending {
-        None => w.push(0),
-        Some(a) => {
-            w.push(1);
-            put_str(&mut w, a);
-        }
-    }
-    put_u64(&mut w, s.rng.seed);
-    w.extend_from_slice(&s.rng.word_pos.to_le_bytes());
+    encode_meta(&mut w, s);
     encode_kv(&mut w, &s.kv);
     let total = (w.len() + CHECKSUM) as u64;
     w[12..20].copy_from_slice(&total.to_le_bytes());
@@ -72,20 +44,55 @@ pub(crate) fn encode(s: &SessionState) -> Vec<u8> {
     w
 }
 
+/// Everything a session holds except its K/V data: the fields between the
+/// preamble and the KV data. The session store's manifests share this encoding.
+pub(crate) fn encode_meta(w: &mut Vec<u8>, s: &SessionState) {
+    w.extend_from_slice(&s.fingerprint.0);
+    encode_layout(w, s.kv.layout());
+    put_u32(w, s.tokens.len() as u32);
+    for &t in &s.tokens {
+        put_u32(w, t);
+    }
+    put_u32(w, s.history.len() as u32);
+    for m in &s.history {
+        w.push(m.role().to_byte());
+        put_str(w, m.content());
+    }
+    match &s.pending {
+        None => w.push(0),
+        Some(a) => {
+            w.push(1);
+            put_str(w, a);
+        }
+    }
+    put_u64(w, s.rng.seed);
+    w.extend_from_slice(&s.rng.word_pos.to_le_bytes());
+}
+
+/// The KV layout: `n_layers`, `n_kv_heads`, `head_dim` (u32 each), dtype u8, block size u32.
+pub(crate) fn encode_layout(w: &mut Vec<u8>, l: &KvLayout) {
+    put_u32(w, l.n_layers as u32);
+    put_u32(w, l.n_kv_heads as u32);
+    put_u32(w, l.head_dim as u32);
+    w.push(l.dtype.to_byte());
+    put_u32(w, BLOCK_TOKENS as u32);
+}
+
 fn encode_kv(w: &mut Vec<u8>, kv: &KvCache) {
-    let l = kv.layout();
-    let row = l.row();
     for (b, block) in kv.blocks().iter().enumerate() {
         let used = (kv.len() - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-        for layer in 0..l.n_layers {
-            let range = layer * BLOCK_TOKENS * row..(layer * BLOCK_TOKENS + used) * row;
-            for data in [&block.k, &block.v] {
-                match data {
-                    KvData::F16(d) => d[range.clone()].iter().for_each(|x| w.extend_from_slice(&x.to_le_bytes())),
-                    KvData::F32(d) => d[range.clone()].iter().for_each(|x| w.extend_from_slice(&x.to_le_bytes())),
-                }
-            }
-        }
+        encode_block_rows(w, kv.layout(), block, used);
+    }
+}
+
+/// One block's used rows: for each layer, the K rows then the V rows of the
+/// first `used` positions.
+pub(crate) fn encode_block_rows(w: &mut Vec<u8>, l: &KvLayout, block: &KvBlock, used: usize) {
+    let row = l.row();
+    for layer in 0..l.n_layers {
+        let range = layer * BLOCK_TOKENS * row..(layer * BLOCK_TOKENS + used) * row;
+        block.k.encode_range(range.clone(), w);
+        block.v.encode_range(range, w);
     }
 }
 
@@ -120,20 +127,37 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SessionState> {
         return Err(Error::SessionChecksum);
     }
     let mut r = Reader { b: body, pos: PREAMBLE };
+    let m = decode_meta(&mut r)?;
+    let kv = decode_kv(&mut r, m.layout, m.tokens.len())?;
+    if r.pos != body.len() {
+        return Err(corrupt("trailing bytes after the KV data"));
+    }
+    Ok(SessionState {
+        fingerprint: m.fingerprint,
+        kv,
+        tokens: m.tokens,
+        history: m.history,
+        pending: m.pending,
+        rng: m.rng,
+        last_turn: None,
+    })
+}
+
+/// What [`decode_meta`] reads.
+pub(crate) struct Meta {
+    pub fingerprint: Fingerprint,
+    pub layout: KvLayout,
+    pub tokens: Vec<u32>,
+    pub history: Vec<ChatMessage>,
+    pub pending: Option<String>,
+    pub rng: RngState,
+}
+
+/// Reads what [`encode_meta`] writes.
+pub(crate) fn decode_meta(r: &mut Reader<'_>) -> Result<Meta> {
     let mut fp = [0u8; 16];
     fp.copy_from_slice(r.take(16)?);
-    let n_layers = r.u32()? as usize;
-    let n_kv_heads = r.u32()? as usize;
-    let head_dim = r.u32()? as usize;
-    let dtype = match r.u8()? {
-        0 => KvDtype::F16,
-        1 => KvDtype::F32,
-        d => return Err(corrupt(format!("unknown KV type {d}"))),
-    };
-    if r.u32()? as usize != BLOCK_TOKENS {
-        return Err(corrupt("KV block size differs from this build's"));
-    }
-    let layout = KvLayout { n_layers, n_kv_heads, head_dim, dtype };
+    let layout = decode_layout(r)?;
     let n_tokens = r.count(4)?;
     let tokens = (0..n_tokens).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
     let n_msgs = r.count(5)?;
@@ -151,21 +175,35 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SessionState> {
     let mut wp = [0u8; 16];
     wp.copy_from_slice(r.take(16)?);
     let rng = RngState { seed, word_pos: u128::from_le_bytes(wp) };
-    let kv = decode_kv(&mut r, layout, n_tokens)?;
-    if r.pos != body.len() {
-        return Err(corrupt("trailing bytes after the KV data"));
+    Ok(Meta { fingerprint: Fingerprint(fp), layout, tokens, history, pending, rng })
+}
+
+/// Reads what [`encode_layout`] writes.
+pub(crate) fn decode_layout(r: &mut Reader<'_>) -> Result<KvLayout> {
+    let n_layers = r.u32()? as usize;
+    let n_kv_heads = r.u32()? as usize;
+    let head_dim = r.u32()? as usize;
+    let dtype = r.u8()?;
+    let dtype = KvDtype::from_byte(dtype).ok_or_else(|| corrupt(format!("unknown KV type {dtype}")))?;
+    if r.u32()? as usize != BLOCK_TOKENS {
+        return Err(corrupt("KV block size differs from this build's"));
     }
-    Ok(SessionState { fingerprint: Fingerprint(fp), kv, tokens, history, pending, rng, last_turn: None })
+    let layout = KvLayout { n_layers, n_kv_heads, head_dim, dtype };
+    if !layout.is_valid() {
+        return Err(corrupt("KV heads do not fit the storage type's blocks"));
+    }
+    Ok(layout)
+}
+
+/// Bytes of K and V per position, or `None` if the layout overflows.
+pub(crate) fn bytes_per_token(layout: &KvLayout) -> Option<usize> {
+    // n_kv_heads and head_dim come from u32 fields: their product fits in a usize.
+    layout.n_layers.checked_mul(2).and_then(|x| x.checked_mul(layout.row())).and_then(|x| x.checked_mul(4))
+        .map(|_| layout.bytes_per_token())
 }
 
 fn decode_kv(r: &mut Reader<'_>, layout: KvLayout, n: usize) -> Result<KvCache> {
-    let row = layout.row();
-    let per_token = layout
-        .n_layers
-        .checked_mul(2)
-        .and_then(|x| x.checked_mul(row))
-        .and_then(|x| x.checked_mul(layout.dtype.size()))
-        .ok_or_else(|| corrupt("KV layout overflows"))?;
+    let per_token = bytes_per_token(&layout).ok_or_else(|| corrupt("KV layout overflows"))?;
     // Check the size before allocating anything.
     let need = per_token.checked_mul(n).ok_or_else(|| corrupt("KV size overflows"))?;
     if need != r.left() {
@@ -177,30 +215,25 @@ fn decode_kv(r: &mut Reader<'_>, layout: KvLayout, n: usize) -> Result<KvCache> 
     let mut blocks = Vec::with_capacity(n.div_ceil(BLOCK_TOKENS));
     for b in 0..n.div_ceil(BLOCK_TOKENS) {
         let used = (n - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-        let size = layout.n_layers * BLOCK_TOKENS * row;
-        let mut block = KvBlock::zeroed(&layout);
-        for layer in 0..layout.n_layers {
-            let range = layer * BLOCK_TOKENS * row..(layer * BLOCK_TOKENS + used) * row;
-            for data in [&mut block.k, &mut block.v] {
-                let bytes = r.take(range.len() * layout.dtype.size())?;
-                match data {
-                    KvData::F16(d) => {
-                        for (o, c) in d[range.clone()].iter_mut().zip(bytes.chunks_exact(2)) {
-                            *o = f16::from_le_bytes([c[0], c[1]]);
-                        }
-                    }
-                    KvData::F32(d) => {
-                        for (o, c) in d[range.clone()].iter_mut().zip(bytes.chunks_exact(4)) {
-                            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                        }
-                    }
-                }
-            }
-        }
-        debug_assert!(size > 0);
-        blocks.push(Arc::new(block));
+        blocks.push(Arc::new(decode_block_rows(r, &layout, used)?));
     }
     Ok(KvCache::from_blocks(layout, n, blocks, n)?)
+}
+
+/// Reads what [`encode_block_rows`] writes. The caller must have checked that
+/// the layout does not overflow and that `used` positions of it fit in what is
+/// left (a whole block of the layout is allocated).
+pub(crate) fn decode_block_rows(r: &mut Reader<'_>, layout: &KvLayout, used: usize) -> Result<KvBlock> {
+    let row = layout.row();
+    let mut block = KvBlock::zeroed(layout);
+    for layer in 0..layout.n_layers {
+        let range = layer * BLOCK_TOKENS * row..(layer * BLOCK_TOKENS + used) * row;
+        let bytes = r.take(layout.dtype.bytes(range.len()))?;
+        block.k.decode_range(range.clone(), bytes);
+        let bytes = r.take(layout.dtype.bytes(range.len()))?;
+        block.v.decode_range(range, bytes);
+    }
+    Ok(block)
 }
 
 fn corrupt(msg: impl Into<String>) -> Error {
@@ -221,17 +254,17 @@ fn put_str(w: &mut Vec<u8>, s: &str) {
 }
 
 /// A bounds-checked cursor over the checksummed body.
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub b: &'a [u8],
+    pub pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn left(&self) -> usize {
+    pub fn left(&self) -> usize {
         self.b.len() - self.pos
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.left() {
             return Err(corrupt(format!("a field of {n} bytes runs past the end")));
         }
@@ -240,23 +273,23 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8> {
+    pub fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32> {
+    pub fn u32(&mut self) -> Result<u32> {
         let s = self.take(4)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64> {
+    pub fn u64(&mut self) -> Result<u64> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
 
     /// A count of items of at least `min` bytes each, checked against what is left.
-    fn count(&mut self, min: usize) -> Result<usize> {
+    pub fn count(&mut self, min: usize) -> Result<usize> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min) > self.left() {
             return Err(corrupt(format!("{n} items cannot fit in {} bytes", self.left())));
@@ -264,7 +297,7 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    fn string(&mut self) -> Result<String> {
+    pub fn string(&mut self) -> Result<String> {
         let n = self.u32()? as usize;
         let b = self.take(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| corrupt("a message is not valid UTF-8"))
