@@ -254,6 +254,18 @@ impl Gguf {
         }
     }
 
+    /// Tells the kernel that the mapped pages are not needed now (after the
+    /// weights were repacked into memory), so they stop counting toward the
+    /// process's resident memory. Later reads fault them back in from the page
+    /// cache, so this never changes what the file reads as.
+    pub fn release_pages(&self) {
+        if let Backing::Mmap(m) = &self.bytes {
+            // SAFETY: the map is a read-only, file-backed, private mapping: after
+            // MADV_DONTNEED its pages read back from the file, unchanged.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// All metadata entries.
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.metadata

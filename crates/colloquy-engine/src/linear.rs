@@ -4,11 +4,11 @@
 //! never the sum over `k`, and every `(t, i)` dot product runs the same kernel
 //! sequence whatever `m` is, so the result is batch- and thread-invariant.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::kernels::{self, GgmlType};
+use crate::kernels::{self, GgmlType, PackedWeights, PACK_ROWS};
 use crate::pool::{DisjointSlice, ThreadPool};
 
 /// How matmuls and the KV cache compute.
@@ -36,6 +36,8 @@ pub struct Linear {
     pub n_in: usize,
     offset: usize,
     row_bytes: usize,
+    /// The same weights regrouped for the fast kernels (Q4_0, Q4_1, Q8_0).
+    packed: Option<Arc<PackedWeights>>,
 }
 
 impl Linear {
@@ -56,14 +58,25 @@ impl Linear {
         let row_bytes = info.ty.row_bytes(n_in).ok_or_else(|| {
             Error::GgufCorrupt(format!("{name}: row length {n_in} is not a whole number of blocks"))
         })?;
-        Ok(Linear {
+        let mut linear = Linear {
             name: name.to_string(),
             ty: info.ty,
             n_out,
             n_in,
             offset: info.offset as usize,
             row_bytes,
-        })
+            packed: None,
+        };
+        if PackedWeights::supports(info.ty) {
+            let packed = PackedWeights::pack(info.ty, gguf.tensor_data(info), n_out, n_in)?;
+            linear.packed = Some(Arc::new(packed));
+        }
+        Ok(linear)
+    }
+
+    /// Whether the fast path reads a repacked copy instead of the file's bytes.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// The raw bytes of row `i`, from the model file's bytes.
@@ -113,11 +126,24 @@ pub fn matmul(
             let xq = &scratch.xq;
             let rows = &scratch.rows;
             pool.run(&|thread| {
-                let range = crate::pool::split_range(n_out, pool.n_threads(), thread);
+                // Whole groups of packed rows per thread.
+                let groups = crate::pool::split_range(n_out.div_ceil(PACK_ROWS), pool.n_threads(), thread);
+                let range = (groups.start * PACK_ROWS).min(n_out)..(groups.end * PACK_ROWS).min(n_out);
                 if range.is_empty() {
                     return;
                 }
                 let len = range.len();
+                if let Some(p) = &w.packed {
+                    let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
+                    tmp.resize(m * len, 0.0);
+                    checked(p.matmul(range.clone(), xq, m, &mut tmp, len));
+                    for t in 0..m {
+                        // SAFETY: this thread owns columns `range` of every output row.
+                        let o = unsafe { out.slice(t * n_out + range.start, len) };
+                        o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
+                    }
+                    return;
+                }
                 let w_bytes = &file[w.offset + range.start * w.row_bytes..w.offset + range.end * w.row_bytes];
                 if m == 1 {
                     // SAFETY: this thread owns out[range] (one row of output).

@@ -78,6 +78,11 @@ impl Model {
         let gguf = Arc::new(Gguf::open(&path)?);
         let arch = load_architecture(Arc::clone(&gguf))?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        if opts.precision == Precision::Fast {
+            // The fast path reads repacked copies of the large matrices; the
+            // file's pages are only needed again for embedding rows.
+            gguf.release_pages();
+        }
         let n_ctx = opts.n_ctx.unwrap_or(arch.n_ctx_train()).max(1);
         let mut rt = Runtime::new(opts.threads, opts.precision);
         rt.kv_override = opts.kv_dtype;
