@@ -70,7 +70,13 @@ pub fn attention(
     let qd = spec.n_heads * spec.head_dim;
     let m = q.len() / qd;
     debug_assert_eq!(out.len(), q.len());
-    let tasks = m * spec.n_kv_heads;
+    // A task is one query position and a run of query heads that share a KV
+    // head. Sharing saves converting K/V rows once per head; with few queries
+    // (decoding) single heads keep every thread busy. Each head's result is the
+    // same either way.
+    let group = spec.n_heads / spec.n_kv_heads;
+    let per_task = if m * spec.n_kv_heads >= 2 * pool.n_threads() { group } else { 1 };
+    let tasks = m * spec.n_heads / per_task;
     scratch.ensure(pool.n_threads());
     let scratch = &*scratch;
     let out = DisjointSlice::new(out);
@@ -81,10 +87,11 @@ pub fn attention(
         }
         let mut s = scratch.threads[thread].lock().unwrap_or_else(|e| e.into_inner());
         for task in range {
-            let (t, g) = (task / spec.n_kv_heads, task % spec.n_kv_heads);
-            let group = spec.n_heads / spec.n_kv_heads;
-            let at = t * qd + g * group * spec.head_dim;
-            let len = group * spec.head_dim;
+            let per_pos = spec.n_heads / per_task;
+            let (t, first_head) = (task / per_pos, task % per_pos * per_task);
+            let g = first_head / group;
+            let at = t * qd + first_head * spec.head_dim;
+            let len = per_task * spec.head_dim;
             // SAFETY: task (t, g) owns exactly these output elements.
             let o = unsafe { out.slice(at, len) };
             attend_one(&mut s, spec, kv, layer, start + t, g, &q[at..at + len], o);
@@ -92,7 +99,7 @@ pub fn attention(
     });
 }
 
-/// One query position, one KV head, and the group of query heads that share it.
+/// One query position, one KV head, and query heads that share it.
 #[allow(clippy::too_many_arguments)]
 fn attend_one(
     s: &mut Scratch,
@@ -105,7 +112,8 @@ fn attend_one(
     out: &mut [f32],
 ) {
     let hd = spec.head_dim;
-    let group = spec.n_heads / spec.n_kv_heads;
+    // The query heads of this task (all or some of KV head g's group).
+    let group = q.len() / hd;
     let first = match spec.window {
         Some(w) => (pos + 1).saturating_sub(w),
         None => 0,
