@@ -202,6 +202,13 @@ impl Model {
         Ok(())
     }
 
+    /// Runs one token and writes its logits into `logits`, reusing its buffer:
+    /// the decode step, with no allocation once buffers are warm.
+    pub fn forward_into_last(&self, kv: &mut KvCache, token: u32, logits: &mut Vec<f32>) -> Result<()> {
+        let mut rt = self.runtime();
+        self.arch.forward(&mut rt, &[token], kv, LogitsFor::Last, logits)
+    }
+
     /// Generates up to `max_tokens` after `kv`'s contents, starting from `logits`
     /// (the logits of the last processed position). Calls `on_token` for every new
     /// token; it returns `false` to stop early. Stops after an end-of-generation

@@ -40,6 +40,35 @@ pub fn rope_cache(pos: usize, n_rot: usize, freq_base: f32, freq_scale: f32, cac
     }
 }
 
+/// [`rope_cache`] with per-pair frequency factors and a magnitude scale, as
+/// ggml's `rope_cache_init` does when `freq_factors` is given (Llama 3's
+/// `rope_freqs`, Phi-3's LongRoPE factors) and YaRN is off: pair `i`'s angle
+/// is `freq_scale * (theta_i / factors[i])` and its cos/sin are multiplied
+/// by `mscale` (ggml's `attn_factor`, 1 unless the model sets one).
+pub fn rope_cache_ext(
+    pos: usize,
+    n_rot: usize,
+    freq_base: f32,
+    freq_scale: f32,
+    factors: Option<&[f32]>,
+    mscale: f32,
+    cache: &mut [f32],
+) {
+    debug_assert!(n_rot.is_multiple_of(2) && cache.len() >= n_rot);
+    if let Some(f) = factors {
+        debug_assert!(f.len() >= n_rot / 2);
+    }
+    let theta_scale = freq_base.powf(-2.0f32 / n_rot as f32);
+    let mut theta = pos as f32;
+    for (i, pair) in cache.chunks_exact_mut(2).take(n_rot / 2).enumerate() {
+        let ff = factors.map_or(1.0, |f| f[i]);
+        let t = freq_scale * (theta / ff);
+        pair[0] = t.cos() * mscale;
+        pair[1] = t.sin() * mscale;
+        theta *= theta_scale;
+    }
+}
+
 /// Rotates adjacent pairs `(x[2i], x[2i+1])` of the first `cache.len()`
 /// elements of a head vector by the angles in `cache` (from [`rope_cache`]);
 /// llama-style ("normal") RoPE.
@@ -74,19 +103,35 @@ pub fn rope_neox_cached(x: &mut [f32], cache: &[f32]) {
 /// llama-style RoPE of one head vector in place at position `pos`, rotating
 /// its first `n_rot` elements (even) and leaving the rest unchanged.
 pub fn rope_norm(x: &mut [f32], pos: usize, n_rot: usize, freq_base: f32, freq_scale: f32) {
-    let mut cache = vec![0.0f32; n_rot & !1];
-    let n = cache.len();
-    rope_cache(pos, n, freq_base, freq_scale, &mut cache);
-    rope_norm_cached(x, &cache);
+    // On the stack for usual head sizes: this runs per head per token.
+    let n = n_rot & !1;
+    let mut stack = [0.0f32; 512];
+    let mut heap = Vec::new();
+    let cache = if n <= stack.len() {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, 0.0);
+        &mut heap[..]
+    };
+    rope_cache(pos, n, freq_base, freq_scale, cache);
+    rope_norm_cached(x, cache);
 }
 
 /// NeoX-style RoPE of one head vector in place at position `pos`, rotating
 /// its first `n_rot` elements (even) and leaving the rest unchanged.
 pub fn rope_neox(x: &mut [f32], pos: usize, n_rot: usize, freq_base: f32, freq_scale: f32) {
-    let mut cache = vec![0.0f32; n_rot & !1];
-    let n = cache.len();
-    rope_cache(pos, n, freq_base, freq_scale, &mut cache);
-    rope_neox_cached(x, &cache);
+    // On the stack for usual head sizes: this runs per head per token.
+    let n = n_rot & !1;
+    let mut stack = [0.0f32; 512];
+    let mut heap = Vec::new();
+    let cache = if n <= stack.len() {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, 0.0);
+        &mut heap[..]
+    };
+    rope_cache(pos, n, freq_base, freq_scale, cache);
+    rope_neox_cached(x, cache);
 }
 
 /// Softmax in place: subtract the max, exponentiate, sum in f64, scale by

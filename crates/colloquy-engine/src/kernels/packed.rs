@@ -31,19 +31,32 @@ pub(crate) struct XPrep {
 impl XPrep {
     /// Prepares a Q8_0 (`min = false`) or Q8_1 (`min = true`) row of `nb` blocks.
     pub(crate) fn new(x: &[u8], nb: usize, min: bool) -> XPrep {
-        let h = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
-        let bs = if min { 36 } else { 34 };
         let mut p = XPrep { d: Vec::with_capacity(nb), s: Vec::new(), sum: Vec::new() };
-        for blk in x.chunks_exact(bs).take(nb) {
-            p.d.push(h(blk, 0));
-            if min {
-                p.s.push(h(blk, 2));
-            } else {
-                p.sum.push(blk[2..].iter().map(|&q| q as i8 as i32).sum());
-            }
-        }
+        p.fill(x, nb, min);
         p
     }
+
+    /// Refills this preparation for another row, reusing its buffers.
+    pub(crate) fn fill(&mut self, x: &[u8], nb: usize, min: bool) {
+        let h = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+        let bs = if min { 36 } else { 34 };
+        self.d.clear();
+        self.s.clear();
+        self.sum.clear();
+        for blk in x.chunks_exact(bs).take(nb) {
+            self.d.push(h(blk, 0));
+            if min {
+                self.s.push(h(blk, 2));
+            } else {
+                self.sum.push(blk[2..].iter().map(|&q| q as i8 as i32).sum());
+            }
+        }
+    }
+}
+
+thread_local! {
+    static PREPS: std::cell::Cell<Vec<XPrep>> = const { std::cell::Cell::new(Vec::new()) };
+    static BLOCK: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Rows per interleaved group.
@@ -214,11 +227,21 @@ impl PackedWeights {
         let groups = self.rows / PACK_ROWS;
         let xr = |t: usize| &xs[t * xlen..(t + 1) * xlen];
         let min = ty == GgmlType::Q4_1;
-        let preps: Vec<XPrep> = if b == Backend::Scalar {
-            Vec::new()
+        // Per-thread buffers, kept between calls so steady decoding does not allocate.
+        let mut preps = PREPS.take();
+        let mut blk = BLOCK.take();
+        if b == Backend::Scalar {
+            preps.clear();
         } else {
-            (0..m).map(|t| XPrep::new(xr(t), nb, min)).collect()
-        };
+            preps.truncate(m);
+            for (t, p) in preps.iter_mut().enumerate() {
+                p.fill(xr(t), nb, min);
+            }
+            for t in preps.len()..m {
+                preps.push(XPrep::new(xr(t), nb, min));
+            }
+        }
+        blk.resize(wlen, 0);
         let pr = |t: usize| &preps[t];
         let mut put = |t: usize, r: usize, v: f32| {
             if rows.contains(&r) {
@@ -228,7 +251,6 @@ impl PackedWeights {
         // Full groups overlapping the range.
         let g0 = rows.start / PACK_ROWS;
         let g1 = rows.end.div_ceil(PACK_ROWS).min(groups);
-        let mut blk = vec![0u8; wlen];
         for g in g0..g1 {
             let gdata = &self.data[g * gbytes..(g + 1) * gbytes];
             let mut t = 0;
@@ -297,6 +319,8 @@ impl PackedWeights {
                 put(t, r, dispatch::dot_tile::<1, 1>(b, ty, [w], [xr(t)], n)[0]);
             }
         }
+        PREPS.set(preps);
+        BLOCK.set(blk);
         Ok(())
     }
 }
