@@ -4,6 +4,14 @@
 ///
 /// Session-format errors each name their cause, so callers can tell a file from
 /// another model from a damaged one.
+///
+/// ```
+/// use colloquy::language::*;
+/// match LlamaChatSession::from_bytes(b"not a session") {
+///     Err(Error::SessionBadMagic) => {}
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -61,6 +69,55 @@ pub enum Error {
     /// The session is being used by a turn that has not finished.
     #[error("the session is busy with another turn")]
     SessionBusy,
+    /// A session id that a [`SessionStore`](crate::store::SessionStore) cannot use as a file name.
+    #[error("invalid session id {id:?}: {reason}")]
+    StoreInvalidId {
+        /// The id given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No session is saved under this id.
+    #[error("no session {session:?} in the store")]
+    StoreSessionNotFound {
+        /// The id asked for.
+        session: String,
+    },
+    /// A session is already saved under this id (forks never overwrite).
+    #[error("a session {session:?} already exists in the store")]
+    StoreSessionExists {
+        /// The id.
+        session: String,
+    },
+    /// A session's manifest is damaged (checksum, length or a field).
+    #[error("session {session:?}: its manifest is corrupt ({reason}); delete the session")]
+    StoreManifestCorrupt {
+        /// The session's id.
+        session: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A KV block file of a session is damaged (checksum, content or a field).
+    #[error("session {session:?}: KV block {block} is corrupt ({reason})")]
+    StoreBlockCorrupt {
+        /// The session's id.
+        session: String,
+        /// The block's hash (its file name under `blocks/`).
+        block: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A KV block file that a session references is not in the store.
+    #[error("session {session:?}: KV block {block} is missing from the store")]
+    StoreBlockMissing {
+        /// The session's id.
+        session: String,
+        /// The block's hash (its file name under `blocks/`).
+        block: String,
+    },
+    /// A save waited too long for a gc of the same store, or a gc for saves.
+    #[error("the session store is busy: {0}")]
+    StoreBusy(String),
 }
 
 /// The crate's result type.

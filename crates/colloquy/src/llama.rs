@@ -140,24 +140,52 @@ pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 512 << 20;
 
 impl LlamaBuilder {
     /// The model to load (default: SmolLM2-135M-Instruct).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_source(LlamaSource::gemma3()).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_source(mut self, source: LlamaSource) -> Self {
         self.source = source;
         self
     }
 
     /// Threads for inference (default: all cores).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_threads(2).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
         self
     }
 
     /// Context length in tokens (default: 4096, capped at the model's training context).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_context_length(8192).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_context_length(mut self, n_ctx: usize) -> Self {
         self.n_ctx = Some(n_ctx);
         self
     }
 
     /// Fast (8-bit activations, f16 KV, the default) or precise (f32) computation.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_precision(Precision::Precise).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self
@@ -181,12 +209,27 @@ impl LlamaBuilder {
     }
 
     /// What to do when a conversation outgrows the context.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_context_policy(ContextPolicy::Error).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_context_policy(mut self, policy: ContextPolicy) -> Self {
         self.policy = policy;
         self
     }
 
     /// A Jinja chat template to use instead of the model's own.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let chatml = colloquy::template::CHATML;
+    /// let llm = Llama::builder().with_chat_template(chatml).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_chat_template(mut self, template: impl Into<String>) -> Self {
         self.template = Some(template.into());
         self
@@ -195,18 +238,39 @@ impl LlamaBuilder {
     /// Memory budget of the prefix cache, which lets a session adopt the KV
     /// blocks of any other session of this model that began with the same
     /// tokens (default 512 MiB; 0 turns it off).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_prefix_cache_bytes(64 << 20).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_prefix_cache_bytes(mut self, bytes: usize) -> Self {
         self.prefix_cache_bytes = Some(bytes);
         self
     }
 
     /// Show progress bars while fetching (default: when stderr is a terminal).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_progress(false).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn with_progress(mut self, progress: bool) -> Self {
         self.progress = Some(progress);
         self
     }
 
     /// Fetches (if needed) and loads the model on a background thread.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().build().await.unwrap();
+    /// # }
+    /// ```
     pub async fn build(self) -> Result<Llama> {
         let (tx, rx) = oneshot::channel();
         std::thread::spawn(move || {
@@ -216,6 +280,11 @@ impl LlamaBuilder {
     }
 
     /// Loads the model on the calling thread.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// let llm = Llama::builder().with_progress(false).build_blocking().unwrap();
+    /// ```
     pub fn build_blocking(self) -> Result<Llama> {
         let path = self.source.resolve(self.progress.unwrap_or(true))?;
         let mut opts = ModelOptions { precision: self.precision, ..ModelOptions::default() };
@@ -302,26 +371,65 @@ impl std::fmt::Debug for Llama {
 impl Llama {
     /// Loads the default chat model, SmolLM2-135M-Instruct, fetching it into the
     /// cache (`$COLLOQUY_HOME`, default `~/.cache/colloquy`) on first use.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// # }
+    /// ```
     pub async fn new_chat() -> Result<Llama> {
         LlamaBuilder::default().build().await
     }
 
     /// A builder for any source and settings.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_threads(4).build().await.unwrap();
+    /// # }
+    /// ```
     pub fn builder() -> LlamaBuilder {
         LlamaBuilder::default()
     }
 
     /// A chat with a new session.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let mut chat = llm.chat();
+    /// chat("Hi!").to_std_out().await.unwrap();
+    /// # }
+    /// ```
     pub fn chat(&self) -> Chat<Llama> {
         Chat::new(self.clone())
     }
 
     /// The engine model.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// println!("{} threads, context {}", llm.model().threads(), llm.model().n_ctx());
+    /// # }
+    /// ```
     pub fn model(&self) -> &Model {
         &self.inner.model
     }
 
     /// The fingerprint that sessions of this model carry.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// println!("model {}", llm.fingerprint());
+    /// # }
+    /// ```
     pub fn fingerprint(&self) -> Fingerprint {
         self.inner.fingerprint
     }

@@ -43,6 +43,19 @@ pub trait ChatSession: Sized {
 /// A model that can hold conversations in [`ChatSession`]s.
 ///
 /// Implement it for your own model to use it with [`Chat`](crate::Chat).
+///
+/// ```no_run
+/// use colloquy::language::*;
+/// # #[tokio::main] async fn main() {
+/// let llm = Llama::new_chat().await.unwrap();
+/// let mut session = llm.new_chat_session().unwrap();
+/// let messages = [ChatMessage::new(MessageType::UserMessage, "Hello!")];
+/// let params = GenerationParameters::new().with_temperature(0.0);
+/// llm.add_messages_with_callback(&mut session, &messages, params, Box::new(|piece| print!("{piece}")))
+///     .await
+///     .unwrap();
+/// # }
+/// ```
 pub trait ChatModel: Clone + Send + Sync + 'static {
     /// The session type.
     type ChatSession: ChatSession + Send + 'static;

@@ -16,6 +16,17 @@ use crate::session::SessionState;
 
 /// What a turn cost. Read it with
 /// [`LlamaChatSession::last_turn`](crate::LlamaChatSession::last_turn).
+///
+/// ```no_run
+/// # use colloquy::language::*;
+/// # #[tokio::main] async fn main() {
+/// let llm = Llama::new_chat().await.unwrap();
+/// let mut chat = llm.chat();
+/// chat("Hi").await.unwrap();
+/// let stats: TurnStats = chat.session().unwrap().last_turn().unwrap();
+/// assert!(stats.prompt_tokens > 0);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TurnStats {
     /// Prompt tokens the model processed this turn (the new suffix only).
