@@ -35,13 +35,15 @@ pub struct AttentionSpec {
 struct Scratch {
     q: Vec<f32>,
     scores: Vec<f32>,
-    rows: Vec<f32>,
 }
 
-/// Reusable buffers for [`attention`], one set per pool thread.
+/// Reusable buffers for [`attention`]: one set per pool thread, plus the
+/// layer's keys and values as f32 rows.
 #[derive(Debug, Default)]
 pub struct AttentionScratch {
     threads: Vec<Mutex<Scratch>>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 impl AttentionScratch {
@@ -78,7 +80,38 @@ pub fn attention(
     let per_task = if m * spec.n_kv_heads >= 2 * pool.n_threads() { group } else { 1 };
     let tasks = m * spec.n_heads / per_task;
     scratch.ensure(pool.n_threads());
+    // Convert the visible K/V rows to f32 once for all queries (the conversion
+    // is exact, so each query still sees the same values).
+    let lo = match spec.window {
+        Some(w) => (start + 1).saturating_sub(w),
+        None => 0,
+    };
+    let end = start + m;
+    let row = kv.layout().row();
+    fit(&mut scratch.keys, (end - lo) * row);
+    fit(&mut scratch.values, (end - lo) * row);
+    {
+        let keys = DisjointSlice::new(&mut scratch.keys);
+        let values = DisjointSlice::new(&mut scratch.values);
+        let blocks = lo / BLOCK_TOKENS..end.div_ceil(BLOCK_TOKENS);
+        pool.run(&|thread| {
+            let mine = split_range(blocks.len(), pool.n_threads(), thread);
+            for b in blocks.start + mine.start..blocks.start + mine.end {
+                let p0 = lo.max(b * BLOCK_TOKENS);
+                let p1 = end.min((b + 1) * BLOCK_TOKENS);
+                let (s0, s1) = (p0 - b * BLOCK_TOKENS, p1 - b * BLOCK_TOKENS);
+                let at = (p0 - lo) * row;
+                let len = (p1 - p0) * row;
+                // SAFETY: each block's positions belong to one thread.
+                let (k, v) = unsafe { (keys.slice(at, len), values.slice(at, len)) };
+                to_f32(kv.k_rows(layer, b), s0 * row..s1 * row, k);
+                to_f32(kv.v_rows(layer, b), s0 * row..s1 * row, v);
+            }
+        });
+    }
+    let half = matches!(kv.k_rows(layer, 0), KvRows::F16(_));
     let scratch = &*scratch;
+    let rows = Rows { keys: &scratch.keys, values: &scratch.values, lo, row };
     let out = DisjointSlice::new(out);
     pool.run(&|thread| {
         let range = split_range(tasks, pool.n_threads(), thread);
@@ -94,9 +127,17 @@ pub fn attention(
             let len = per_task * spec.head_dim;
             // SAFETY: task (t, g) owns exactly these output elements.
             let o = unsafe { out.slice(at, len) };
-            attend_one(&mut s, spec, kv, layer, start + t, g, &q[at..at + len], o);
+            attend_one(&mut s, spec, &rows, half, start + t, g, &q[at..at + len], o);
         }
     });
+}
+
+/// The layer's K and V rows as f32, from position `lo` on.
+struct Rows<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    lo: usize,
+    row: usize,
 }
 
 /// One query position, one KV head, and query heads that share it.
@@ -104,8 +145,8 @@ pub fn attention(
 fn attend_one(
     s: &mut Scratch,
     spec: &AttentionSpec,
-    kv: &KvCache,
-    layer: usize,
+    rows: &Rows<'_>,
+    half: bool,
     pos: usize,
     g: usize,
     q: &[f32],
@@ -120,33 +161,25 @@ fn attend_one(
     };
     let n_keys = pos + 1 - first;
     s.scores.resize(group * n_keys, 0.0);
-    s.rows.resize(BLOCK_TOKENS * hd, 0.0);
     // With an f16 cache, llama.cpp multiplies in f16: queries and probabilities
     // are rounded to f16 before the two products. Doing the same keeps the fast
     // path close to it.
-    let half = matches!(kv.k_rows(layer, 0), KvRows::F16(_));
     s.q.clear();
     s.q.extend_from_slice(q);
     if half {
         round_f16(&mut s.q);
     }
-    let q = &s.q[..];
+    // Row of key `first`, head g.
+    let base = (first - rows.lo) * rows.row + g * hd;
+    let span = (n_keys - 1) * rows.row + hd;
+    let keys = &rows.keys[base..base + span];
+    let values = &rows.values[base..base + span];
 
-    // Scores, block by block in position order.
-    for_each_block(first, pos, |b, lo, hi| {
-        gather_head(kv.k_rows(layer, b), kv.layout().row(), g, hd, lo, hi, &mut s.rows);
-        for j in lo..hi {
-            let key = &s.rows[(j - lo) * hd..(j - lo + 1) * hd];
-            let kj = b * BLOCK_TOKENS + j - first;
-            for h in 0..group {
-                s.scores[h * n_keys + kj] = kernels::dot_f32(&q[h * hd..(h + 1) * hd], key) * spec.scale;
-            }
-        }
-    });
-
-    // Two-pass softmax per head, summed in position order.
     for h in 0..group {
         let sc = &mut s.scores[h * n_keys..(h + 1) * n_keys];
+        // Scores in position order; each key's dot is independent of the others.
+        kernels::scores_f32(&s.q[h * hd..(h + 1) * hd], keys, rows.row, spec.scale, sc);
+        // Two-pass softmax, summed in position order.
         let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
         for x in sc.iter_mut() {
@@ -160,48 +193,27 @@ fn attend_one(
         if half {
             round_f16(sc);
         }
-    }
-
-    // Weighted sum of values, in position order.
-    out.fill(0.0);
-    for_each_block(first, pos, |b, lo, hi| {
-        gather_head(kv.v_rows(layer, b), kv.layout().row(), g, hd, lo, hi, &mut s.rows);
-        for j in lo..hi {
-            let val = &s.rows[(j - lo) * hd..(j - lo + 1) * hd];
-            let kj = b * BLOCK_TOKENS + j - first;
-            for h in 0..group {
-                let p = s.scores[h * n_keys + kj];
-                for (o, &v) in out[h * hd..(h + 1) * hd].iter_mut().zip(val) {
-                    *o += p * v;
-                }
-            }
-        }
-    });
-}
-
-/// Calls `f(block, lo, hi)` for the in-block slot ranges covering positions `first..=last`.
-fn for_each_block(first: usize, last: usize, mut f: impl FnMut(usize, usize, usize)) {
-    for b in first / BLOCK_TOKENS..=last / BLOCK_TOKENS {
-        let lo = first.max(b * BLOCK_TOKENS) - b * BLOCK_TOKENS;
-        let hi = (last + 1).min((b + 1) * BLOCK_TOKENS) - b * BLOCK_TOKENS;
-        f(b, lo, hi);
+        // Weighted sum of values, in position order.
+        let o = &mut out[h * hd..(h + 1) * hd];
+        o.fill(0.0);
+        kernels::weighted_sum_f32(sc, values, rows.row, o);
     }
 }
 
-/// Copies head `g` of slots `lo..hi` into `dst` as f32 (`[slot - lo][head_dim]`).
-fn gather_head(rows: KvRows<'_>, row: usize, g: usize, hd: usize, lo: usize, hi: usize, dst: &mut [f32]) {
-    for j in lo..hi {
-        let src = j * row + g * hd;
-        let d = &mut dst[(j - lo) * hd..(j - lo + 1) * hd];
-        match rows {
-            KvRows::F16(r) => r[src..src + hd].convert_to_f32_slice(d),
-            KvRows::F32(r) => d.copy_from_slice(&r[src..src + hd]),
-            KvRows::Q8_0(r) => {
-                let q = &r[src / 32 * 34..(src + hd) / 32 * 34];
-                let _ = kernels::dequantize_row(kernels::GgmlType::Q8_0, q, d);
-            }
+/// Converts elements `range` of stored K or V rows to f32.
+fn to_f32(rows: KvRows<'_>, range: std::ops::Range<usize>, dst: &mut [f32]) {
+    match rows {
+        KvRows::F16(r) => r[range].convert_to_f32_slice(dst),
+        KvRows::F32(r) => dst.copy_from_slice(&r[range]),
+        KvRows::Q8_0(r) => {
+            let q = &r[range.start / 32 * 34..range.end / 32 * 34];
+            let _ = kernels::dequantize_row(kernels::GgmlType::Q8_0, q, dst);
         }
     }
+}
+
+fn fit(v: &mut Vec<f32>, n: usize) {
+    v.resize(n, 0.0);
 }
 
 fn round_f16(x: &mut [f32]) {

@@ -132,6 +132,7 @@ fn kv_bits(kv: &KvCache) -> Vec<u32> {
             match data {
                 KvData::F16(d) => bits.extend(d.iter().map(|x| u32::from(x.to_bits()))),
                 KvData::F32(d) => bits.extend(d.iter().map(|x| x.to_bits())),
+                KvData::Q8_0(d) => bits.extend(d.iter().map(|&x| u32::from(x))),
             }
         }
     }

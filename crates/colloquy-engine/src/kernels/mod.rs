@@ -43,8 +43,8 @@ mod packed_avx2;
 
 pub use ops::{
     add_inplace, f16_to_f32_row, f32_to_f16_row, gelu_mul, gelu_tanh, gelu_tanh_f32, mul_inplace, rms_norm,
-    rope_cache, rope_neox, rope_neox_cached, rope_norm, rope_norm_cached, scale_inplace, silu, silu_f32,
-    silu_mul, softmax_inplace,
+    rope_cache, rope_cache_ext, rope_neox, rope_neox_cached, rope_norm, rope_norm_cached, scale_inplace,
+    silu, silu_f32, silu_mul, softmax_inplace,
 };
 pub use packed::{PackedWeights, PACK_ROWS};
 pub use types::{GgmlType, QK32, QK_K};
@@ -423,5 +423,30 @@ pub fn dot_f32_with(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
             }
         }
         _ => dot_scalar::dot_f32(&a[..n], &b[..n]),
+    }
+}
+
+/// `out[j] = dot_f32(q, rows[j * stride..j * stride + q.len()]) * scale` for
+/// `j < out.len()`: the attention scores of one query against a run of keys.
+/// Each value is computed exactly as [`dot_f32`] computes it, so it does not
+/// depend on how many keys are scored together.
+pub fn scores_f32(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let n = q.len();
+    let backend = Backend::active().usable();
+    for (j, o) in out.iter_mut().enumerate() {
+        let key = &rows[j * stride..j * stride + n];
+        *o = dot_f32_with(backend, q, key) * scale;
+    }
+}
+
+/// `out += Σ_j p[j] · rows[j * stride..j * stride + out.len()]`, accumulated
+/// in `j` order: the weighted sum of values in attention.
+pub fn weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let n = out.len();
+    for (j, &pj) in p.iter().enumerate() {
+        let v = &rows[j * stride..j * stride + n];
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += pj * x;
+        }
     }
 }
