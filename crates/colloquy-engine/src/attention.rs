@@ -216,8 +216,12 @@ fn fit(v: &mut Vec<f32>, n: usize) {
     v.resize(n, 0.0);
 }
 
+/// Rounds each value to the nearest f16 (vectorized through F16C when available).
 fn round_f16(x: &mut [f32]) {
-    for v in x {
-        *v = half::f16::from_f32(*v).to_f32();
+    let mut buf = [half::f16::ZERO; 64];
+    for chunk in x.chunks_mut(64) {
+        let h = &mut buf[..chunk.len()];
+        h.convert_from_f32_slice(chunk);
+        h.convert_to_f32_slice(chunk);
     }
 }

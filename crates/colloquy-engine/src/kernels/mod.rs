@@ -443,10 +443,36 @@ pub fn scores_f32(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut 
 /// in `j` order: the weighted sum of values in attention.
 pub fn weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     let n = out.len();
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(last * stride + n <= rows.len(), "weighted_sum_f32: rows too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if n % 8 == 0 && matches!(Backend::active().usable(), Backend::Avx2 | Backend::AvxVnni) {
+        // SAFETY: AVX2/FMA checked by `usable`; the bounds were checked above.
+        unsafe { weighted_sum_avx2(p, rows, stride, out) };
+        return;
+    }
     for (j, &pj) in p.iter().enumerate() {
         let v = &rows[j * stride..j * stride + n];
         for (o, &x) in out.iter_mut().zip(v) {
             *o += pj * x;
         }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `rows` must cover every row read.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_sum_avx2(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    for c in (0..n).step_by(8) {
+        let mut acc = _mm256_loadu_ps(out.as_ptr().add(c));
+        for (j, &pj) in p.iter().enumerate() {
+            let v = _mm256_loadu_ps(rows.as_ptr().add(j * stride + c));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(pj), v, acc);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
     }
 }

@@ -21,6 +21,25 @@ pub(crate) fn nearest_int(v: f32) -> i32 {
     (bits & 0x007f_ffff) - 0x0040_0000
 }
 
+/// `roundf` (half away from zero) without a libm call: truncate through i32,
+/// then step by the exact fractional part. Equal to `f32::round` for every
+/// input, including NaN and infinities once cast to i8 (saturating casts).
+#[inline(always)]
+pub(crate) fn round_away(v: f32) -> f32 {
+    if v.abs() >= 8_388_608.0 || v.is_nan() {
+        return v; // already integral (or NaN)
+    }
+    let t = v as i32 as f32;
+    let f = v - t;
+    if f >= 0.5 {
+        t + 1.0
+    } else if f <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
 /// Quantizes `x` into `dst` in format `ty`. `ty` must be an activation type
 /// (F32, F16, BF16, Q8_0, Q8_1, Q8_K) or one of Q4_0, Q4_1, Q5_0, Q5_1, and
 /// `dst.len()` must equal `ty.row_bytes(x.len())`.
@@ -109,7 +128,7 @@ fn q8_0(x: &[f32], y: &mut [u8]) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     put_f16(y, 0, d);
     for (q, &v) in y[2..34].iter_mut().zip(x) {
-        *q = (v * id).round() as i8 as u8;
+        *q = round_away(v * id) as i8 as u8;
     }
 }
 
@@ -119,7 +138,7 @@ fn q8_1(x: &[f32], y: &mut [u8]) {
     put_f16(y, 0, d);
     let mut sum = 0i32;
     for (q, &v) in y[4..36].iter_mut().zip(x) {
-        let qi = (v * id).round() as i8;
+        let qi = round_away(v * id) as i8;
         *q = qi as u8;
         sum += qi as i32;
     }
@@ -238,6 +257,24 @@ fn q5_1(x: &[f32], y: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_away_equals_roundf() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut vals = vec![0.5f32, -0.5, 1.5, -1.5, 2.5, 0.49999997, -0.49999997, 126.5, -127.5, 0.0, -0.0];
+        vals.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e30, -1e30, 8_388_607.5]);
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            vals.push(f32::from_bits(x as u32) % 300.0);
+            vals.push((x % 2_000_000) as f32 / 1000.0 - 1000.0);
+        }
+        for v in vals {
+            let (a, b) = (round_away(v), v.round());
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) || (a == 0.0 && b == 0.0), "{v}: {a} vs {b}");
+        }
+    }
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
