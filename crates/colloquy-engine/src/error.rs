@@ -86,8 +86,11 @@ pub enum Error {
         found: Vec<u64>,
     },
     /// The model's architecture is not implemented.
-    #[error("unknown model architecture {0:?}; colloquy supports: llama, gemma3")]
+    #[error("unknown model architecture {0:?}; colloquy supports: llama (Llama 2/3, Mistral, SmolLM), qwen2, qwen3, phi3, gemma3")]
     UnknownArchitecture(String),
+    /// The architecture is known but the model uses a feature of it this engine does not implement.
+    #[error("unsupported model feature: {0}")]
+    UnsupportedFeature(String),
 
     // ---- tokenizer ----
     /// The tokenizer described by the GGUF is not supported.

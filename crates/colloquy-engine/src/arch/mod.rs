@@ -13,6 +13,9 @@ use crate::runtime::Runtime;
 
 pub mod gemma3;
 pub mod llama;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 
 /// Which positions of a forward pass need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,9 @@ pub fn load_architecture(gguf: Arc<Gguf>) -> Result<Box<dyn Architecture>> {
     match name.as_str() {
         "llama" => Ok(Box::new(llama::Llama::load(gguf)?)),
         "gemma3" => Ok(Box::new(gemma3::Gemma3::load(gguf)?)),
+        "qwen2" => Ok(Box::new(qwen2::load(gguf)?)),
+        "qwen3" => Ok(Box::new(qwen3::load(gguf)?)),
+        "phi3" => Ok(Box::new(phi3::load(gguf)?)),
         _ => Err(Error::UnknownArchitecture(name)),
     }
 }

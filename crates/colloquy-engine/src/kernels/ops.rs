@@ -241,3 +241,31 @@ pub fn f32_to_f16_row(src: &[f32], dst: &mut [f16]) {
         *d = f16::from_f32(*s);
     }
 }
+
+#[cfg(test)]
+mod rope_ext_tests {
+    use super::*;
+
+    #[test]
+    fn rope_cache_ext_without_factors_is_rope_cache() {
+        let (mut a, mut b) = ([0.0f32; 16], [0.0f32; 16]);
+        rope_cache(37, 16, 500_000.0, 0.5, &mut a);
+        rope_cache_ext(37, 16, 500_000.0, 0.5, None, 1.0, &mut b);
+        assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits));
+    }
+
+    #[test]
+    fn rope_cache_ext_divides_each_pair_frequency() {
+        let factors = [1.0f32, 2.0, 4.0, 8.0];
+        let mut c = [0.0f32; 8];
+        rope_cache_ext(10, 8, 10_000.0, 1.0, Some(&factors), 2.0, &mut c);
+        let theta_scale = 10_000.0f32.powf(-2.0 / 8.0);
+        let mut theta = 10.0f32;
+        for (i, pair) in c.chunks_exact(2).enumerate() {
+            let t = theta / factors[i];
+            assert_eq!(pair[0], t.cos() * 2.0);
+            assert_eq!(pair[1], t.sin() * 2.0);
+            theta *= theta_scale;
+        }
+    }
+}
