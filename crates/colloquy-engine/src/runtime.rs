@@ -27,6 +27,10 @@ pub struct Activations {
     pub gate: Vec<f32>,
     /// FFN up.
     pub up: Vec<f32>,
+    /// RoPE cos/sin of each new position.
+    pub rope: Vec<f32>,
+    /// One head, for per-head norms.
+    pub head: Vec<f32>,
 }
 
 /// The execution context of a loaded model.

@@ -275,7 +275,9 @@ impl Architecture for Gemma3 {
         // RoPE angles for every new position, built as ggml builds them
         // (theta multiplied in f32, pair by pair): global, then local.
         let nr = c.n_rot;
-        let mut rope = vec![0.0f32; 2 * m * nr];
+        // Buffers kept in the runtime between calls: steady decoding does not allocate.
+        let mut rope = std::mem::take(&mut a.rope);
+        rope.resize(2 * m * nr, 0.0);
         let (rope_global, rope_local) = rope.split_at_mut(m * nr);
         for t in 0..m {
             let pos = start + t;
@@ -284,7 +286,8 @@ impl Architecture for Gemma3 {
             kernels::rope_cache(pos, nr, c.rope_base_local, 1.0, &mut rope_local[at]);
         }
 
-        let mut head = vec![0.0f32; hd];
+        let mut head = std::mem::take(&mut a.head);
+        head.resize(hd, 0.0);
         for (l, b) in self.blocks.iter().enumerate() {
             let local = c.is_local(l);
             let rope = if local { &*rope_local } else { &*rope_global };
@@ -353,6 +356,8 @@ impl Architecture for Gemma3 {
                 }
             }
         }
+        a.rope = rope;
+        a.head = head;
         rt.act = a;
         Ok(())
     }

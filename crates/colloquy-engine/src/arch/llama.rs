@@ -408,7 +408,7 @@ impl Architecture for Llama {
 
         // RoPE angles of every new position, built as ggml builds them.
         let nr = c.n_rot;
-        let mut rope = vec![0.0f32; m * nr];
+        let rope = fit(&mut a.rope, m * nr);
         for (t, angles) in rope.chunks_exact_mut(nr.max(1)).enumerate().take(m) {
             let factors = c.rope_factors.as_deref();
             kernels::rope_cache_ext(start + t, nr, c.rope_base, c.rope_scale, factors, c.rope_mscale, angles);
@@ -425,7 +425,7 @@ impl Architecture for Llama {
             scale: if f.prescale_q { 1.0 } else { c.attn_scale },
             window: None,
         };
-        let mut head = vec![0.0f32; hd];
+        fit(&mut a.head, hd);
         for (l, b) in self.blocks.iter().enumerate() {
             // Attention: h = RMSNorm(x); q, k, v = h·W (+ b).
             rms_norm_rows(&a.x, &b.attn_norm, c.eps, fit(&mut a.h, m * d));
@@ -448,11 +448,11 @@ impl Architecture for Llama {
 
             // Per-head RMSNorm (Qwen3), RoPE, then into the cache.
             for t in 0..m {
-                let angles = &rope[t * nr..(t + 1) * nr];
+                let angles = &a.rope[t * nr..(t + 1) * nr];
                 for q in a.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
                     if let Some(w) = &b.q_norm {
-                        head.copy_from_slice(q);
-                        kernels::rms_norm(&head, w, c.eps, q);
+                        a.head.copy_from_slice(q);
+                        kernels::rms_norm(&a.head, w, c.eps, q);
                     }
                     rotate(q, angles);
                     if f.prescale_q {
@@ -461,8 +461,8 @@ impl Architecture for Llama {
                 }
                 for k in a.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
                     if let Some(w) = &b.k_norm {
-                        head.copy_from_slice(k);
-                        kernels::rms_norm(&head, w, c.eps, k);
+                        a.head.copy_from_slice(k);
+                        kernels::rms_norm(&a.head, w, c.eps, k);
                     }
                     rotate(k, angles);
                 }
