@@ -250,7 +250,8 @@ impl LlamaBuilder {
         self
     }
 
-    /// Show progress bars while fetching (default: when stderr is a terminal).
+    /// Show progress bars while fetching a model and while reading long prompts
+    /// (default: on, drawn only when stderr is a terminal).
     ///
     /// ```no_run
     /// # use colloquy::language::*;
@@ -312,7 +313,9 @@ impl LlamaBuilder {
             })
             .map_err(|e| Error::Engine(colloquy_engine::Error::io("worker thread", e)))?;
         let prefix = Mutex::new(PrefixCache::new(self.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES)));
-        let inner = Inner { model, template, fingerprint, policy: self.policy, prefix, jobs: Mutex::new(jobs) };
+        let progress = self.progress.unwrap_or(true);
+        let inner =
+            Inner { model, template, fingerprint, policy: self.policy, progress, prefix, jobs: Mutex::new(jobs) };
         Ok(Llama { inner: Arc::new(inner) })
     }
 }
@@ -334,6 +337,8 @@ pub(crate) struct Inner {
     pub template: ChatTemplate,
     pub fingerprint: Fingerprint,
     pub policy: ContextPolicy,
+    /// Draw a progress bar while reading long prompts (on a terminal).
+    pub progress: bool,
     prefix: Mutex<PrefixCache>,
     jobs: Mutex<mpsc::Sender<Job>>,
 }

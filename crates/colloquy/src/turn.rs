@@ -96,7 +96,11 @@ pub(crate) fn run(
     st.tokens.clear();
     st.tokens.extend_from_slice(&prompt[..common]);
     let mut logits = Vec::new();
-    model.forward_chunked(&mut st.kv, &prompt[common..], LogitsFor::Last, UBATCH, &mut logits, &mut |_, _| {})?;
+    let bar = prompt_bar(inner.progress, prompt.len() - common);
+    model.forward_chunked(&mut st.kv, &prompt[common..], LogitsFor::Last, UBATCH, &mut logits, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
     st.tokens.extend_from_slice(&prompt[common..]);
 
     // Sample from the session's random stream (or a fresh one at the given seed).
@@ -155,6 +159,20 @@ pub(crate) fn run(
         total_time: t0.elapsed(),
     });
     Ok(())
+}
+
+/// A progress bar for reading a prompt: hidden for short prompts, when turned
+/// off, or when stderr is not a terminal.
+fn prompt_bar(enabled: bool, tokens: usize) -> indicatif::ProgressBar {
+    if !enabled || tokens < 2 * UBATCH {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(tokens as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("reading {bar:30} {pos}/{len} tokens ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// Renders and tokenizes a conversation, ending where the answer starts.
