@@ -12,13 +12,14 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
 fi
 
 # One build of everything the tests need (the dev profile optimizes the engine).
-cargo build -j"$JOBS" --workspace --all-targets
+# The default workspace members only: the llama.cpp peer is for benchmarks.
+cargo build -j"$JOBS" --all-targets
 
 # Models the real-model tests use (a no-op when they are cached).
 cargo run -q -j"$JOBS" -p colloquy-cli -- pull smollm2
 cargo run -q -j"$JOBS" -p colloquy-cli -- pull gemma3
 
-cargo test -j"$JOBS" --workspace -- --test-threads=1
+cargo test -j"$JOBS" -- --test-threads=1
 
 if [ "${COLLOQUY_SKIP_FUZZ:-0}" != 1 ]; then
   bash scripts/fuzz-smoke.sh
