@@ -4,8 +4,10 @@ use colloquy_engine::sampler::SamplerParams;
 
 /// How the model picks each token of an answer.
 ///
-/// Defaults (llama.cpp's): temperature 0.8, top-k 40, top-p 0.95, min-p 0.05,
-/// no repetition penalty, at most 1024 new tokens, and no seed: the session's
+/// Defaults: temperature 0.8, top-k 40, top-p 0.95 and min-p 0.05 (llama.cpp's),
+/// a repetition penalty of 1.1 over the last 64 tokens (small chat models loop
+/// without one; Kalosm also penalizes by default), at most 1024 new tokens, and
+/// no seed: the session's
 /// own random stream is used, which is saved with the session, so a loaded
 /// session continues exactly. `with_seed` restarts that stream at a seed, so two
 /// runs with the same seed give the same tokens. Temperature 0 is greedy.
@@ -34,7 +36,7 @@ impl Default for GenerationParameters {
             top_k: 40,
             top_p: 0.95,
             min_p: 0.05,
-            repetition_penalty: 1.0,
+            repetition_penalty: 1.1,
             seed: None,
             max_length: 1024,
             stop_on: None,
