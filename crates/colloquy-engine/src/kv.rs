@@ -30,11 +30,13 @@ pub enum KvDtype {
 
 impl KvDtype {
     /// Bytes that `n` stored elements take (`n` is a multiple of 32 for Q8_0).
+    /// Saturates instead of overflowing, so sizes read from untrusted bytes
+    /// can be compared safely.
     pub fn bytes(self, n: usize) -> usize {
         match self {
-            KvDtype::F16 => 2 * n,
-            KvDtype::F32 => 4 * n,
-            KvDtype::Q8_0 => n / 32 * 34,
+            KvDtype::F16 => n.saturating_mul(2),
+            KvDtype::F32 => n.saturating_mul(4),
+            KvDtype::Q8_0 => (n / 32).saturating_mul(34),
         }
     }
 
@@ -74,7 +76,7 @@ pub struct KvLayout {
 impl KvLayout {
     /// Elements in one position's K (or V) row of one layer.
     pub fn row(&self) -> usize {
-        self.n_kv_heads * self.head_dim
+        self.n_kv_heads.saturating_mul(self.head_dim)
     }
 
     /// Elements of K (or V) for one layer of one block.
@@ -84,7 +86,7 @@ impl KvLayout {
 
     /// Bytes of K and V per position, all layers.
     pub fn bytes_per_token(&self) -> usize {
-        self.n_layers * 2 * self.dtype.bytes(self.row())
+        self.n_layers.saturating_mul(2).saturating_mul(self.dtype.bytes(self.row()))
     }
 
     /// Whether a K/V row can use this layout's storage type (Q8_0 needs whole
