@@ -133,3 +133,17 @@ proptest! {
         let _ = LlamaChatSession::from_bytes(&b);
     }
 }
+
+/// A fuzzer find: a checksummed body declaring zero layers and a huge row once
+/// overflowed a size computation.
+#[test]
+fn fuzz_regression_zero_layers_huge_row() {
+    let data = include_bytes!("fixtures/fuzz-session-zero-layers.bin");
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&((20 + data.len() + 8) as u64).to_le_bytes());
+    b.extend_from_slice(data);
+    let sum = xxhash_rust::xxh3::xxh3_64(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
+    assert!(LlamaChatSession::from_bytes(&b).is_err());
+}
