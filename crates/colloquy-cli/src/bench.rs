@@ -223,6 +223,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ours.figures.push((test.name(), measure(&model, *test, args.reps)?));
     }
     ours.rss_peak_mb = peak_rss_mb();
+    // Free colloquy's weights and worker threads before the peer runs.
+    drop(model);
 
     let peer = match &peer_bin {
         Some(bin) => {
@@ -512,6 +514,12 @@ mod tests {
         assert_eq!(a, bench_tokens(100, 1000, PROMPT_SEED));
         assert!(a.iter().all(|&t| t < 1000));
         assert_ne!(a, bench_tokens(100, 1000, PROMPT_SEED ^ 1));
+    }
+
+    #[test]
+    fn tokens_match_the_other_side() {
+        // The same known answer is tested in the other crate (colloquy bench / the peer).
+        assert_eq!(bench_tokens(4, 49152, PROMPT_SEED), [42702, 5506, 16897, 41692]);
     }
 
     #[test]

@@ -16,8 +16,13 @@ pub struct ChatArgs {
     #[arg(long)]
     system: Option<String>,
     /// Session file: loaded if it exists, saved (atomically) after the turn.
+    /// With --store, a session id in the store instead.
     #[arg(long)]
     session: Option<PathBuf>,
+    /// Session store folder (see `colloquy sessions`): --session names a session
+    /// there, loaded if saved, saved after every turn (only changed KV blocks are written).
+    #[arg(long, requires = "session")]
+    store: Option<PathBuf>,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
@@ -51,8 +56,24 @@ async fn run_async(args: ChatArgs) -> Result<()> {
     if let Some(s) = args.seed {
         params = params.with_seed(s);
     }
-    let session = match &args.session {
-        Some(p) if p.exists() => LlamaChatSession::load(p)
+    let store = match &args.store {
+        Some(dir) => Some(
+            SessionStore::open(dir).with_context(|| format!("opening session store {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let session = match (&store, &args.session) {
+        (Some(store), Some(id)) => {
+            let id = crate::sessions::id_arg(id)?;
+            if store.contains(id)? {
+                store
+                    .load(id)
+                    .with_context(|| format!("loading session {id} from {}", store.dir().display()))?
+            } else {
+                llm.new_chat_session()?
+            }
+        }
+        (None, Some(p)) if p.exists() => LlamaChatSession::load(p)
             .with_context(|| format!("loading session {} (delete it to start over)", p.display()))?,
         _ => llm.new_chat_session()?,
     };
@@ -61,10 +82,26 @@ async fn run_async(args: ChatArgs) -> Result<()> {
         Some(message) => {
             turn(&mut chat, message, args.stats).await?;
             if let Some(p) = &args.session {
-                save(&chat, p)?;
+                save_to(&chat, p, store.as_ref(), args.stats)?;
             }
         }
-        None => repl(&llm, &args, chat, &params).await?,
+        None => repl(&llm, &args, chat, &params, store.as_ref()).await?,
+    }
+    Ok(())
+}
+
+/// Saves to the session file `p`, or as session `p` in the store.
+fn save_to(chat: &Chat<Llama>, p: &Path, store: Option<&SessionStore>, stats: bool) -> Result<()> {
+    let Some(store) = store else { return save(chat, p) };
+    let id = crate::sessions::id_arg(p)?;
+    let s = store
+        .save(id, &chat.session()?)
+        .with_context(|| format!("saving session {id} to {}", store.dir().display()))?;
+    if stats {
+        eprintln!(
+            "saved: blocks_written={} blocks_reused={} bytes_written={}",
+            s.blocks_written, s.blocks_reused, s.bytes_written
+        );
     }
     Ok(())
 }
@@ -99,9 +136,24 @@ fn save(chat: &Chat<Llama>, path: &Path) -> Result<()> {
     chat.session()?.save(path).with_context(|| format!("saving session to {}", path.display()))
 }
 
-const HELP: &str = "commands: /save FILE, /load FILE, /fork, /history, /reset, /exit";
+const HELP: &str =
+    "commands: /save FILE, /load FILE, /fork, /history, /reset, /exit (with --store: /save ID, /load ID)";
 
-async fn repl(llm: &Llama, args: &ChatArgs, mut chat: Chat<Llama>, params: &GenerationParameters) -> Result<()> {
+/// Loads the session file `arg`, or session `arg` of the store.
+fn load_from(store: Option<&SessionStore>, arg: &str) -> colloquy::Result<LlamaChatSession> {
+    match store {
+        Some(s) => s.load(arg),
+        None => LlamaChatSession::load(arg),
+    }
+}
+
+async fn repl(
+    llm: &Llama,
+    args: &ChatArgs,
+    mut chat: Chat<Llama>,
+    params: &GenerationParameters,
+    store: Option<&SessionStore>,
+) -> Result<()> {
     eprintln!("colloquy chat: type a message, or {HELP}");
     // Forks kept by /fork: switching to one keeps the current branch as another fork.
     let mut forks: Vec<LlamaChatSession> = Vec::new();
@@ -119,11 +171,11 @@ async fn repl(llm: &Llama, args: &ChatArgs, mut chat: Chat<Llama>, params: &Gene
             "" => {}
             "/exit" | "/quit" => break,
             "/help" => eprintln!("{HELP}"),
-            "/save" if !arg.is_empty() => match save(&chat, Path::new(arg)) {
+            "/save" if !arg.is_empty() => match save_to(&chat, Path::new(arg), store, args.stats) {
                 Ok(()) => eprintln!("saved to {arg}"),
                 Err(e) => eprintln!("error: {e:#}"),
             },
-            "/load" if !arg.is_empty() => match LlamaChatSession::load(arg) {
+            "/load" if !arg.is_empty() => match load_from(store, arg) {
                 Ok(s) => {
                     chat = new_chat(llm, args, s, params);
                     eprintln!("loaded {arg}");
@@ -156,6 +208,11 @@ async fn repl(llm: &Llama, args: &ChatArgs, mut chat: Chat<Llama>, params: &Gene
             _ => {
                 if let Err(e) = turn(&mut chat, line, args.stats).await {
                     eprintln!("error: {e:#}");
+                } else if let (Some(_), Some(id)) = (store, &args.session) {
+                    // With a store, every turn is saved (incrementally).
+                    if let Err(e) = save_to(&chat, id, store, args.stats) {
+                        eprintln!("error: {e:#}");
+                    }
                 }
             }
         }

@@ -15,6 +15,8 @@ use colloquy_engine::sampler::{Sampler, SamplerParams};
 mod bench;
 mod chat;
 mod progress;
+mod serve;
+mod sessions;
 
 #[derive(Parser)]
 #[command(name = "colloquy", version, about = "Run chat language models locally")]
@@ -44,6 +46,10 @@ enum Cmd {
     },
     /// Chat with a model: one turn (with MESSAGE) or an interactive session.
     Chat(chat::ChatArgs),
+    /// Serve chat sessions over HTTP (JSON; see `serve.rs` for the endpoints).
+    Serve(serve::ServeArgs),
+    /// List, show, fork, delete and garbage-collect the sessions of a session store.
+    Sessions(sessions::SessionsArgs),
     /// Raw completion (no chat template), streamed to stdout.
     Generate(GenerateArgs),
     /// Measure prompt and generation tokens/s (llama-bench style), optionally beside llama.cpp.
@@ -172,6 +178,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Generate(args) => generate(args)?,
         Cmd::Chat(args) => chat::run(args)?,
+        Cmd::Serve(args) => serve::run(args)?,
+        Cmd::Sessions(args) => sessions::run(args)?,
         Cmd::Bench(args) => bench::run(args)?,
         Cmd::Logits { model, input, ids, top, precise, threads } => {
             let model = load(&model, threads, precise)?;

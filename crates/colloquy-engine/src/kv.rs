@@ -92,7 +92,7 @@ impl KvLayout {
     /// Whether a K/V row can use this layout's storage type (Q8_0 needs whole
     /// 32-value blocks per head).
     pub fn is_valid(&self) -> bool {
-        self.dtype != KvDtype::Q8_0 || self.head_dim % 32 == 0
+        self.dtype != KvDtype::Q8_0 || self.head_dim.is_multiple_of(32)
     }
 }
 

@@ -278,6 +278,12 @@ mod tests {
     }
 
     #[test]
+    fn tokens_match_the_other_side() {
+        // The same known answer is tested in the other crate (colloquy bench / the peer).
+        assert_eq!(bench_tokens(4, 49152, PROMPT_SEED), [42702, 5506, 16897, 41692]);
+    }
+
+    #[test]
     fn median_and_stddev() {
         let (m, s) = median_stddev(&[1.0, 3.0, 2.0]);
         assert_eq!(m, 2.0);

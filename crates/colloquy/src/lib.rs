@@ -90,6 +90,7 @@ mod llama;
 mod message;
 mod params;
 pub mod session;
+pub mod store;
 pub mod template;
 mod traits;
 mod turn;
@@ -101,6 +102,7 @@ pub use llama::{ContextPolicy, Llama, LlamaBuilder, LlamaSource};
 pub use message::{ChatMessage, MessageType};
 pub use params::GenerationParameters;
 pub use session::LlamaChatSession;
+pub use store::SessionStore;
 pub use traits::{ChatModel, ChatSession};
 pub use turn::TurnStats;
 
@@ -114,7 +116,7 @@ pub mod language {
     pub use crate::{
         Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, ContextPolicy, Error,
         GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType, Precision,
-        TurnStats,
+        SessionStore, TurnStats,
     };
     pub use futures_util::StreamExt;
 }

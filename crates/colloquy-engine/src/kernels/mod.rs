@@ -447,7 +447,7 @@ pub fn weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32])
         assert!(last * stride + n <= rows.len(), "weighted_sum_f32: rows too short");
     }
     #[cfg(target_arch = "x86_64")]
-    if n % 8 == 0 && matches!(Backend::active().usable(), Backend::Avx2 | Backend::AvxVnni) {
+    if n.is_multiple_of(8) && matches!(Backend::active().usable(), Backend::Avx2 | Backend::AvxVnni) {
         // SAFETY: AVX2/FMA checked by `usable`; the bounds were checked above.
         unsafe { weighted_sum_avx2(p, rows, stride, out) };
         return;

@@ -198,8 +198,11 @@ pub(crate) fn decode_layout(r: &mut Reader<'_>) -> Result<KvLayout> {
 /// Bytes of K and V per position, or `None` if the layout overflows.
 pub(crate) fn bytes_per_token(layout: &KvLayout) -> Option<usize> {
     // n_kv_heads and head_dim come from u32 fields: their product fits in a usize.
-    layout.n_layers.checked_mul(2).and_then(|x| x.checked_mul(layout.row())).and_then(|x| x.checked_mul(4))
-        .map(|_| layout.bytes_per_token())
+    // Every storage type takes at most 4 bytes per element; check each product
+    // (with no layers the total is 0, but the row alone may still overflow).
+    let row_bytes = layout.row().checked_mul(4)?;
+    layout.n_layers.checked_mul(2)?.checked_mul(row_bytes)?;
+    Some(layout.bytes_per_token())
 }
 
 fn decode_kv(r: &mut Reader<'_>, layout: KvLayout, n: usize) -> Result<KvCache> {

@@ -197,6 +197,31 @@ impl LlamaChatSession {
     pub fn token_count(&self) -> usize {
         self.lock().tokens.len()
     }
+
+    /// How many KV blocks (of 32 positions) this session shares in memory with
+    /// `other`: the same block, not a copy, at the same place in both. Forks
+    /// share their common blocks until they write into them, and so do
+    /// sessions loaded through one [`SessionStore`](crate::SessionStore).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let mut chat = llm.chat();
+    /// chat("Tell me a long story.").await.unwrap();
+    /// let a = chat.session().unwrap();
+    /// let b = a.try_clone().unwrap();
+    /// assert_eq!(a.shares_blocks_with(&b), a.token_count().div_ceil(32));
+    /// # }
+    /// ```
+    pub fn shares_blocks_with(&self, other: &LlamaChatSession) -> usize {
+        if Arc::ptr_eq(&self.state, &other.state) {
+            return self.lock().kv.blocks().len();
+        }
+        let mine = self.lock().kv.clone();
+        let theirs = other.lock().kv.clone();
+        mine.blocks().iter().zip(theirs.blocks()).filter(|(a, b)| Arc::ptr_eq(a, b)).count()
+    }
 }
 
 impl ChatSession for LlamaChatSession {

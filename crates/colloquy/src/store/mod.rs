@@ -1,0 +1,768 @@
+//! A directory of sessions that share their KV blocks on disk.
+//!
+//! [`SessionStore`] keeps each 32-position KV block in its own
+//! content-addressed file (`blocks/<xxh3-128 hex>`) and each session as a small
+//! manifest (`sessions/<id>`): the tokens, messages and random stream, plus the
+//! ordered list of its blocks. Saving a session again after a turn writes only
+//! the blocks that changed (usually the last, partly filled one, and new ones)
+//! and the manifest. Forks of one conversation share their common blocks, on
+//! disk and, once loaded through the same store, in memory.
+//!
+//! Every file is written to a temporary file, synced and renamed into place;
+//! blocks (and their folder) are synced before the manifest that names them.
+//! A crash at any point leaves every previously saved session loadable. The
+//! layout and the rules are in `docs/session-store.md`.
+//!
+//! ```no_run
+//! use colloquy::language::*;
+//!
+//! # #[tokio::main] async fn main() {
+//! let llm = Llama::new_chat().await.unwrap();
+//! let store = SessionStore::open("sessions").unwrap();
+//! let mut chat = llm.chat();
+//! chat("Name a color.").await.unwrap();
+//! let stats = store.save("colors", &chat.session().unwrap()).unwrap();
+//! println!("{} blocks written, {} reused", stats.blocks_written, stats.blocks_reused);
+//!
+//! // Later, maybe in another process:
+//! let session = store.load("colors").unwrap();
+//! let mut chat = llm.chat().with_session(session);
+//! chat("Another one?").await.unwrap();
+//! # }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use colloquy_engine::kv::{KvBlock, KvCache, BLOCK_TOKENS};
+
+use crate::error::{Error, Result};
+use crate::session::{Fingerprint, LlamaChatSession, SessionState};
+
+mod records;
+
+pub use records::{
+    decode_block, decode_manifest, BlockHash, BlockRecord, Manifest, RecordError, BLOCK_MAGIC,
+    MANIFEST_MAGIC, MAX_BLOCK_BYTES, RECORD_VERSION,
+};
+
+/// Temporary files (and lock files of processes that cannot be checked) younger
+/// than this are left alone by [`SessionStore::gc`].
+pub const GC_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// How long a save waits for a running [`SessionStore::gc`], and a gc for
+/// running saves, before giving up with [`Error::StoreBusy`].
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// What one [`SessionStore::save`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SaveStats {
+    /// Block files written (new or changed blocks).
+    pub blocks_written: usize,
+    /// Blocks already in the store, not written again.
+    pub blocks_reused: usize,
+    /// Bytes written: the new block files and the manifest.
+    pub bytes_written: u64,
+}
+
+/// A stored session, as [`SessionStore::list`] and [`SessionStore::info`] describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session's id.
+    pub id: String,
+    /// The model it belongs to.
+    pub fingerprint: Fingerprint,
+    /// Tokens the model has read.
+    pub tokens: usize,
+    /// Messages, the latest (pending) answer included.
+    pub messages: usize,
+    /// KV blocks it references.
+    pub blocks: usize,
+    /// Its manifest's size.
+    pub manifest_bytes: u64,
+    /// Its manifest plus every distinct block it references (blocks shared with
+    /// other sessions are counted here too).
+    pub bytes: u64,
+    /// When it was last saved.
+    pub modified: SystemTime,
+}
+
+/// What one [`SessionStore::gc`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcStats {
+    /// Block files that no manifest referenced, removed.
+    pub blocks_removed: usize,
+    /// Their bytes.
+    pub bytes_removed: u64,
+    /// Block files kept (referenced by at least one manifest).
+    pub blocks_kept: usize,
+    /// Temporary files of interrupted writes, removed (only those older than [`GC_GRACE`]).
+    pub temp_files_removed: usize,
+}
+
+/// Sizes of a whole store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreUsage {
+    /// Session manifests.
+    pub sessions: usize,
+    /// Their bytes.
+    pub manifest_bytes: u64,
+    /// Block files.
+    pub blocks: usize,
+    /// Their bytes.
+    pub block_bytes: u64,
+}
+
+/// Blocks this store has hashed, saved or loaded, so that saving again does not
+/// hash unchanged blocks and loading shares blocks already in memory.
+///
+/// Soundness: an entry holds a `Weak` to the block. `KvCache` changes blocks
+/// only through `Arc::make_mut`, which copies a shared block and moves a block
+/// that has weak references to a new allocation. So while the weak reference
+/// still points at a live allocation, that block has not changed since the
+/// entry was made (and the allocation cannot be reused for another block).
+#[derive(Default)]
+struct BlockCache {
+    /// (block address, used positions) -> content hash.
+    by_ptr: HashMap<(usize, usize), (Weak<KvBlock>, BlockHash)>,
+    /// Content hash -> a block in memory with that content.
+    by_hash: HashMap<BlockHash, Weak<KvBlock>>,
+    prune_at: usize,
+}
+
+impl BlockCache {
+    fn hash_of(&self, block: &Arc<KvBlock>, used: usize) -> Option<BlockHash> {
+        let (weak, hash) = self.by_ptr.get(&(Arc::as_ptr(block) as usize, used))?;
+        // `block` keeps its allocation alive: if the weak reference points
+        // there, it is still attached to it (see the type's comment).
+        (Weak::as_ptr(weak) == Arc::as_ptr(block)).then_some(*hash)
+    }
+
+    fn remember(&mut self, block: &Arc<KvBlock>, used: usize, hash: BlockHash) {
+        self.by_ptr.insert((Arc::as_ptr(block) as usize, used), (Arc::downgrade(block), hash));
+        self.by_hash
+            .entry(hash)
+            .and_modify(|w| {
+                if w.strong_count() == 0 {
+                    *w = Arc::downgrade(block)
+                }
+            })
+            .or_insert_with(|| Arc::downgrade(block));
+        self.prune();
+    }
+
+    /// The block in memory with this content, or `block` (remembered).
+    fn share(&mut self, hash: BlockHash, used: usize, block: KvBlock) -> Arc<KvBlock> {
+        if let Some(a) = self.by_hash.get(&hash).and_then(Weak::upgrade) {
+            return a;
+        }
+        let a = Arc::new(block);
+        self.remember(&a, used, hash);
+        a
+    }
+
+    fn prune(&mut self) {
+        if self.by_ptr.len() + self.by_hash.len() > self.prune_at {
+            self.by_ptr.retain(|_, (w, _)| w.strong_count() > 0);
+            self.by_hash.retain(|_, w| w.strong_count() > 0);
+            self.prune_at = 2 * (self.by_ptr.len() + self.by_hash.len()) + 1024;
+        }
+    }
+}
+
+/// A directory of sessions whose KV blocks are shared, content-addressed files.
+/// See the [module documentation](self).
+///
+/// One store may be used from many threads and processes at once: writes are
+/// atomic, and [`gc`](Self::gc) waits for saves in progress (and they for it).
+pub struct SessionStore {
+    dir: PathBuf,
+    compression: Option<i32>,
+    cache: Mutex<BlockCache>,
+}
+
+impl std::fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("dir", &self.dir)
+            .field("compression", &self.compression)
+            .finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Engine(colloquy_engine::Error::io(path, e))
+}
+
+/// Checks that `id` can name a session file: 1 to 128 ASCII letters, digits,
+/// `-`, `_` and `.`, not starting with `.` (so no `..`, no path separators,
+/// and no clash with temporary files).
+///
+/// ```
+/// use colloquy::store::validate_id;
+/// assert!(validate_id("chat-2024.v1").is_ok());
+/// assert!(validate_id("../etc/passwd").is_err());
+/// assert!(validate_id("a/b").is_err());
+/// ```
+pub fn validate_id(id: &str) -> Result<()> {
+    let bad = |reason: &str| Err(Error::StoreInvalidId { id: id.to_string(), reason: reason.to_string() });
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if id.len() > 128 {
+        return bad("it is longer than 128 bytes");
+    }
+    if id.starts_with('.') {
+        return bad("it starts with '.'");
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return bad(&format!("{c:?} is not allowed (use ASCII letters, digits, '-', '_' and '.')"));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `dir/name` through a synced temporary file in `dir` and a
+/// rename. The caller syncs `dir` afterwards.
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
+    let path = dir.join(name);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(&path))
+}
+
+/// Syncs a folder, so that the renames and removals in it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some platforms and file systems cannot sync a folder.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported) => {
+            Ok(())
+        }
+        Err(e) if cfg!(windows) && e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// A lock file of this process that is removed when dropped.
+struct LockFile(PathBuf);
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether a lock file was left by a process that is gone: its process is not
+/// running (where that can be checked), or it is older than [`GC_GRACE`]. A
+/// writer's lock names its process (`write-<pid>-<n>`); gc's holds it (a gc
+/// killed before writing it leaves an empty file, stale after a few seconds).
+fn is_stale(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else { return false };
+    let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+    if age > GC_GRACE {
+        return true;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let pid = match name.strip_prefix("write-") {
+        Some(rest) => rest.split('-').next().and_then(|p| p.parse::<u32>().ok()),
+        None => std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u32>().ok()),
+    };
+    match pid {
+        Some(pid) if Path::new("/proc/self").exists() => !Path::new(&format!("/proc/{pid}")).exists(),
+        Some(_) => false,
+        None => age > Duration::from_secs(10),
+    }
+}
+
+impl SessionStore {
+    /// Opens the store in `dir`, creating the folder and its layout if needed.
+    ///
+    /// ```no_run
+    /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap();
+    /// ```
+    pub fn open(dir: impl AsRef<Path>) -> Result<SessionStore> {
+        let dir = dir.as_ref().to_path_buf();
+        for sub in ["blocks", "sessions", "locks"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        Ok(SessionStore { dir, compression: None, cache: Mutex::new(BlockCache::default()) })
+    }
+
+    /// Compresses the block files this store writes with zstd at `level`
+    /// (1 to 22; 1 to 3 are fast). Blocks that would not get smaller are
+    /// stored as they are. Reading never needs this: every block file says
+    /// whether it is compressed. Blocks already in the store are not rewritten.
+    ///
+    /// ```no_run
+    /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap().with_compression(3);
+    /// ```
+    pub fn with_compression(mut self, level: i32) -> SessionStore {
+        self.compression = Some(level);
+        self
+    }
+
+    /// The store's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn blocks_dir(&self) -> PathBuf {
+        self.dir.join("blocks")
+    }
+
+    fn sessions_dir(&self) -> PathBuf {
+        self.dir.join("sessions")
+    }
+
+    fn locks_dir(&self) -> PathBuf {
+        self.dir.join("locks")
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, BlockCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves `session` as `id`, replacing any session saved under that id.
+    /// Writes only the blocks the store does not hold yet, then the manifest.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let store = SessionStore::open("my-sessions").unwrap();
+    /// let mut chat = llm.chat();
+    /// chat("Hi!").await.unwrap();
+    /// store.save("greeting", &chat.session().unwrap()).unwrap();
+    /// chat("How are you?").await.unwrap();
+    /// let stats = store.save("greeting", &chat.session().unwrap()).unwrap();
+    /// assert!(stats.blocks_written <= 2); // the changed last block, maybe a new one
+    /// # }
+    /// ```
+    pub fn save(&self, id: &str, session: &LlamaChatSession) -> Result<SaveStats> {
+        validate_id(id)?;
+        // A consistent snapshot; the block table is shared, not copied.
+        let snap: SessionState = session.lock().clone();
+        let _writing = self.begin_write()?;
+        let blocks_dir = self.blocks_dir();
+        let layout = *snap.kv.layout();
+        let mut stats = SaveStats::default();
+        let mut hashes = Vec::with_capacity(snap.kv.blocks().len());
+        let mut raw = Vec::new();
+        for (b, block) in snap.kv.blocks().iter().enumerate() {
+            let used = (snap.kv.len() - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+            let known = self.cache().hash_of(block, used);
+            raw.clear();
+            let hash = match known {
+                Some(h) => h,
+                None => {
+                    records::block_rows(&layout, block, used, &mut raw);
+                    records::block_hash(&layout, used, &raw)
+                }
+            };
+            let have_rows = known.is_none();
+            let name = hash.to_string();
+            let path = blocks_dir.join(&name);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                stats.blocks_reused += 1;
+            } else {
+                if !have_rows {
+                    records::block_rows(&layout, block, used, &mut raw);
+                }
+                let file = records::encode_block(&layout, used, &raw, self.compression);
+                write_file(&blocks_dir, &name, &file)?;
+                stats.blocks_written += 1;
+                stats.bytes_written += file.len() as u64;
+            }
+            if known.is_none() {
+                self.cache().remember(block, used, hash);
+            }
+            hashes.push(hash);
+        }
+        // The blocks' renames must be durable before a manifest names them,
+        // including blocks another process wrote and did not get to sync.
+        sync_dir(&blocks_dir)?;
+        let manifest = records::encode_manifest(&snap, &hashes);
+        let sessions = self.sessions_dir();
+        write_file(&sessions, id, &manifest)?;
+        sync_dir(&sessions)?;
+        stats.bytes_written += manifest.len() as u64;
+        Ok(stats)
+    }
+
+    /// Reads the manifest of `id`.
+    fn read_manifest_bytes(&self, id: &str) -> Result<Vec<u8>> {
+        validate_id(id)?;
+        let path = self.sessions_dir().join(id);
+        std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::StoreSessionNotFound { session: id.to_string() }
+            } else {
+                io_err(&path)(e)
+            }
+        })
+    }
+
+    /// The manifest of `id`: its tokens, messages and block list, without
+    /// reading any block.
+    ///
+    /// ```no_run
+    /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap();
+    /// for m in store.manifest("greeting").unwrap().transcript() {
+    ///     println!("[{}] {}", m.role().as_role(), m.content());
+    /// }
+    /// ```
+    pub fn manifest(&self, id: &str) -> Result<Manifest> {
+        let bytes = self.read_manifest_bytes(id)?;
+        decode_manifest(&bytes)
+            .map_err(|e| Error::StoreManifestCorrupt { session: id.to_string(), reason: e.to_string() })
+    }
+
+    /// Whether a session is saved under `id`.
+    pub fn contains(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        Ok(self.sessions_dir().join(id).is_file())
+    }
+
+    /// Loads the session saved as `id`. Every block is read and checked
+    /// (checksum, and content against its name); blocks already in memory
+    /// through this store are shared, not duplicated.
+    ///
+    /// Errors: [`Error::StoreSessionNotFound`], [`Error::StoreManifestCorrupt`],
+    /// [`Error::StoreBlockMissing`] and [`Error::StoreBlockCorrupt`], each
+    /// naming the session (and the block).
+    ///
+    /// ```no_run
+    /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap();
+    /// let session = store.load("greeting").unwrap();
+    /// ```
+    pub fn load(&self, id: &str) -> Result<LlamaChatSession> {
+        let m = self.manifest(id)?;
+        let blocks_dir = self.blocks_dir();
+        let n = m.tokens.len();
+        let mut blocks = Vec::with_capacity(m.blocks.len());
+        for (b, &hash) in m.blocks.iter().enumerate() {
+            let used = (n - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+            let path = blocks_dir.join(hash.to_string());
+            let bad = |reason: String| Error::StoreBlockCorrupt {
+                session: id.to_string(),
+                block: hash.to_string(),
+                reason,
+            };
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::StoreBlockMissing { session: id.to_string(), block: hash.to_string() })
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            let rec = decode_block(&bytes).map_err(|e| bad(e.to_string()))?;
+            if rec.hash != hash {
+                return Err(bad(format!("its content hashes to {}", rec.hash)));
+            }
+            if rec.layout != m.layout {
+                return Err(bad(format!(
+                    "its layout {:?} differs from the session's {:?}",
+                    rec.layout, m.layout
+                )));
+            }
+            if rec.positions != used {
+                return Err(bad(format!(
+                    "it holds {} positions, the session needs {used} there",
+                    rec.positions
+                )));
+            }
+            blocks.push(self.cache().share(hash, used, rec.block));
+        }
+        let kv = KvCache::from_blocks(m.layout, n, blocks, n)?;
+        Ok(LlamaChatSession::from_state(SessionState {
+            fingerprint: m.fingerprint,
+            kv,
+            tokens: m.tokens,
+            history: m.history,
+            pending: m.pending,
+            rng: m.rng,
+            last_turn: None,
+        }))
+    }
+
+    fn session_ids(&self) -> Result<Vec<String>> {
+        let dir = self.sessions_dir();
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if validate_id(name).is_ok() && entry.file_type().is_ok_and(|t| t.is_file()) {
+                    ids.push(name.to_string());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Describes the session saved as `id` (reads its manifest, and the sizes
+    /// of its blocks).
+    pub fn info(&self, id: &str) -> Result<SessionInfo> {
+        let path = self.sessions_dir().join(id);
+        let m = self.manifest(id)?;
+        let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
+        let blocks_dir = self.blocks_dir();
+        let distinct: HashSet<BlockHash> = m.blocks.iter().copied().collect();
+        let block_bytes: u64 = distinct
+            .iter()
+            .filter_map(|h| std::fs::metadata(blocks_dir.join(h.to_string())).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(SessionInfo {
+            id: id.to_string(),
+            fingerprint: m.fingerprint,
+            tokens: m.tokens.len(),
+            messages: m.history.len() + usize::from(m.pending.is_some()),
+            blocks: m.blocks.len(),
+            manifest_bytes: meta.len(),
+            bytes: meta.len() + block_bytes,
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        })
+    }
+
+    /// Every saved session, sorted by id. Fails on a corrupt manifest, naming
+    /// it ([`Error::StoreManifestCorrupt`]); delete it to list the rest.
+    pub fn list(&self) -> Result<Vec<SessionInfo>> {
+        let mut out = Vec::new();
+        for id in self.session_ids()? {
+            match self.info(&id) {
+                Ok(i) => out.push(i),
+                // Deleted since the folder was read.
+                Err(Error::StoreSessionNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The number and bytes of manifests and block files.
+    pub fn usage(&self) -> Result<StoreUsage> {
+        let mut u = StoreUsage::default();
+        for (dir, count, bytes) in [
+            (self.sessions_dir(), &mut u.sessions, &mut u.manifest_bytes),
+            (self.blocks_dir(), &mut u.blocks, &mut u.block_bytes),
+        ] {
+            for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+                let entry = entry.map_err(io_err(&dir))?;
+                let name = entry.file_name();
+                if name.to_str().is_some_and(|n| !n.starts_with('.')) {
+                    if let Ok(m) = entry.metadata() {
+                        *count += 1;
+                        *bytes += m.len();
+                    }
+                }
+            }
+        }
+        Ok(u)
+    }
+
+    /// Saves a copy of session `from` as `to`, which must not exist. Only the
+    /// manifest is copied: the two share every block until they diverge.
+    pub fn fork(&self, from: &str, to: &str) -> Result<()> {
+        validate_id(to)?;
+        let _writing = self.begin_write()?;
+        let bytes = self.read_manifest_bytes(from)?;
+        decode_manifest(&bytes)
+            .map_err(|e| Error::StoreManifestCorrupt { session: from.to_string(), reason: e.to_string() })?;
+        if self.contains(to)? {
+            return Err(Error::StoreSessionExists { session: to.to_string() });
+        }
+        let sessions = self.sessions_dir();
+        write_file(&sessions, to, &bytes)?;
+        sync_dir(&sessions)
+    }
+
+    /// Deletes session `id`. Its blocks stay until [`gc`](Self::gc) finds no
+    /// other session using them.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let sessions = self.sessions_dir();
+        let path = sessions.join(id);
+        std::fs::remove_file(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::StoreSessionNotFound { session: id.to_string() }
+            } else {
+                io_err(&path)(e)
+            }
+        })?;
+        sync_dir(&sessions)
+    }
+
+    /// Removes the block files that no manifest references, and temporary
+    /// files of interrupted writes older than [`GC_GRACE`]. Waits for saves in
+    /// progress (in any process) to finish, and saves wait for it.
+    ///
+    /// Refuses ([`Error::StoreManifestCorrupt`]) if a manifest cannot be read,
+    /// since the blocks it names are unknown: delete that session first.
+    pub fn gc(&self) -> Result<GcStats> {
+        let _gc = self.begin_gc()?;
+        let mut referenced = HashSet::new();
+        for id in self.session_ids()? {
+            match self.manifest(&id) {
+                Ok(m) => referenced.extend(m.blocks),
+                Err(Error::StoreSessionNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut stats = GcStats::default();
+        let blocks_dir = self.blocks_dir();
+        for entry in std::fs::read_dir(&blocks_dir).map_err(io_err(&blocks_dir))? {
+            let entry = entry.map_err(io_err(&blocks_dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            if let Some(hash) = BlockHash::parse(&name) {
+                if referenced.contains(&hash) {
+                    stats.blocks_kept += 1;
+                } else if std::fs::remove_file(entry.path()).is_ok() {
+                    stats.blocks_removed += 1;
+                    stats.bytes_removed += meta.len();
+                }
+            }
+        }
+        for dir in [&blocks_dir, &self.sessions_dir()] {
+            stats.temp_files_removed += remove_old_temp_files(dir)?;
+        }
+        sync_dir(&blocks_dir)?;
+        sync_dir(&self.sessions_dir())?;
+        Ok(stats)
+    }
+
+    fn lock_file(&self, name: &str, create_new: bool) -> std::io::Result<LockFile> {
+        let path = self.locks_dir().join(name);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true);
+        if create_new {
+            opts.create_new(true);
+        } else {
+            opts.create(true).truncate(true);
+        }
+        let mut f = opts.open(&path)?;
+        let guard = LockFile(path);
+        f.write_all(std::process::id().to_string().as_bytes())?;
+        Ok(guard)
+    }
+
+    /// Announces a write (a save or a fork) and waits while a gc runs.
+    ///
+    /// The protocol: a writer creates its own file in `locks/`, then checks
+    /// that `locks/gc` does not exist; gc creates `locks/gc`, then checks that
+    /// no writer's file exists. Each creates its file before looking for the
+    /// other's, so at least one of them sees the other, and backs off.
+    fn begin_write(&self) -> Result<LockFile> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let locks = self.locks_dir();
+        let start = std::time::Instant::now();
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let mine = self
+                .lock_file(&format!("write-{}-{n}", std::process::id()), false)
+                .map_err(io_err(&locks))?;
+            let gc = locks.join("gc");
+            if !gc.exists() {
+                return Ok(mine);
+            }
+            drop(mine);
+            if is_stale(&gc) {
+                let _ = std::fs::remove_file(&gc);
+                continue;
+            }
+            if start.elapsed() > LOCK_WAIT {
+                return Err(Error::StoreBusy(format!("a gc of {} has not finished", self.dir.display())));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Takes `locks/gc`, then waits until no write is in progress (see
+    /// [`begin_write`](Self::begin_write)). Holding `locks/gc` keeps new writes
+    /// from starting, so the wait ends.
+    fn begin_gc(&self) -> Result<LockFile> {
+        let locks = self.locks_dir();
+        let start = std::time::Instant::now();
+        let busy = |what: &str| Error::StoreBusy(format!("{what} in {}", self.dir.display()));
+        let gc = loop {
+            match self.lock_file("gc", true) {
+                Ok(gc) => break gc,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let path = locks.join("gc");
+                    if is_stale(&path) {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if start.elapsed() > LOCK_WAIT {
+                        return Err(busy("another gc is running"));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(io_err(&locks)(e)),
+            }
+        };
+        loop {
+            let mut writing = false;
+            for entry in std::fs::read_dir(&locks).map_err(io_err(&locks))? {
+                let entry = entry.map_err(io_err(&locks))?;
+                if entry.file_name().to_str().is_some_and(|n| n.starts_with("write-")) {
+                    if is_stale(&entry.path()) {
+                        let _ = std::fs::remove_file(entry.path());
+                    } else {
+                        writing = true;
+                    }
+                }
+            }
+            if !writing {
+                return Ok(gc);
+            }
+            if start.elapsed() > LOCK_WAIT {
+                return Err(busy("saves are in progress"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Removes `dir`'s temporary files older than [`GC_GRACE`].
+fn remove_old_temp_files(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if !entry.file_name().to_str().is_some_and(|s| s.starts_with(TMP_PREFIX)) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > GC_GRACE);
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
