@@ -13,6 +13,7 @@ use colloquy_engine::model::{Model, ModelOptions};
 use colloquy_engine::sampler::{Sampler, SamplerParams};
 
 mod bench;
+mod bench_sessions;
 mod chat;
 mod progress;
 mod serve;
@@ -46,6 +47,8 @@ enum Cmd {
     },
     /// Chat with a model: one turn (with MESSAGE) or an interactive session.
     Chat(chat::ChatArgs),
+    /// Benchmark sessions: fork, incremental save, load against re-processing, bytes per token.
+    BenchSessions(bench_sessions::SessionBenchArgs),
     /// Serve chat sessions over HTTP (JSON; see `serve.rs` for the endpoints).
     Serve(serve::ServeArgs),
     /// List, show, fork, delete and garbage-collect the sessions of a session store.
@@ -179,6 +182,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Generate(args) => generate(args)?,
         Cmd::Chat(args) => chat::run(args)?,
         Cmd::Serve(args) => serve::run(args)?,
+        Cmd::BenchSessions(args) => bench_sessions::run(args)?,
         Cmd::Sessions(args) => sessions::run(args)?,
         Cmd::Bench(args) => bench::run(args)?,
         Cmd::Logits { model, input, ids, top, precise, threads } => {
