@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use crate::arch::{Architecture, LogitsFor};
+use crate::arch::{rms_norm_rows, Architecture, LogitsFor};
 use crate::attention::AttentionSpec;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -498,11 +498,7 @@ impl Architecture for Llama {
         kv.set_len(start + m);
 
         // Final norm and the output head, only for the rows that are wanted.
-        let rows = match want {
-            LogitsFor::None => 0..0,
-            LogitsFor::Last => m.saturating_sub(1)..m,
-            LogitsFor::All => 0..m,
-        };
+        let rows = want.rows(m);
         logits.resize(rows.len() * c.n_vocab, 0.0);
         if !rows.is_empty() {
             let h = fit(&mut a.h, rows.len() * d);
@@ -514,9 +510,3 @@ impl Architecture for Llama {
     }
 }
 
-/// RMSNorm of each `w.len()`-wide row of `x`, scaled by `w`.
-fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        kernels::rms_norm(xr, w, eps, or);
-    }
-}

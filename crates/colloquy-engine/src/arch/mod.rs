@@ -28,6 +28,24 @@ pub enum LogitsFor {
     None,
 }
 
+impl LogitsFor {
+    /// The rows of an `m`-token forward pass that get logits.
+    pub fn rows(self, m: usize) -> std::ops::Range<usize> {
+        match self {
+            LogitsFor::None => 0..0,
+            LogitsFor::Last => m.saturating_sub(1)..m,
+            LogitsFor::All => 0..m,
+        }
+    }
+}
+
+/// RMSNorm of each `w.len()`-wide row of `x`, scaled by `w`.
+pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        crate::kernels::rms_norm(xr, w, eps, or);
+    }
+}
+
 /// A model family's forward pass.
 pub trait Architecture: Send + Sync + std::fmt::Debug {
     /// The GGUF `general.architecture` name.
