@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use half::slice::HalfFloatSliceExt;
 
 use crate::kernels;
-use crate::kv::{KvCache, KvRows, BLOCK_TOKENS};
+use crate::kv::{KvCache, KvDtype, KvRows, BLOCK_TOKENS};
 use crate::pool::{split_range, DisjointSlice, ThreadPool};
 
 /// The shape and masking rules of one attention layer.
@@ -88,9 +88,14 @@ pub fn attention(
     };
     let end = start + m;
     let row = kv.layout().row();
-    fit(&mut scratch.keys, (end - lo) * row);
-    fit(&mut scratch.values, (end - lo) * row);
-    {
+    let half = kv.layout().dtype == KvDtype::F16;
+    if !half {
+        fit(&mut scratch.keys, (end - lo) * row);
+        fit(&mut scratch.values, (end - lo) * row);
+    }
+    // An f16 cache is read in place (converted in registers); other types are
+    // converted to f32 rows once for all queries.
+    if !half {
         let keys = DisjointSlice::new(&mut scratch.keys);
         let values = DisjointSlice::new(&mut scratch.values);
         let blocks = lo / BLOCK_TOKENS..end.div_ceil(BLOCK_TOKENS);
@@ -109,9 +114,12 @@ pub fn attention(
             }
         });
     }
-    let half = matches!(kv.k_rows(layer, 0), KvRows::F16(_));
     let scratch = &*scratch;
-    let rows = Rows { keys: &scratch.keys, values: &scratch.values, lo, row };
+    let rows = if half {
+        Rows::Half { kv, layer, row }
+    } else {
+        Rows::F32 { keys: &scratch.keys, values: &scratch.values, lo, row }
+    };
     let out = DisjointSlice::new(out);
     pool.run(&|thread| {
         let range = split_range(tasks, pool.n_threads(), thread);
@@ -127,31 +135,21 @@ pub fn attention(
             let len = per_task * spec.head_dim;
             // SAFETY: task (t, g) owns exactly these output elements.
             let o = unsafe { out.slice(at, len) };
-            attend_one(&mut s, spec, &rows, half, start + t, g, &q[at..at + len], o);
+            attend_one(&mut s, spec, &rows, start + t, g, &q[at..at + len], o);
         }
     });
 }
 
-/// The layer's K and V rows as f32, from position `lo` on.
-struct Rows<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
-    lo: usize,
-    row: usize,
+/// Where a layer's keys and values are read from.
+enum Rows<'a> {
+    /// The f16 cache itself, block by block.
+    Half { kv: &'a KvCache, layer: usize, row: usize },
+    /// f32 copies of the rows from position `lo` on.
+    F32 { keys: &'a [f32], values: &'a [f32], lo: usize, row: usize },
 }
 
 /// One query position, one KV head, and query heads that share it.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    s: &mut Scratch,
-    spec: &AttentionSpec,
-    rows: &Rows<'_>,
-    half: bool,
-    pos: usize,
-    g: usize,
-    q: &[f32],
-    out: &mut [f32],
-) {
+fn attend_one(s: &mut Scratch, spec: &AttentionSpec, rows: &Rows<'_>, pos: usize, g: usize, q: &[f32], out: &mut [f32]) {
     let hd = spec.head_dim;
     // The query heads of this task (all or some of KV head g's group).
     let group = q.len() / hd;
@@ -161,6 +159,7 @@ fn attend_one(
     };
     let n_keys = pos + 1 - first;
     s.scores.resize(group * n_keys, 0.0);
+    let half = matches!(rows, Rows::Half { .. });
     // With an f16 cache, llama.cpp multiplies in f16: queries and probabilities
     // are rounded to f16 before the two products. Doing the same keeps the fast
     // path close to it.
@@ -169,16 +168,22 @@ fn attend_one(
     if half {
         round_f16(&mut s.q);
     }
-    // Row of key `first`, head g.
-    let base = (first - rows.lo) * rows.row + g * hd;
-    let span = (n_keys - 1) * rows.row + hd;
-    let keys = &rows.keys[base..base + span];
-    let values = &rows.values[base..base + span];
 
     for h in 0..group {
+        let qh = &s.q[h * hd..(h + 1) * hd];
         let sc = &mut s.scores[h * n_keys..(h + 1) * n_keys];
         // Scores in position order; each key's dot is independent of the others.
-        kernels::scores_f32(&s.q[h * hd..(h + 1) * hd], keys, rows.row, spec.scale, sc);
+        match *rows {
+            Rows::Half { kv, layer, row } => for_each_block(first, pos, |b, lo, hi| {
+                let KvRows::F16(r) = kv.k_rows(layer, b) else { return };
+                let kj = b * BLOCK_TOKENS + lo - first;
+                kernels::scores_f16(qh, &r[lo * row + g * hd..], row, spec.scale, &mut sc[kj..kj + hi - lo]);
+            }),
+            Rows::F32 { keys, lo, row, .. } => {
+                let base = (first - lo) * row + g * hd;
+                kernels::scores_f32(qh, &keys[base..], row, spec.scale, sc);
+            }
+        }
         // Two-pass softmax, summed in position order.
         let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
@@ -196,7 +201,26 @@ fn attend_one(
         // Weighted sum of values, in position order.
         let o = &mut out[h * hd..(h + 1) * hd];
         o.fill(0.0);
-        kernels::weighted_sum_f32(sc, values, rows.row, o);
+        match *rows {
+            Rows::Half { kv, layer, row } => for_each_block(first, pos, |b, lo, hi| {
+                let KvRows::F16(r) = kv.v_rows(layer, b) else { return };
+                let kj = b * BLOCK_TOKENS + lo - first;
+                kernels::weighted_sum_f16(&sc[kj..kj + hi - lo], &r[lo * row + g * hd..], row, o);
+            }),
+            Rows::F32 { values, lo, row, .. } => {
+                let base = (first - lo) * row + g * hd;
+                kernels::weighted_sum_f32(sc, &values[base..], row, o);
+            }
+        }
+    }
+}
+
+/// Calls `f(block, lo, hi)` for the in-block slot ranges covering positions `first..=last`.
+fn for_each_block(first: usize, last: usize, mut f: impl FnMut(usize, usize, usize)) {
+    for b in first / BLOCK_TOKENS..=last / BLOCK_TOKENS {
+        let lo = first.max(b * BLOCK_TOKENS) - b * BLOCK_TOKENS;
+        let hi = (last + 1).min((b + 1) * BLOCK_TOKENS) - b * BLOCK_TOKENS;
+        f(b, lo, hi);
     }
 }
 

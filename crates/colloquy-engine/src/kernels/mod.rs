@@ -476,3 +476,87 @@ unsafe fn weighted_sum_avx2(p: &[f32], rows: &[f32], stride: usize, out: &mut [f
         _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
     }
 }
+
+/// [`scores_f32`] for keys stored as f16: `out[j] = q · rows[j * stride..][..q.len()] * scale`,
+/// converting in registers (no f32 copy of the cache). Each value depends only
+/// on `q` and its key.
+pub fn scores_f16(q: &[f32], rows: &[half::f16], stride: usize, scale: f32, out: &mut [f32]) {
+    let n = q.len();
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(last * stride + n <= rows.len(), "scores_f16: rows too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(8) && matches!(Backend::active().usable(), Backend::Avx2 | Backend::AvxVnni) {
+        for (j, o) in out.iter_mut().enumerate() {
+            // SAFETY: AVX2/FMA/F16C checked by `usable`; bounds checked above.
+            *o = unsafe { dot_f32_f16_avx2(q, rows.as_ptr().add(j * stride)) } * scale;
+        }
+        return;
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let key = &rows[j * stride..j * stride + n];
+        *o = q.iter().zip(key).map(|(a, b)| a * b.to_f32()).fold(0.0, |s, x| s + x) * scale;
+    }
+}
+
+/// [`weighted_sum_f32`] for values stored as f16.
+pub fn weighted_sum_f16(p: &[f32], rows: &[half::f16], stride: usize, out: &mut [f32]) {
+    let n = out.len();
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(last * stride + n <= rows.len(), "weighted_sum_f16: rows too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(8) && matches!(Backend::active().usable(), Backend::Avx2 | Backend::AvxVnni) {
+        // SAFETY: AVX2/FMA/F16C checked by `usable`; bounds checked above.
+        unsafe { weighted_sum_f16_avx2(p, rows, stride, out) };
+        return;
+    }
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, x) in out.iter_mut().zip(&rows[j * stride..j * stride + n]) {
+            *o += pj * x.to_f32();
+        }
+    }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C; `k` must point at `q.len()` (a multiple of 8) f16 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32_f16_avx2(q: &[f32], k: *const half::f16) -> f32 {
+    use std::arch::x86_64::*;
+    let n = q.len();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (c, a) in acc.iter_mut().enumerate() {
+            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(i + 8 * c) as *const __m128i));
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i + 8 * c)), kv, *a);
+        }
+        i += 16;
+    }
+    if i < n {
+        let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(i) as *const __m128i));
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), kv, acc[0]);
+    }
+    let s = _mm256_add_ps(acc[0], acc[1]);
+    let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    _mm_cvtss_f32(h)
+}
+
+/// # Safety
+/// AVX2, FMA and F16C; `rows` must cover every row read.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_sum_f16_avx2(p: &[f32], rows: &[half::f16], stride: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for c in (0..out.len()).step_by(8) {
+        let mut acc = _mm256_loadu_ps(out.as_ptr().add(c));
+        for (j, &pj) in p.iter().enumerate() {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(rows.as_ptr().add(j * stride + c) as *const __m128i));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(pj), v, acc);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
+    }
+}
