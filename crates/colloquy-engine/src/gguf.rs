@@ -266,6 +266,18 @@ impl Gguf {
         }
     }
 
+    /// Like [`release_pages`](Self::release_pages), for the bytes of one tensor
+    /// (called right after it was repacked, so the peak resident memory does not
+    /// hold both copies).
+    pub fn release_tensor(&self, info: &TensorInfo) {
+        if let Backing::Mmap(m) = &self.bytes {
+            // SAFETY: as in `release_pages`; memmap2 aligns the range to pages.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset as usize, info.size as usize)
+            };
+        }
+    }
+
     /// All metadata entries.
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.metadata

@@ -70,6 +70,7 @@ impl Linear {
         if PackedWeights::supports(info.ty) {
             let packed = PackedWeights::pack(info.ty, gguf.tensor_data(info), n_out, n_in)?;
             linear.packed = Some(Arc::new(packed));
+            gguf.release_tensor(info);
         }
         Ok(linear)
     }

@@ -303,6 +303,10 @@ impl LlamaBuilder {
         let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default().to_string();
         let template = ChatTemplate::new(&template, &text(tok.bos()), &text(Some(tok.eos())))?;
         let fingerprint = Fingerprint::of(&model);
+        if model.precision() == Precision::Fast {
+            // Hashing read every weight page; the fast path needs its packed copies only.
+            model.gguf().release_pages();
+        }
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("colloquy-model".into())

@@ -30,6 +30,9 @@ impl Fingerprint {
             }
             h.update(&t.ty.id().to_le_bytes());
             h.update(g.tensor_data(t));
+            // The weights live in packed copies (fast path) or are read back on
+            // demand (precise path): keep resident memory to one copy.
+            g.release_tensor(t);
         }
         let tok = model.tokenizer();
         for id in 0..tok.vocab_size() as u32 {
