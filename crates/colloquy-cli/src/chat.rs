@@ -52,7 +52,8 @@ async fn run_async(args: ChatArgs) -> Result<()> {
         builder = builder.with_threads(t);
     }
     let llm = builder.build().await.with_context(|| format!("loading model {}", args.model))?;
-    let mut params = GenerationParameters::new().with_temperature(args.temperature).with_max_length(args.max_tokens);
+    let mut params =
+        GenerationParameters::new().with_temperature(args.temperature).with_max_length(args.max_tokens);
     if let Some(s) = args.seed {
         params = params.with_seed(s);
     }
@@ -106,7 +107,12 @@ fn save_to(chat: &Chat<Llama>, p: &Path, store: Option<&SessionStore>, stats: bo
     Ok(())
 }
 
-fn new_chat(llm: &Llama, args: &ChatArgs, session: LlamaChatSession, params: &GenerationParameters) -> Chat<Llama> {
+fn new_chat(
+    llm: &Llama,
+    args: &ChatArgs,
+    session: LlamaChatSession,
+    params: &GenerationParameters,
+) -> Chat<Llama> {
     let mut chat = llm.chat().with_sampler(params.clone()).with_session(session);
     if let Some(sys) = &args.system {
         chat = chat.with_system_prompt(sys.clone());

@@ -102,9 +102,9 @@ impl PromptInput {
     fn read(&self) -> Result<Option<String>> {
         match (&self.prompt, &self.prompt_file) {
             (Some(p), _) => Ok(Some(p.clone())),
-            (None, Some(f)) => Ok(Some(
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            )),
+            (None, Some(f)) => {
+                Ok(Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?))
+            }
             (None, None) => Ok(None),
         }
     }
@@ -171,8 +171,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Tokenize { model, no_special, input } => {
             let text = match (input.text, input.file) {
                 (Some(t), _) => t,
-                (None, Some(f)) => std::fs::read_to_string(&f)
-                    .with_context(|| format!("reading {}", f.display()))?,
+                (None, Some(f)) => {
+                    std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?
+                }
                 (None, None) => unreachable!("clap requires one input"),
             };
             let model = load(&model, Some(1), false)?;
@@ -188,7 +189,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Logits { model, input, ids, top, precise, threads } => {
             let model = load(&model, threads, precise)?;
             let tokens: Vec<u32> = match (ids, input.read()?) {
-                (Some(j), _) => serde_json::from_str(&j).context("--ids must be a JSON array of token ids")?,
+                (Some(j), _) => {
+                    serde_json::from_str(&j).context("--ids must be a JSON array of token ids")?
+                }
                 (None, Some(text)) => prompt_ids(&model, &text),
                 (None, None) => bail!("give --prompt, --prompt-file or --ids"),
             };
@@ -199,7 +202,9 @@ fn run(cli: Cli) -> Result<()> {
             for (pos, row) in logits.chunks_exact(model.n_vocab()).enumerate() {
                 let mut idx: Vec<u32> = (0..row.len() as u32).collect();
                 let k = top.min(idx.len()).max(1);
-                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                    row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
+                });
                 idx.truncate(k);
                 idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
                 let top: Vec<(u32, f32)> = idx.iter().map(|&i| (i, row[i as usize])).collect();
@@ -221,12 +226,18 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
     let bar = progress::prompt_bar(prompt.len());
     let mut logits = Vec::new();
-    model.forward_chunked(&mut kv, &prompt, LogitsFor::Last, colloquy_engine::model::UBATCH, &mut logits, &mut |d, _| {
-        bar.set_position(d as u64)
-    })?;
+    model.forward_chunked(
+        &mut kv,
+        &prompt,
+        LogitsFor::Last,
+        colloquy_engine::model::UBATCH,
+        &mut logits,
+        &mut |d, _| bar.set_position(d as u64),
+    )?;
     bar.finish_and_clear();
     let t_prompt = t0.elapsed();
-    let mut sampler = Sampler::new(SamplerParams { temperature: args.temperature, seed: args.seed, ..Default::default() });
+    let mut sampler =
+        Sampler::new(SamplerParams { temperature: args.temperature, seed: args.seed, ..Default::default() });
     let mut history = prompt.clone();
     let mut stream = colloquy_engine::tokenizer::Utf8Stream::new();
     let stdout = std::io::stdout();

@@ -124,7 +124,8 @@ async fn turn(
 ) -> Result<(String, Value), Reply> {
     let answer = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&answer);
-    let on_token = Box::new(move |piece: String| sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&piece));
+    let on_token =
+        Box::new(move |piece: String| sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&piece));
     llm.add_messages_with_callback(session, messages, p, on_token)
         .await
         .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;

@@ -35,7 +35,8 @@ fn resumed_turn_equals_uninterrupted_and_reads_only_the_new_message() {
     let llm = rt
         .block_on(Llama::builder().with_threads(2).with_progress(false).build())
         .expect("default model loads");
-    let chat = llm.chat().with_sampler(GenerationParameters::new().with_temperature(0.0).with_max_length(MAX));
+    let chat =
+        llm.chat().with_sampler(GenerationParameters::new().with_temperature(0.0).with_max_length(MAX));
     let mut answers = Vec::new();
     let mut turn3 = None;
     for t in TURNS {

@@ -149,7 +149,15 @@ enum Rows<'a> {
 }
 
 /// One query position, one KV head, and query heads that share it.
-fn attend_one(s: &mut Scratch, spec: &AttentionSpec, rows: &Rows<'_>, pos: usize, g: usize, q: &[f32], out: &mut [f32]) {
+fn attend_one(
+    s: &mut Scratch,
+    spec: &AttentionSpec,
+    rows: &Rows<'_>,
+    pos: usize,
+    g: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
     let hd = spec.head_dim;
     // The query heads of this task (all or some of KV head g's group).
     let group = q.len() / hd;

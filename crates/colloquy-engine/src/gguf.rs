@@ -211,10 +211,8 @@ impl Gguf {
         let mut tensors = Vec::with_capacity(raw.len());
         let mut by_name = HashMap::with_capacity(raw.len());
         for (name, dims, type_id, rel) in raw {
-            let ty = GgmlType::from_id(type_id).ok_or_else(|| Error::UnknownTensorType {
-                tensor: name.clone(),
-                type_id,
-            })?;
+            let ty = GgmlType::from_id(type_id)
+                .ok_or_else(|| Error::UnknownTensorType { tensor: name.clone(), type_id })?;
             let elements = dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -273,7 +271,11 @@ impl Gguf {
         if let Backing::Mmap(m) = &self.bytes {
             // SAFETY: as in `release_pages`; memmap2 aligns the range to pages.
             let _ = unsafe {
-                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset as usize, info.size as usize)
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    info.offset as usize,
+                    info.size as usize,
+                )
             };
         }
     }

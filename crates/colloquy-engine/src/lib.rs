@@ -1,12 +1,11 @@
 //! colloquy's inference engine.
 
+pub mod arch;
+pub mod attention;
 pub mod error;
 pub mod fetch;
 pub mod gguf;
 pub mod kernels;
-pub mod tokenizer;
-pub mod arch;
-pub mod attention;
 pub mod kv;
 pub mod linear;
 pub mod model;
@@ -14,5 +13,6 @@ pub mod pool;
 pub mod prefix;
 pub mod runtime;
 pub mod sampler;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -92,15 +92,7 @@ impl Model {
                 rt.kv_dtype()
             )));
         }
-        Ok(Model {
-            path,
-            gguf,
-            arch,
-            tokenizer,
-            rt: Mutex::new(rt),
-            n_ctx,
-            precision: opts.precision,
-        })
+        Ok(Model { path, gguf, arch, tokenizer, rt: Mutex::new(rt), n_ctx, precision: opts.precision })
     }
 
     /// The file the model was loaded from.

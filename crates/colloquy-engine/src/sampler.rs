@@ -222,7 +222,13 @@ mod tests {
     #[test]
     fn same_seed_same_tokens_different_seed_differs() {
         let run = |seed| {
-            let mut s = Sampler::new(SamplerParams { seed, top_k: 0, min_p: 0.0, temperature: 2.0, ..Default::default() });
+            let mut s = Sampler::new(SamplerParams {
+                seed,
+                top_k: 0,
+                min_p: 0.0,
+                temperature: 2.0,
+                ..Default::default()
+            });
             (0..50).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
@@ -254,13 +260,20 @@ mod tests {
 
     #[test]
     fn repetition_penalty_demotes_recent_tokens() {
-        let mut s = Sampler::new(SamplerParams { temperature: 0.0, repetition_penalty: 10.0, ..Default::default() });
+        let mut s =
+            Sampler::new(SamplerParams { temperature: 0.0, repetition_penalty: 10.0, ..Default::default() });
         assert_eq!(s.sample(&mut [1.0, 5.0, 4.0], &[1]), 2);
     }
 
     #[test]
     fn min_p_filters_unlikely_tokens() {
-        let mut s = Sampler::new(SamplerParams { min_p: 0.5, top_k: 0, top_p: 1.0, temperature: 1.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            min_p: 0.5,
+            top_k: 0,
+            top_p: 1.0,
+            temperature: 1.0,
+            ..Default::default()
+        });
         for _ in 0..50 {
             let t = s.sample(&mut [10.0, 9.9, 0.0, -5.0], &[]);
             assert!(t < 2);

@@ -10,7 +10,8 @@ use common::*;
 
 /// A 300-token prompt: the long summarization case, cut.
 fn prompt() -> Vec<u32> {
-    let case = logits_cases(SMOLLM2, "logits.json").into_iter().find(|c| c.name == "chat_long_summary").unwrap();
+    let case =
+        logits_cases(SMOLLM2, "logits.json").into_iter().find(|c| c.name == "chat_long_summary").unwrap();
     assert!(case.prompt_ids.len() >= 300);
     case.prompt_ids[..300].to_vec()
 }

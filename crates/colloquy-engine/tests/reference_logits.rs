@@ -38,7 +38,10 @@ fn check_record(
             st.sum_abs += d as f64;
             st.max_abs = st.max_abs.max(d);
             if d > tol {
-                failures.push(format!("{name} pos {pos} id {id}: ours {} ref {want} (|d| {d})", row[id as usize]));
+                failures.push(format!(
+                    "{name} pos {pos} id {id}: ours {} ref {want} (|d| {d})",
+                    row[id as usize]
+                ));
             }
             let dl = ((row[id as usize] - lse) - (want - rec.logsumexp)).abs();
             if dl > tol {
@@ -73,7 +76,8 @@ fn check(dir: &str, file: &str, precision: Precision, tol: f32, mean_tol: f64, m
         let n_vocab = model.n_vocab();
         let mut best: Option<Vec<String>> = None;
         for (label, records) in [("batched", &case.batched), ("sequential", &case.sequential)] {
-            let (mut f, st) = check_record(&case.name, &case, records, &logits, n_vocab, tol, margin_for_argmax);
+            let (mut f, st) =
+                check_record(&case.name, &case, records, &logits, n_vocab, tol, margin_for_argmax);
             let mean = st.sum_abs / st.compared as f64;
             eprintln!(
                 "{:<22} {precision:?} vs {label:<10}: {} values, mean |d| {mean:.2e}, max |d| {:.2e}",
@@ -92,7 +96,11 @@ fn check(dir: &str, file: &str, precision: Precision, tol: f32, mean_tol: f64, m
 }
 
 fn dir_model(dir: &str) -> &'static str {
-    if dir == SMOLLM2 { "smollm2" } else { "gemma3" }
+    if dir == SMOLLM2 {
+        "smollm2"
+    } else {
+        "gemma3"
+    }
 }
 
 #[test]

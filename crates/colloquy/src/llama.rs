@@ -316,10 +316,18 @@ impl LlamaBuilder {
                 }
             })
             .map_err(|e| Error::Engine(colloquy_engine::Error::io("worker thread", e)))?;
-        let prefix = Mutex::new(PrefixCache::new(self.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES)));
+        let prefix =
+            Mutex::new(PrefixCache::new(self.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES)));
         let progress = self.progress.unwrap_or(true);
-        let inner =
-            Inner { model, template, fingerprint, policy: self.policy, progress, prefix, jobs: Mutex::new(jobs) };
+        let inner = Inner {
+            model,
+            template,
+            fingerprint,
+            policy: self.policy,
+            progress,
+            prefix,
+            jobs: Mutex::new(jobs),
+        };
         Ok(Llama { inner: Arc::new(inner) })
     }
 }
@@ -467,7 +475,12 @@ impl Llama {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inner)));
             let _ = tx.send(r.unwrap_or(Err(Error::WorkerStopped)));
         });
-        self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|_| Error::WorkerStopped)?;
+        self.inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| Error::WorkerStopped)?;
         rx.await.map_err(|_| Error::WorkerStopped)?
     }
 }

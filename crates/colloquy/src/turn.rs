@@ -81,8 +81,11 @@ pub(crate) fn run(
             break tokens;
         }
         if inner.policy == ContextPolicy::Error || !drop_oldest(&mut conversation) {
-            return Err(colloquy_engine::Error::ContextOverflow { needed: tokens.len() + 1, n_ctx: model.n_ctx() }
-                .into());
+            return Err(colloquy_engine::Error::ContextOverflow {
+                needed: tokens.len() + 1,
+                n_ctx: model.n_ctx(),
+            }
+            .into());
         }
     };
 
@@ -97,9 +100,14 @@ pub(crate) fn run(
     st.tokens.extend_from_slice(&prompt[..common]);
     let mut logits = Vec::new();
     let bar = prompt_bar(inner.progress, prompt.len() - common);
-    model.forward_chunked(&mut st.kv, &prompt[common..], LogitsFor::Last, UBATCH, &mut logits, &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    model.forward_chunked(
+        &mut st.kv,
+        &prompt[common..],
+        LogitsFor::Last,
+        UBATCH,
+        &mut logits,
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
     bar.finish_and_clear();
     st.tokens.extend_from_slice(&prompt[common..]);
 

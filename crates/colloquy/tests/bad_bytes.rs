@@ -90,7 +90,12 @@ fn session_from_a_model_with_one_changed_weight_is_refused() {
     // leaves the session as it was.
     let mut session = LlamaChatSession::from_bytes(&bytes).unwrap();
     let before = session.tokens();
-    let r = block_on(other.add_messages_with_callback(&mut session, &[user("Hello")], greedy(4), Box::new(|_| {})));
+    let r = block_on(other.add_messages_with_callback(
+        &mut session,
+        &[user("Hello")],
+        greedy(4),
+        Box::new(|_| {}),
+    ));
     assert!(matches!(r, Err(Error::SessionModelMismatch { .. })), "got {r:?}");
     assert_eq!(session.tokens(), before);
     // The right model still takes it.

@@ -39,9 +39,6 @@ fn error_policy_reports_overflow() {
     let mut s = llm.new_chat_session().unwrap();
     let long = "word ".repeat(200);
     let r = block_on(llm.add_messages_with_callback(&mut s, &[user(&long)], greedy(4), Box::new(|_| {})));
-    assert!(
-        matches!(r, Err(Error::Engine(colloquy::engine::Error::ContextOverflow { .. }))),
-        "got {r:?}"
-    );
+    assert!(matches!(r, Err(Error::Engine(colloquy::engine::Error::ContextOverflow { .. }))), "got {r:?}");
     assert_eq!(s.token_count(), 0, "a failed turn must not change the session");
 }

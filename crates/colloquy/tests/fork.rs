@@ -24,7 +24,9 @@ fn forks_are_independent_and_exact() {
     assert_eq!(base.transcript(), base_history);
 
     // Each branch equals a fresh session fed the same messages.
-    for (branch, question, answer) in [(&a, "Which one is red?", &answer_a), (&b, "Which one is yellow?", &answer_b)] {
+    for (branch, question, answer) in
+        [(&a, "Which one is red?", &answer_a), (&b, "Which one is yellow?", &answer_b)]
+    {
         let mut fresh = llm.new_chat_session().unwrap();
         let msgs = [
             user("Name three fruits."),

@@ -15,7 +15,8 @@ fn long_gemma_session_resumes_and_forks_exactly() {
         .with_progress(false)
         .build_blocking()
         .expect("gemma3 loads");
-    let story = "The lighthouse keeper wrote down every ship that passed, the weather, and the colour of the sea. ";
+    let story =
+        "The lighthouse keeper wrote down every ship that passed, the weather, and the colour of the sea. ";
     let long = story.repeat(76);
     let mut session = llm.new_chat_session().unwrap();
     ask(&llm, &mut session, &format!("{long}\nWhat did the keeper write down?"), 16);

@@ -25,7 +25,12 @@ fn second_session_reuses_blocks_and_answers_the_same() {
     assert_eq!(first.tokens(), second.tokens());
 
     // The same turn on a model without a prefix cache.
-    let plain = Llama::builder().with_threads(2).with_progress(false).with_prefix_cache_bytes(0).build_blocking().unwrap();
+    let plain = Llama::builder()
+        .with_threads(2)
+        .with_progress(false)
+        .with_prefix_cache_bytes(0)
+        .build_blocking()
+        .unwrap();
     let mut cold = plain.new_chat_session().unwrap();
     let c = ask_messages(&plain, &mut cold, &msgs, 24);
     assert_eq!(cold.last_turn().unwrap().reused_tokens, 0);

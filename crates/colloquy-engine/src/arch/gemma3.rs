@@ -359,7 +359,6 @@ impl Architecture for Gemma3 {
     }
 }
 
-
 /// GeGLU with ggml's stock GELU (`GGML_GELU_FP16`): the input is rounded to
 /// f16 and the tanh-GELU of that value, rounded to f16, is what a 65536-entry
 /// table would hold; inputs at or beyond ±10 bypass the table (0 and `x`).

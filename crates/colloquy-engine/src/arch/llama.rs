@@ -509,4 +509,3 @@ impl Architecture for Llama {
         Ok(())
     }
 }
-

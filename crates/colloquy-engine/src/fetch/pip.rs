@@ -30,21 +30,14 @@ impl Launcher {
                 vec!["pip".into()],
             ],
         };
-        Launcher {
-            candidates,
-            chosen: None,
-        }
+        Launcher { candidates, chosen: None }
     }
 
     /// Downloads the wheel for `package` (a requirement spec) into `dest`, without dependencies.
     pub(super) fn download(&mut self, package: &str, dest: &Path) -> Result<()> {
         let mut tried = Vec::new();
         let start = self.chosen.unwrap_or(0);
-        let end = if self.chosen.is_some() {
-            start + 1
-        } else {
-            self.candidates.len()
-        };
+        let end = if self.chosen.is_some() { start + 1 } else { self.candidates.len() };
         for i in start..end {
             let cmd = &self.candidates[i];
             let shown = show(cmd);
@@ -55,22 +48,14 @@ impl Launcher {
             let output = Command::new(program)
                 .args(pre_args)
                 .args(["download", "--no-deps", "--only-binary", ":all:"])
-                .args([
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--quiet",
-                    "--dest",
-                ])
+                .args(["--disable-pip-version-check", "--no-input", "--quiet", "--dest"])
                 .arg(dest)
                 .arg(package)
                 .stdin(Stdio::null())
                 .output();
             let output = match output {
                 Ok(o) => o,
-                Err(e)
-                    if e.kind() == ErrorKind::NotFound
-                        || e.kind() == ErrorKind::PermissionDenied =>
-                {
+                Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::PermissionDenied => {
                     tried.push(format!("`{shown}`: {e}"));
                     continue;
                 }
@@ -93,10 +78,7 @@ impl Launcher {
             if text.is_empty() {
                 text = format!("`{shown} download` exited with {}", output.status);
             }
-            return Err(Error::PipFailed {
-                package: package.to_string(),
-                stderr: text,
-            });
+            return Err(Error::PipFailed { package: package.to_string(), stderr: text });
         }
         Err(Error::PipMissing(format!("tried {}", tried.join("; "))))
     }
@@ -109,10 +91,7 @@ fn pip_module_missing(stderr: &str) -> bool {
 
 /// The command as a user would type it.
 fn show(cmd: &[OsString]) -> String {
-    cmd.iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    cmd.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 /// The last lines of `text`, trimmed, at most [`STDERR_TAIL_CHARS`] characters.

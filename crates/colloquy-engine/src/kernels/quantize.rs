@@ -272,7 +272,10 @@ mod tests {
         }
         for v in vals {
             let (a, b) = (round_away(v), v.round());
-            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) || (a == 0.0 && b == 0.0), "{v}: {a} vs {b}");
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) || (a == 0.0 && b == 0.0),
+                "{v}: {a} vs {b}"
+            );
         }
     }
 

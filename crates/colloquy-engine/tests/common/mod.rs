@@ -14,8 +14,9 @@ pub const GEMMA3: &str = "gemma-3-270m-q4_k_m";
 /// The path of a known model, fetched into the cache if it is not there yet.
 pub fn model_path(name: &str) -> PathBuf {
     let opts = PullOptions { progress: false, ..PullOptions::default() };
-    fetch::resolve_model(name, &opts)
-        .unwrap_or_else(|e| panic!("model {name} is not available ({e}); run `cargo run -p colloquy-cli -- pull {name}`"))
+    fetch::resolve_model(name, &opts).unwrap_or_else(|e| {
+        panic!("model {name} is not available ({e}); run `cargo run -p colloquy-cli -- pull {name}`")
+    })
 }
 
 pub fn load(name: &str, precision: Precision, threads: usize) -> Model {
