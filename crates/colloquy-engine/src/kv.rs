@@ -129,6 +129,12 @@ impl KvData {
 
     /// Appends the stored bytes of elements `range` (little-endian).
     pub fn encode_range(&self, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+        #[cfg(target_endian = "little")]
+        {
+            // In memory the values already are their little-endian bytes: copy them whole.
+            out.extend_from_slice(self.range_bytes(range));
+        }
+        #[cfg(not(target_endian = "little"))]
         match self {
             KvData::F16(d) => d[range].iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
             KvData::F32(d) => d[range].iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
@@ -139,6 +145,13 @@ impl KvData {
     /// Overwrites elements `range` from bytes made by [`encode_range`](Self::encode_range).
     /// `bytes` must hold exactly the range's size.
     pub fn decode_range(&mut self, range: std::ops::Range<usize>, bytes: &[u8]) {
+        #[cfg(target_endian = "little")]
+        {
+            let dst = self.range_bytes_mut(range);
+            let n = dst.len().min(bytes.len());
+            dst[..n].copy_from_slice(&bytes[..n]);
+        }
+        #[cfg(not(target_endian = "little"))]
         match self {
             KvData::F16(d) => {
                 for (o, c) in d[range].iter_mut().zip(bytes.chunks_exact(2)) {
@@ -151,6 +164,42 @@ impl KvData {
                 }
             }
             KvData::Q8_0(d) => d[range.start / 32 * 34..range.end / 32 * 34].copy_from_slice(bytes),
+        }
+    }
+
+    /// The stored bytes of elements `range` (native byte order).
+    #[cfg(target_endian = "little")]
+    fn range_bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        match self {
+            // SAFETY: f16 and f32 are plain old data; viewing them as bytes is
+            // always valid, and the length covers exactly the borrowed elements.
+            KvData::F16(d) => {
+                let s = &d[range];
+                unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() * 2) }
+            }
+            KvData::F32(d) => {
+                let s = &d[range];
+                unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), s.len() * 4) }
+            }
+            KvData::Q8_0(d) => &d[range.start / 32 * 34..range.end / 32 * 34],
+        }
+    }
+
+    /// Mutable bytes of elements `range`.
+    #[cfg(target_endian = "little")]
+    fn range_bytes_mut(&mut self, range: std::ops::Range<usize>) -> &mut [u8] {
+        match self {
+            // SAFETY: every bit pattern is a valid f16 or f32, so any bytes may be
+            // written; the length covers exactly the borrowed elements.
+            KvData::F16(d) => {
+                let s = &mut d[range];
+                unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), s.len() * 2) }
+            }
+            KvData::F32(d) => {
+                let s = &mut d[range];
+                unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), s.len() * 4) }
+            }
+            KvData::Q8_0(d) => &mut d[range.start / 32 * 34..range.end / 32 * 34],
         }
     }
 

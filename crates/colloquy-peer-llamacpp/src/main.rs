@@ -13,6 +13,15 @@
 //! is cleared before each. The context uses an f16 KV cache and no flash attention, as
 //! llama-bench does by default.
 //!
+//! With `--sessions` it measures instead llama.cpp's equivalents of `colloquy bench-sessions`:
+//!
+//! - `load`: a 1,046-token state saved with `llama_state_save_file`, then loaded with
+//!   `llama_state_load_file` into a second context (median of 20) vs re-processing the
+//!   tokens in one batch (median of 3);
+//! - `save_full`: `llama_state_save_file` of a 4,068-token context (median of 5; file size);
+//! - `fork`: `llama_memory_seq_cp` of a 4,038-token sequence 0 to sequence 1 in a unified
+//!   KV cache (metadata only, as colloquy's fork shares blocks), median of 200.
+//!
 //! This crate is a workspace member but not a default member, so plain `cargo build` and
 //! `cargo test` never compile llama.cpp. Build it with
 //! `cargo build --release -p colloquy-peer-llamacpp` (see BENCHMARKS.md for the flags that
@@ -64,6 +73,10 @@ struct Cli {
     /// Keep llama.cpp's own log on stderr.
     #[arg(long)]
     verbose: bool,
+    /// Measure llama.cpp's equivalents of colloquy's session operations (state file load vs
+    /// re-processing, full state save, in-context sequence copy) instead of throughput.
+    #[arg(long)]
+    sessions: bool,
 }
 
 fn main() {
@@ -206,6 +219,10 @@ fn run(cli: Cli) -> Result<()> {
     let rss_load = peak_rss_mb();
 
     let threads = i32::try_from(cli.threads).context("--threads is too large")?;
+    if cli.sessions {
+        println!("{}", serde_json::json!({"test": "system_info", "llama_cpp": system_info}));
+        return run_sessions(&backend, &model, threads);
+    }
     let n_ctx = cli.n_prompt.max(cli.depth + cli.n_gen).max(1);
     // >= P so that ppP is one batch; depth prefill (untimed) uses chunks of it.
     let n_batch = cli.n_prompt.max(cli.depth.min(512)).max(1);
@@ -263,6 +280,180 @@ fn run(cli: Cli) -> Result<()> {
     }
     println!("{}", serde_json::json!({"test": "rss_load_mb", "threads": cli.threads, "mb": rss_load}));
     println!("{}", serde_json::json!({"test": "rss_peak_mb", "threads": cli.threads, "mb": peak_rss_mb()}));
+    Ok(())
+}
+
+/// Tokens of the `load` test (the session colloquy's bench-sessions loads).
+const LOAD_TOKENS: usize = 1046;
+/// Tokens of the `save_full` test (colloquy's session after one more turn).
+const SAVE_TOKENS: usize = 4068;
+/// Tokens of the `fork` test.
+const FORK_TOKENS: usize = 4038;
+/// Chunk size of untimed prefills.
+const PREFILL_CHUNK: usize = 512;
+
+/// A context for the session tests: f16 KV, no flash attention, as the throughput tests.
+fn session_params(n_ctx: usize, n_batch: usize, threads: i32) -> Result<LlamaContextParams> {
+    let n_ctx32 = u32::try_from(n_ctx).context("context too large")?;
+    let n_batch32 = u32::try_from(n_batch).context("batch too large")?;
+    Ok(LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx32))
+        .with_n_batch(n_batch32)
+        .with_n_ubatch(n_batch32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_type_k(KvCacheType::F16)
+        .with_type_v(KvCacheType::F16)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED))
+}
+
+/// Decodes `tokens` into an emptied KV cache (sequence 0), in chunks of at most `chunk`.
+fn prefill(ctx: &mut LlamaContext<'_>, tokens: &[LlamaToken], chunk: usize) -> Result<()> {
+    ctx.clear_kv_cache();
+    for c in tokens.chunks(chunk) {
+        decode(ctx, c)?;
+    }
+    ctx.synchronize();
+    Ok(())
+}
+
+/// Median of a sample.
+fn median(xs: &[f64]) -> f64 {
+    median_stddev(xs).0
+}
+
+/// Removes a file when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `--sessions`: llama.cpp's equivalents of `colloquy bench-sessions`, as JSON lines.
+fn run_sessions(backend: &LlamaBackend, model: &LlamaModel, threads: i32) -> Result<()> {
+    let n_vocab = usize::try_from(model.n_vocab()).context("bad vocabulary size")?;
+    let tokens: Vec<LlamaToken> = bench_tokens(SAVE_TOKENS.max(FORK_TOKENS), n_vocab, PROMPT_SEED)
+        .into_iter()
+        .map(|t| Ok(LlamaToken(i32::try_from(t).context("token id out of range")?)))
+        .collect::<Result<_>>()?;
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+
+    // load: state file of LOAD_TOKENS tokens vs re-processing them in one batch.
+    {
+        let toks = &tokens[..LOAD_TOKENS];
+        let params = || session_params(LOAD_TOKENS, LOAD_TOKENS, threads);
+        let mut ctx = model.new_context(backend, params()?).context("creating a context")?;
+        let file = TempFile(dir.join(format!("colloquy-peer-llamacpp-{pid}-load.state")));
+        prefill(&mut ctx, toks, LOAD_TOKENS)?;
+        ctx.state_save_file(&file.0, toks).context("llama_state_save_file failed")?;
+        let mut fresh = model.new_context(backend, params()?).context("creating a context")?;
+        let mut load_ms = Vec::new();
+        for rep in 0..=20 {
+            fresh.clear_kv_cache();
+            let t0 = Instant::now();
+            let got = fresh.state_load_file(&file.0, LOAD_TOKENS).context("llama_state_load_file failed")?;
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            if got.len() != LOAD_TOKENS {
+                bail!("state_load_file returned {} tokens, not {LOAD_TOKENS}", got.len());
+            }
+            if rep > 0 {
+                load_ms.push(ms); // rep 0 is a warm-up
+            }
+        }
+        let mut reprocess_ms = Vec::new();
+        for rep in 0..=3 {
+            ctx.clear_kv_cache();
+            let t0 = Instant::now();
+            decode(&mut ctx, toks)?;
+            ctx.synchronize();
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            if rep > 0 {
+                reprocess_ms.push(ms);
+            }
+        }
+        let bytes = std::fs::metadata(&file.0).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{}",
+            serde_json::json!({
+                "test": "load",
+                "tokens": LOAD_TOKENS,
+                "threads": threads,
+                "load_ms": median(&load_ms),
+                "reprocess_ms": median(&reprocess_ms),
+                "bytes": bytes,
+                "load_samples_ms": load_ms,
+                "reprocess_samples_ms": reprocess_ms,
+            })
+        );
+    }
+
+    // save_full: the whole state of a SAVE_TOKENS-token context.
+    {
+        let toks = &tokens[..SAVE_TOKENS];
+        let mut ctx = model
+            .new_context(backend, session_params(SAVE_TOKENS, PREFILL_CHUNK, threads)?)
+            .context("creating a context")?;
+        prefill(&mut ctx, toks, PREFILL_CHUNK)?;
+        let file = TempFile(dir.join(format!("colloquy-peer-llamacpp-{pid}-save.state")));
+        let mut save_ms = Vec::new();
+        for rep in 0..=5 {
+            let _ = std::fs::remove_file(&file.0);
+            let t0 = Instant::now();
+            ctx.state_save_file(&file.0, toks).context("llama_state_save_file failed")?;
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            if rep > 0 {
+                save_ms.push(ms);
+            }
+        }
+        let bytes = std::fs::metadata(&file.0).map(|m| m.len()).context("stat of the state file")?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "test": "save_full",
+                "tokens": SAVE_TOKENS,
+                "ms": median(&save_ms),
+                "bytes": bytes,
+                "samples_ms": save_ms,
+            })
+        );
+    }
+
+    // fork: llama_memory_seq_cp of sequence 0 to 1 in a unified KV cache (the copy only
+    // tags the cells with sequence 1; with per-sequence streams it would copy the buffers
+    // at the next decode instead).
+    {
+        let toks = &tokens[..FORK_TOKENS];
+        let params =
+            session_params(FORK_TOKENS, PREFILL_CHUNK, threads)?.with_n_seq_max(2).with_kv_unified(true);
+        let mut ctx = model.new_context(backend, params).context("creating a context")?;
+        prefill(&mut ctx, toks, PREFILL_CHUNK)?;
+        let mut us = Vec::new();
+        for rep in 0..=200 {
+            let t0 = Instant::now();
+            ctx.copy_kv_cache_seq(0, 1, None, None).context("llama_memory_seq_cp")?;
+            let t = t0.elapsed().as_secs_f64() * 1e6;
+            if ctx.kv_cache_seq_pos_max(1) != ctx.kv_cache_seq_pos_max(0) {
+                bail!("sequence 1 does not hold the copy");
+            }
+            ctx.kv_cache_seq_rm(1, None, None).context("llama_memory_seq_rm")?;
+            if rep > 0 {
+                us.push(t);
+            }
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "test": "fork",
+                "tokens": FORK_TOKENS,
+                "kv_unified": true,
+                "median_us": median(&us),
+                "max_us": us.iter().copied().fold(0.0, f64::max),
+            })
+        );
+    }
     Ok(())
 }
 
