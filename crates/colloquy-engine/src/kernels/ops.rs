@@ -103,24 +103,18 @@ pub fn rope_neox_cached(x: &mut [f32], cache: &[f32]) {
 /// llama-style RoPE of one head vector in place at position `pos`, rotating
 /// its first `n_rot` elements (even) and leaving the rest unchanged.
 pub fn rope_norm(x: &mut [f32], pos: usize, n_rot: usize, freq_base: f32, freq_scale: f32) {
-    // On the stack for usual head sizes: this runs per head per token.
-    let n = n_rot & !1;
-    let mut stack = [0.0f32; 512];
-    let mut heap = Vec::new();
-    let cache = if n <= stack.len() {
-        &mut stack[..n]
-    } else {
-        heap.resize(n, 0.0);
-        &mut heap[..]
-    };
-    rope_cache(pos, n, freq_base, freq_scale, cache);
-    rope_norm_cached(x, cache);
+    with_rope_cache(pos, n_rot, freq_base, freq_scale, |cache| rope_norm_cached(x, cache));
 }
 
 /// NeoX-style RoPE of one head vector in place at position `pos`, rotating
 /// its first `n_rot` elements (even) and leaving the rest unchanged.
 pub fn rope_neox(x: &mut [f32], pos: usize, n_rot: usize, freq_base: f32, freq_scale: f32) {
-    // On the stack for usual head sizes: this runs per head per token.
+    with_rope_cache(pos, n_rot, freq_base, freq_scale, |cache| rope_neox_cached(x, cache));
+}
+
+/// Builds the cos/sin cache for one position and hands it to `f`. The cache is
+/// on the stack for usual head sizes: this runs per head per token.
+fn with_rope_cache(pos: usize, n_rot: usize, freq_base: f32, freq_scale: f32, f: impl FnOnce(&[f32])) {
     let n = n_rot & !1;
     let mut stack = [0.0f32; 512];
     let mut heap = Vec::new();
@@ -131,7 +125,7 @@ pub fn rope_neox(x: &mut [f32], pos: usize, n_rot: usize, freq_base: f32, freq_s
         &mut heap[..]
     };
     rope_cache(pos, n, freq_base, freq_scale, cache);
-    rope_neox_cached(x, cache);
+    f(cache);
 }
 
 /// Softmax in place: subtract the max, exponentiate, sum in f64, scale by
