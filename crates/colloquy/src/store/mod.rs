@@ -43,6 +43,8 @@ use colloquy_engine::kv::{KvBlock, KvCache, BLOCK_TOKENS};
 use crate::error::{Error, Result};
 use crate::session::{Fingerprint, LlamaChatSession, SessionState};
 
+mod files;
+use files::{remove_old_temp_files, sync_dir, write_file};
 mod records;
 
 pub use records::{
@@ -225,70 +227,6 @@ pub fn validate_id(id: &str) -> Result<()> {
         return bad(&format!("{c:?} is not allowed (use ASCII letters, digits, '-', '_' and '.')"));
     }
     Ok(())
-}
-
-/// Writes `bytes` to `dir/name` through a synced temporary file in `dir` and a
-/// rename. The caller syncs `dir` afterwards.
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
-    let path = dir.join(name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(&path))
-}
-
-/// Syncs a folder, so that the renames and removals in it are durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        Ok(()) => Ok(()),
-        // Some platforms and file systems cannot sync a folder.
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported) => {
-            Ok(())
-        }
-        Err(e) if cfg!(windows) && e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
-        Err(e) => Err(io_err(dir)(e)),
-    }
-}
-
-/// A lock file of this process that is removed when dropped.
-struct LockFile(PathBuf);
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Whether a lock file was left by a process that is gone: its process is not
-/// running (where that can be checked), or it is older than [`GC_GRACE`]. A
-/// writer's lock names its process (`write-<pid>-<n>`); gc's holds it (a gc
-/// killed before writing it leaves an empty file, stale after a few seconds).
-fn is_stale(path: &Path) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else { return false };
-    let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
-    if age > GC_GRACE {
-        return true;
-    }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let pid = match name.strip_prefix("write-") {
-        Some(rest) => rest.split('-').next().and_then(|p| p.parse::<u32>().ok()),
-        None => std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u32>().ok()),
-    };
-    match pid {
-        Some(pid) if Path::new("/proc/self").exists() => !Path::new(&format!("/proc/{pid}")).exists(),
-        Some(_) => false,
-        None => age > Duration::from_secs(10),
-    }
 }
 
 impl SessionStore {
@@ -652,117 +590,4 @@ impl SessionStore {
         sync_dir(&self.sessions_dir())?;
         Ok(stats)
     }
-
-    fn lock_file(&self, name: &str, create_new: bool) -> std::io::Result<LockFile> {
-        let path = self.locks_dir().join(name);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true);
-        if create_new {
-            opts.create_new(true);
-        } else {
-            opts.create(true).truncate(true);
-        }
-        let mut f = opts.open(&path)?;
-        let guard = LockFile(path);
-        f.write_all(std::process::id().to_string().as_bytes())?;
-        Ok(guard)
-    }
-
-    /// Announces a write (a save or a fork) and waits while a gc runs.
-    ///
-    /// The protocol: a writer creates its own file in `locks/`, then checks
-    /// that `locks/gc` does not exist; gc creates `locks/gc`, then checks that
-    /// no writer's file exists. Each creates its file before looking for the
-    /// other's, so at least one of them sees the other, and backs off.
-    fn begin_write(&self) -> Result<LockFile> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let locks = self.locks_dir();
-        let start = std::time::Instant::now();
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mine = self
-                .lock_file(&format!("write-{}-{n}", std::process::id()), false)
-                .map_err(io_err(&locks))?;
-            let gc = locks.join("gc");
-            if !gc.exists() {
-                return Ok(mine);
-            }
-            drop(mine);
-            if is_stale(&gc) {
-                let _ = std::fs::remove_file(&gc);
-                continue;
-            }
-            if start.elapsed() > LOCK_WAIT {
-                return Err(Error::StoreBusy(format!("a gc of {} has not finished", self.dir.display())));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Takes `locks/gc`, then waits until no write is in progress (see
-    /// [`begin_write`](Self::begin_write)). Holding `locks/gc` keeps new writes
-    /// from starting, so the wait ends.
-    fn begin_gc(&self) -> Result<LockFile> {
-        let locks = self.locks_dir();
-        let start = std::time::Instant::now();
-        let busy = |what: &str| Error::StoreBusy(format!("{what} in {}", self.dir.display()));
-        let gc = loop {
-            match self.lock_file("gc", true) {
-                Ok(gc) => break gc,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let path = locks.join("gc");
-                    if is_stale(&path) {
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
-                    if start.elapsed() > LOCK_WAIT {
-                        return Err(busy("another gc is running"));
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(io_err(&locks)(e)),
-            }
-        };
-        loop {
-            let mut writing = false;
-            for entry in std::fs::read_dir(&locks).map_err(io_err(&locks))? {
-                let entry = entry.map_err(io_err(&locks))?;
-                if entry.file_name().to_str().is_some_and(|n| n.starts_with("write-")) {
-                    if is_stale(&entry.path()) {
-                        let _ = std::fs::remove_file(entry.path());
-                    } else {
-                        writing = true;
-                    }
-                }
-            }
-            if !writing {
-                return Ok(gc);
-            }
-            if start.elapsed() > LOCK_WAIT {
-                return Err(busy("saves are in progress"));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-/// Removes `dir`'s temporary files older than [`GC_GRACE`].
-fn remove_old_temp_files(dir: &Path) -> Result<usize> {
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        if !entry.file_name().to_str().is_some_and(|s| s.starts_with(TMP_PREFIX)) {
-            continue;
-        }
-        let old = entry
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > GC_GRACE);
-        if old && std::fs::remove_file(entry.path()).is_ok() {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
