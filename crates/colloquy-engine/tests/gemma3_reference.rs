@@ -10,7 +10,6 @@ use colloquy_engine::arch::LogitsFor;
 use colloquy_engine::kv::{KvCache, KvData};
 use colloquy_engine::linear::Precision;
 use colloquy_engine::model::Model;
-use colloquy_engine::sampler::{Sampler, SamplerParams};
 use common::*;
 
 /// Logits `[positions][n_vocab]` for positions `from..tokens.len()` of a fresh
@@ -196,16 +195,7 @@ fn gemma3_greedy_matches_reference_until_first_near_tie() {
     let model = load("gemma3", Precision::Fast, 2);
     let (mut free, mut forced) = (0, 0);
     for case in logits_cases(GEMMA3, "logits.json") {
-        // The sequential record is the greedy run; stop where its margin drops under 1.0.
-        let n = case.sequential.iter().position(|r| r.margin() < 1.0).unwrap_or(case.sequential.len());
-        let n = n.min(case.generated_ids.len());
-        let mut kv = model.new_kv();
-        let logits = model.forward(&mut kv, &case.prompt_ids, LogitsFor::Last).unwrap();
-        let mut sampler = Sampler::new(SamplerParams { temperature: 0.0, ..Default::default() });
-        let mut history = case.prompt_ids.clone();
-        let got = model.generate(&mut kv, logits, &mut history, &mut sampler, n, &mut |_| true).unwrap();
-        assert_eq!(got[..n.min(got.len())], case.generated_ids[..n], "{}: greedy tokens differ", case.name);
-        assert_eq!(got.len(), n, "{}: stopped early", case.name);
+        let n = greedy_until_near_tie(&model, &case);
 
         // Teacher-forced decoding, one token at a time after the prompt.
         let n_prompt = case.prompt_ids.len();

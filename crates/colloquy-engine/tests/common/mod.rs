@@ -73,3 +73,22 @@ pub fn logsumexp(row: &[f32]) -> f32 {
 pub fn argmax(row: &[f32]) -> u32 {
     colloquy_engine::sampler::argmax(row)
 }
+
+/// Greedy generation from a case's prompt, compared with the reference greedy
+/// ids up to the first position whose `sequential` margin is under 1.0.
+/// Returns how many tokens were compared.
+pub fn greedy_until_near_tie(model: &Model, case: &LogitsCase) -> usize {
+    use colloquy_engine::arch::LogitsFor;
+    use colloquy_engine::sampler::{Sampler, SamplerParams};
+    // The sequential record is the greedy run; stop where its margin drops under 1.0.
+    let n = case.sequential.iter().position(|r| r.margin() < 1.0).unwrap_or(case.sequential.len());
+    let n = n.min(case.generated_ids.len());
+    let mut kv = model.new_kv();
+    let logits = model.forward(&mut kv, &case.prompt_ids, LogitsFor::Last).unwrap();
+    let mut sampler = Sampler::new(SamplerParams { temperature: 0.0, ..Default::default() });
+    let mut history = case.prompt_ids.clone();
+    let got = model.generate(&mut kv, logits, &mut history, &mut sampler, n, &mut |_| true).unwrap();
+    assert_eq!(got[..n.min(got.len())], case.generated_ids[..n], "{}: greedy tokens differ", case.name);
+    assert_eq!(got.len(), n, "{}: stopped early", case.name);
+    n
+}
