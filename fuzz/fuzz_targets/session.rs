@@ -1,16 +1,18 @@
 //! `ChatSession::from_bytes` on any input: a session or a typed error, never a
 //! panic. Half of the inputs get a valid preamble and checksum so that the
-//! fuzzer reaches the field parser behind the checksum.
+//! fuzzer reaches the field parser behind the checksum, as version 1 or the
+//! current version (the first input byte picks).
 #![no_main]
 
 use colloquy::language::*;
-use colloquy::session::format::{MAGIC, VERSION};
+use colloquy::session::format::{MAGIC, OLDEST_VERSION, VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = LlamaChatSession::from_bytes(data);
     let mut b = MAGIC.to_vec();
-    b.extend_from_slice(&VERSION.to_le_bytes());
+    let version = if data.first().is_some_and(|x| x & 1 == 1) { OLDEST_VERSION } else { VERSION };
+    b.extend_from_slice(&version.to_le_bytes());
     b.extend_from_slice(&((20 + data.len() + 8) as u64).to_le_bytes());
     b.extend_from_slice(data);
     let sum = xxhash_rust::xxh3::xxh3_64(&b);

@@ -4,12 +4,15 @@
 //! manifests, a valid length) so that the fuzzer reaches the field parsers.
 #![no_main]
 
-use colloquy::store::{decode_block, decode_manifest, BLOCK_MAGIC, MANIFEST_MAGIC, RECORD_VERSION};
+use colloquy::store::{
+    decode_block, decode_manifest, BLOCK_MAGIC, MANIFEST_MAGIC, MANIFEST_VERSION, RECORD_VERSION,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn wrap(magic: &[u8; 8], length: bool, data: &[u8]) -> Vec<u8> {
     let mut b = magic.to_vec();
-    b.extend_from_slice(&RECORD_VERSION.to_le_bytes());
+    let version = if length { MANIFEST_VERSION } else { RECORD_VERSION };
+    b.extend_from_slice(&version.to_le_bytes());
     if length {
         b.extend_from_slice(&((20 + data.len() + 8) as u64).to_le_bytes());
     }
@@ -28,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = decode_manifest(&wrap(MANIFEST_MAGIC, true, data)) {
         assert_eq!(m.blocks.len(), m.tokens.len().div_ceil(32));
+        assert!(m.window_blocks.iter().all(|&(b, _)| b < m.blocks.len()));
         let _ = m.transcript();
     }
 });

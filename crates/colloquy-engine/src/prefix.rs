@@ -6,6 +6,10 @@
 //! adopts those blocks instead of recomputing them. Because the kernels are
 //! batch-invariant, an adopted block holds exactly the bits a recomputation
 //! would produce, so a hit never changes the logits.
+//!
+//! With a sliding-window model, a block's window-lane part is kept when the
+//! sequence still held it. A lookup stops at the longest prefix after which
+//! the window is complete, since only there can a sequence continue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +35,9 @@ pub struct PrefixCacheStats {
 
 struct Entry {
     block: Arc<KvBlock>,
+    /// The block's window-lane part, when it was still held.
+    window: Option<Arc<KvBlock>>,
+    bytes: usize,
     tokens: Vec<u32>,
     parent: u128,
     last_used: u64,
@@ -43,7 +50,7 @@ struct Entry {
 /// use colloquy_engine::kv::{KvCache, KvDtype, KvLayout, BLOCK_TOKENS};
 /// use colloquy_engine::prefix::PrefixCache;
 ///
-/// let layout = KvLayout { n_layers: 1, n_kv_heads: 1, head_dim: 4, dtype: KvDtype::F16 };
+/// let layout = KvLayout::new(1, 1, 4, KvDtype::F16);
 /// let tokens: Vec<u32> = (0..40).collect();
 /// let mut a = KvCache::new(layout, 128);
 /// a.reserve(0, 40).unwrap();
@@ -107,20 +114,31 @@ impl PrefixCache {
             return;
         }
         let full = kv.len().min(tokens.len()) / BLOCK_TOKENS;
-        let block_bytes = BLOCK_TOKENS * kv.layout().bytes_per_token();
+        let global_bytes = BLOCK_TOKENS * kv.layout().lane(false).bytes_per_token();
+        let window_bytes = BLOCK_TOKENS * kv.layout().lane(true).bytes_per_token();
         for (b, (key, parent, toks)) in chain(&tokens[..full * BLOCK_TOKENS]).enumerate() {
             self.clock += 1;
+            let window = kv.window_blocks().get(b).cloned().flatten();
             match self.map.get_mut(&key) {
-                Some(e) => e.last_used = self.clock,
+                Some(e) => {
+                    e.last_used = self.clock;
+                    if e.window.is_none() && window.is_some() {
+                        e.window = window;
+                        e.bytes += window_bytes;
+                        self.bytes += window_bytes;
+                    }
+                }
                 None => {
                     let block = Arc::clone(&kv.blocks()[b]);
-                    let entry = Entry { block, tokens: toks.to_vec(), parent, last_used: self.clock };
+                    let bytes = global_bytes + if window.is_some() { window_bytes } else { 0 };
+                    let tokens = toks.to_vec();
+                    let entry = Entry { block, window, bytes, tokens, parent, last_used: self.clock };
                     self.map.insert(key, entry);
-                    self.bytes += block_bytes;
+                    self.bytes += bytes;
                 }
             }
         }
-        self.evict(block_bytes);
+        self.evict();
     }
 
     /// Adopts cached blocks into `kv` for `tokens`, starting at the block that
@@ -132,6 +150,8 @@ impl PrefixCache {
             return kv.len();
         }
         let first = kv.len() / BLOCK_TOKENS;
+        // The longest length reached from which the sequence can continue.
+        let mut resumable = kv.len();
         for (b, (key, parent, toks)) in chain(tokens).enumerate().skip(first) {
             if (b + 1) * BLOCK_TOKENS > limit {
                 break;
@@ -141,27 +161,31 @@ impl PrefixCache {
                 // Compare the tokens too: a key collision must never feed wrong state.
                 Some(e) if e.tokens == toks && e.parent == parent => {
                     e.last_used = self.clock;
-                    Some(Arc::clone(&e.block))
+                    Some((Arc::clone(&e.block), e.window.clone()))
                 }
                 _ => None,
             };
-            match found.filter(|blk| kv.attach_block(b, Arc::clone(blk)).is_ok()) {
-                Some(_) => self.stats.hits += 1,
+            match found.filter(|(blk, win)| kv.attach_block(b, Arc::clone(blk), win.clone()).is_ok()) {
+                Some(_) => {
+                    self.stats.hits += 1;
+                    if kv.can_resume_at(kv.len()) {
+                        resumable = kv.len();
+                    }
+                }
                 None => {
                     self.stats.misses += 1;
                     break;
                 }
             }
         }
-        kv.len()
+        kv.truncate(resumable)
     }
 
-    fn evict(&mut self, block_bytes: usize) {
+    fn evict(&mut self) {
         while self.bytes > self.budget && !self.map.is_empty() {
             let oldest = self.map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                self.map.remove(&k);
-                self.bytes -= block_bytes;
+            if let Some(e) = oldest.and_then(|k| self.map.remove(&k)) {
+                self.bytes -= e.bytes;
                 self.stats.evictions += 1;
             }
         }

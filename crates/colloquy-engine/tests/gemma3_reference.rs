@@ -7,7 +7,7 @@
 mod common;
 
 use colloquy_engine::arch::LogitsFor;
-use colloquy_engine::kv::{KvCache, KvData};
+use colloquy_engine::kv::{KvCache, KvData, BLOCK_TOKENS};
 use colloquy_engine::linear::Precision;
 use colloquy_engine::model::Model;
 use common::*;
@@ -123,10 +123,15 @@ fn gemma3_precise_path_matches_f32_reference() {
     check("logits-f32.json", Precision::Precise, 2e-3, 1e-4, None, 0.01);
 }
 
-/// The K/V cache contents as bits.
+/// The K/V cache contents as bits: the global lane, and the window-lane
+/// blocks that continuing needs (every run holds those; older ones depend on
+/// when each run dropped them).
 fn kv_bits(kv: &KvCache) -> Vec<u32> {
     let mut bits = Vec::new();
-    for b in kv.blocks() {
+    let window = kv.layout().window.expect("Gemma 3 has windowed layers").size;
+    let needed = (kv.len() + 1).saturating_sub(window) / BLOCK_TOKENS;
+    let held = kv.window_blocks()[needed..].iter().map(|b| b.as_ref().expect("a needed window block"));
+    for b in kv.blocks().iter().chain(held) {
         for data in [&b.k, &b.v] {
             match data {
                 KvData::F16(d) => bits.extend(d.iter().map(|x| u32::from(x.to_bits()))),

@@ -57,12 +57,13 @@ pub(crate) fn run(
             found: st.fingerprint.to_string(),
         });
     }
-    let fresh = model.new_kv();
-    if st.kv.layout() != fresh.layout() {
-        return Err(Error::SessionKvMismatch {
-            expected: format!("{:?}", fresh.layout()),
-            found: format!("{:?}", st.kv.layout()),
-        });
+    let fresh = *model.new_kv().layout();
+    if *st.kv.layout() != fresh {
+        // A session saved before windowed layers were kept apart holds every
+        // layer in one lane: split it (anything else is another cache shape).
+        let found = format!("{:?}", st.kv.layout());
+        st.kv = (st.kv.clone().into_layout(fresh))
+            .map_err(|_| Error::SessionKvMismatch { expected: format!("{fresh:?}"), found })?;
     }
     if st.kv.len() != st.tokens.len() {
         return Err(Error::SessionCorrupt("token count and KV length differ".into()));
@@ -93,7 +94,8 @@ pub(crate) fn run(
     // prompt token is run, for its logits.
     let mut common = st.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
     common = common.min(prompt.len() - 1);
-    st.kv.set_len(common);
+    // (With windowed layers, going back past the held window starts over.)
+    st.kv.truncate(common);
     // Blocks that another session of this model already computed are adopted.
     let common = inner.prefix().extend(&mut st.kv, &prompt, prompt.len() - 1);
     st.tokens.clear();
@@ -110,6 +112,9 @@ pub(crate) fn run(
     )?;
     bar.finish_and_clear();
     st.tokens.extend_from_slice(&prompt[common..]);
+    // Keep the window where the answer starts: the next turn may go back into
+    // the answer (if its text tokenizes differently) without starting over.
+    st.kv.set_rewind_point(Some(st.kv.len()));
 
     // Sample from the session's random stream (or a fresh one at the given seed).
     let rng = match params.seed {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use colloquy::language::*;
 use colloquy::store::{
-    decode_block, decode_manifest, RecordError, BLOCK_MAGIC, MANIFEST_MAGIC, RECORD_VERSION,
+    decode_block, decode_manifest, RecordError, BLOCK_MAGIC, MANIFEST_MAGIC, MANIFEST_VERSION, RECORD_VERSION,
 };
 use proptest::prelude::*;
 
@@ -364,7 +364,8 @@ fn concurrent_saves_and_gc_never_lose_a_referenced_block() {
 
 fn wrap(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
     let mut b = magic.to_vec();
-    b.extend_from_slice(&RECORD_VERSION.to_le_bytes());
+    let version = if magic == BLOCK_MAGIC { RECORD_VERSION } else { MANIFEST_VERSION };
+    b.extend_from_slice(&version.to_le_bytes());
     b.extend_from_slice(body);
     let sum = xxhash_rust::xxh3::xxh3_64(&b);
     b.extend_from_slice(&sum.to_le_bytes());
@@ -405,9 +406,10 @@ fn records_reject_truncation_and_trailing_bytes() {
         let mut longer = rec.clone();
         longer.push(0);
         assert!(decode(&longer).is_some());
-        let mut v2 = rec.clone();
-        v2[8] = 2;
-        assert_eq!(decode(&v2), Some(RecordError::UnsupportedVersion { found: 2, supported: 1 }));
+        let supported = if is_block { RECORD_VERSION } else { MANIFEST_VERSION };
+        let mut next = rec.clone();
+        next[8..12].copy_from_slice(&(supported + 1).to_le_bytes());
+        assert_eq!(decode(&next), Some(RecordError::UnsupportedVersion { found: supported + 1, supported }));
     }
 }
 

@@ -32,7 +32,7 @@ use crate::attention::AttentionSpec;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels;
-use crate::kv::{KvCache, KvLayout};
+use crate::kv::{KvCache, KvLayout, KvWindow};
 use crate::linear::{Linear, Precision};
 use crate::runtime::{fit, Runtime};
 
@@ -232,12 +232,11 @@ impl Architecture for Gemma3 {
     }
 
     fn kv_layout(&self, rt: &Runtime) -> KvLayout {
-        KvLayout {
-            n_layers: self.config.n_layers,
-            n_kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim,
-            dtype: rt.kv_dtype(),
-        }
+        let c = &self.config;
+        // Local layers keep only their window (past 128 layers, everything is kept).
+        let layers = (0..c.n_layers.min(128)).filter(|&l| c.is_local(l)).fold(0u128, |m, l| m | 1 << l);
+        let window = c.window.filter(|_| c.n_layers <= 128).map(|size| KvWindow { size, layers });
+        KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, rt.kv_dtype()).with_window(window)
     }
 
     fn forward(

@@ -372,12 +372,7 @@ impl Architecture for Llama {
     }
 
     fn kv_layout(&self, rt: &Runtime) -> KvLayout {
-        KvLayout {
-            n_layers: self.config.n_layers,
-            n_kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim,
-            dtype: rt.kv_dtype(),
-        }
+        KvLayout::new(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim, rt.kv_dtype())
     }
 
     fn forward(

@@ -1,21 +1,29 @@
-//! Session bytes, format v1 (documented in `docs/session-format.md`).
+//! Session bytes, format v2 (documented in `docs/session-format.md`).
 //!
 //! Layout, all integers little-endian:
 //!
 //! ```text
 //! magic "CLQYSESS" | version u32 | total_len u64 | fingerprint [16]
 //! layout: n_layers u32, n_kv_heads u32, head_dim u32, dtype u8, block_tokens u32
+//! window (v2): size u32 (0: none), layers u128 (bit l: layer l is windowed)
 //! tokens: count u32, ids u32 × count
 //! history: count u32, (role u8, len u32, utf8) × count
 //! pending answer: flag u8, (len u32, utf8)?
 //! rng: seed u64, word_pos u128
-//! kv: for each block, for each layer: K rows, then V rows, of the block's used positions
+//! kv, global lane: for each block, for each global layer: K rows, then V rows,
+//!     of the block's used positions
+//! kv, window lane (v2, only with a window): rewind point u32 (u32::MAX: none),
+//!     held count u32, block indices u32 × count (increasing), then the held
+//!     blocks' rows as above, for the windowed layers
 //! checksum: xxh3-64 of every byte before it, u64
 //! ```
+//!
+//! Version 1 (written before windowed layers were kept apart) has no window
+//! fields and stores every layer in the global lane; it is still read.
 
 use std::sync::Arc;
 
-use colloquy_engine::kv::{KvBlock, KvCache, KvDtype, KvLayout, BLOCK_TOKENS};
+use colloquy_engine::kv::{KvBlock, KvCache, KvDtype, KvLayout, KvWindow, BLOCK_TOKENS};
 use colloquy_engine::sampler::RngState;
 
 use super::{Fingerprint, SessionState};
@@ -24,8 +32,10 @@ use crate::message::{ChatMessage, MessageType};
 
 /// The first bytes of every session.
 pub const MAGIC: &[u8; 8] = b"CLQYSESS";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes (it also reads version 1).
+pub const VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// magic + version + total length.
 const PREAMBLE: usize = 8 + 4 + 8;
 const CHECKSUM: usize = 8;
@@ -49,6 +59,7 @@ pub(crate) fn encode(s: &SessionState) -> Vec<u8> {
 pub(crate) fn encode_meta(w: &mut Vec<u8>, s: &SessionState) {
     w.extend_from_slice(&s.fingerprint.0);
     encode_layout(w, s.kv.layout());
+    encode_window(w, s.kv.layout().window);
     put_u32(w, s.tokens.len() as u32);
     for &t in &s.tokens {
         put_u32(w, t);
@@ -78,10 +89,36 @@ pub(crate) fn encode_layout(w: &mut Vec<u8>, l: &KvLayout) {
     put_u32(w, BLOCK_TOKENS as u32);
 }
 
+/// The window fields: size u32 (0 when there is none), then the layer mask u128.
+fn encode_window(w: &mut Vec<u8>, window: Option<KvWindow>) {
+    let (size, layers) = window.map_or((0, 0), |w| (w.size as u32, w.layers));
+    put_u32(w, size);
+    w.extend_from_slice(&layers.to_le_bytes());
+}
+
+/// Positions of block `b` that a cache of `len` positions fills.
+pub(crate) fn used_in_block(len: usize, b: usize) -> usize {
+    (len - b * BLOCK_TOKENS).min(BLOCK_TOKENS)
+}
+
 fn encode_kv(w: &mut Vec<u8>, kv: &KvCache) {
+    let global = kv.layout().lane(false);
     for (b, block) in kv.blocks().iter().enumerate() {
-        let used = (kv.len() - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-        encode_block_rows(w, kv.layout(), block, used);
+        encode_block_rows(w, &global, block, used_in_block(kv.len(), b));
+    }
+    if kv.layout().window.is_none() {
+        return;
+    }
+    put_u32(w, kv.rewind_point().map_or(u32::MAX, |r| r as u32));
+    let held: Vec<(usize, &Arc<KvBlock>)> =
+        kv.window_blocks().iter().enumerate().filter_map(|(b, x)| Some((b, x.as_ref()?))).collect();
+    put_u32(w, held.len() as u32);
+    for (b, _) in &held {
+        put_u32(w, *b as u32);
+    }
+    let local = kv.layout().lane(true);
+    for (b, block) in held {
+        encode_block_rows(w, &local, block, used_in_block(kv.len(), b));
     }
 }
 
@@ -107,7 +144,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SessionState> {
         return Err(Error::SessionBadMagic);
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(Error::SessionUnsupportedVersion { found: version, supported: VERSION });
     }
     let mut total = [0u8; 8];
@@ -127,7 +164,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SessionState> {
         return Err(Error::SessionChecksum);
     }
     let mut r = Reader { b: body, pos: PREAMBLE };
-    let m = decode_meta(&mut r)?;
+    let m = decode_meta(&mut r, version >= 2)?;
     let kv = decode_kv(&mut r, m.layout, m.tokens.len())?;
     if r.pos != body.len() {
         return Err(corrupt("trailing bytes after the KV data"));
@@ -153,11 +190,15 @@ pub(crate) struct Meta {
     pub rng: RngState,
 }
 
-/// Reads what [`encode_meta`] writes.
-pub(crate) fn decode_meta(r: &mut Reader<'_>) -> Result<Meta> {
+/// Reads what [`encode_meta`] writes (`window`: whether the window fields are
+/// there, as from version 2 on).
+pub(crate) fn decode_meta(r: &mut Reader<'_>, window: bool) -> Result<Meta> {
     let mut fp = [0u8; 16];
     fp.copy_from_slice(r.take(16)?);
-    let layout = decode_layout(r)?;
+    let mut layout = decode_layout(r)?;
+    if window {
+        layout = decode_window(r, layout)?;
+    }
     let n_tokens = r.count(4)?;
     let tokens = (0..n_tokens).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
     let n_msgs = r.count(5)?;
@@ -188,11 +229,25 @@ pub(crate) fn decode_layout(r: &mut Reader<'_>) -> Result<KvLayout> {
     if r.u32()? as usize != BLOCK_TOKENS {
         return Err(corrupt("KV block size differs from this build's"));
     }
-    let layout = KvLayout { n_layers, n_kv_heads, head_dim, dtype };
+    let layout = KvLayout::new(n_layers, n_kv_heads, head_dim, dtype);
     if !layout.is_valid() {
         return Err(corrupt("KV heads do not fit the storage type's blocks"));
     }
     Ok(layout)
+}
+
+/// Reads what [`encode_window`] writes, into `layout`.
+fn decode_window(r: &mut Reader<'_>, layout: KvLayout) -> Result<KvLayout> {
+    let size = r.u32()? as usize;
+    let mut mask = [0u8; 16];
+    mask.copy_from_slice(r.take(16)?);
+    let layers = u128::from_le_bytes(mask);
+    let window = (size > 0).then_some(KvWindow { size, layers });
+    let with = layout.with_window(window);
+    if with.window != window {
+        return Err(corrupt("the window names layers the model does not have"));
+    }
+    Ok(with)
 }
 
 /// Bytes of K and V per position, or `None` if the layout overflows.
@@ -206,21 +261,64 @@ pub(crate) fn bytes_per_token(layout: &KvLayout) -> Option<usize> {
 }
 
 fn decode_kv(r: &mut Reader<'_>, layout: KvLayout, n: usize) -> Result<KvCache> {
-    let per_token = bytes_per_token(&layout).ok_or_else(|| corrupt("KV layout overflows"))?;
-    // Check the size before allocating anything.
-    let need = per_token.checked_mul(n).ok_or_else(|| corrupt("KV size overflows"))?;
-    if need != r.left() {
-        return Err(corrupt(format!("KV data is {} bytes, {n} positions need {need}", r.left())));
-    }
-    if n > 0 && per_token == 0 {
+    let (global, local) = (layout.lane(false), layout.lane(true));
+    let n_blocks = n.div_ceil(BLOCK_TOKENS);
+    let per_token = bytes_per_token(&global).ok_or_else(|| corrupt("KV layout overflows"))?;
+    let per_local = bytes_per_token(&local).ok_or_else(|| corrupt("KV layout overflows"))?;
+    if n > 0 && per_token == 0 && per_local == 0 {
         return Err(corrupt("empty KV layout"));
     }
-    let mut blocks = Vec::with_capacity(n.div_ceil(BLOCK_TOKENS));
-    for b in 0..n.div_ceil(BLOCK_TOKENS) {
-        let used = (n - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-        blocks.push(Arc::new(decode_block_rows(r, &layout, used)?));
+    // Check the whole size before allocating anything.
+    let global_bytes = per_token.checked_mul(n).ok_or_else(|| corrupt("KV size overflows"))?;
+    if global_bytes > r.left() {
+        return Err(corrupt(format!("KV data is {} bytes, {n} positions need {global_bytes}", r.left())));
     }
-    Ok(KvCache::from_blocks(layout, n, blocks, n)?)
+    let mut window_at = r.clone();
+    window_at.take(global_bytes)?;
+    let (rewind_point, held) = if layout.window.is_some() {
+        decode_window_index(&mut window_at, n_blocks)?
+    } else {
+        (None, Vec::new())
+    };
+    let local_positions: usize = held.iter().map(|&b| used_in_block(n, b)).sum();
+    let local_bytes = per_local.checked_mul(local_positions).ok_or_else(|| corrupt("KV size overflows"))?;
+    if local_bytes != window_at.left() {
+        let expected = (r.left() - window_at.left()).saturating_add(local_bytes);
+        return Err(corrupt(format!("KV data is {} bytes, {n} positions need {expected}", r.left())));
+    }
+    let mut blocks = Vec::with_capacity(n_blocks);
+    for b in 0..n_blocks {
+        blocks.push(Arc::new(decode_block_rows(r, &global, used_in_block(n, b))?));
+    }
+    let mut window = Vec::new();
+    if layout.window.is_some() {
+        *r = window_at;
+        window.resize(n_blocks, None);
+        for &b in &held {
+            window[b] = Some(Arc::new(decode_block_rows(r, &local, used_in_block(n, b))?));
+        }
+    }
+    KvCache::from_lanes(layout, n, blocks, window, n, rewind_point)
+        .map_err(|e| corrupt(format!("KV blocks: {e}")))
+}
+
+/// Reads the rewind point and the indices of the held window blocks
+/// (increasing, each below `n_blocks`).
+pub(crate) fn decode_window_index(
+    r: &mut Reader<'_>,
+    n_blocks: usize,
+) -> Result<(Option<usize>, Vec<usize>)> {
+    let rewind = r.u32()?;
+    let count = r.count(4)?;
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let b = r.u32()? as usize;
+        if b >= n_blocks || held.last().is_some_and(|&last| b <= last) {
+            return Err(corrupt(format!("window block index {b} is out of order or range")));
+        }
+        held.push(b);
+    }
+    Ok(((rewind != u32::MAX).then_some(rewind as usize), held))
 }
 
 /// Reads what [`encode_block_rows`] writes. The caller must have checked that
@@ -257,6 +355,7 @@ fn put_str(w: &mut Vec<u8>, s: &str) {
 }
 
 /// A bounds-checked cursor over the checksummed body.
+#[derive(Clone)]
 pub(crate) struct Reader<'a> {
     pub b: &'a [u8],
     pub pos: usize,

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use colloquy_engine::kv::KvCache;
+use colloquy_engine::kv::{KvCache, BLOCK_TOKENS};
 use colloquy_engine::model::Model;
 use colloquy_engine::sampler::RngState;
 
@@ -199,6 +199,44 @@ impl LlamaChatSession {
     /// ```
     pub fn token_count(&self) -> usize {
         self.lock().tokens.len()
+    }
+
+    /// Bytes of K/V memory the session holds. With a sliding-window model
+    /// (Gemma 3) the windowed layers hold only the positions a next token can
+    /// still see, so this grows with the conversation only for the other layers.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let mut chat = llm.chat();
+    /// chat("Hello!").await.unwrap();
+    /// let session = chat.session().unwrap();
+    /// println!("{} tokens in {} KV bytes", session.token_count(), session.kv_bytes());
+    /// # }
+    /// ```
+    pub fn kv_bytes(&self) -> usize {
+        self.lock().kv.used_bytes()
+    }
+
+    /// The positions whose windowed-layer K/V the session still holds (empty
+    /// for models without sliding-window layers; see [`kv_bytes`](Self::kv_bytes)).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let session = llm.new_chat_session().unwrap();
+    /// assert!(session.window_positions().is_empty());
+    /// # }
+    /// ```
+    pub fn window_positions(&self) -> std::ops::Range<usize> {
+        let st = self.lock();
+        let held = st.kv.window_blocks().iter().position(Option::is_some);
+        match held {
+            Some(b) => (b * BLOCK_TOKENS).min(st.kv.len())..st.kv.len(),
+            None => 0..0,
+        }
     }
 
     /// How many KV blocks (of 32 positions) this session shares in memory with

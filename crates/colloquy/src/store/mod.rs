@@ -38,9 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use colloquy_engine::kv::{KvBlock, KvCache, BLOCK_TOKENS};
+use colloquy_engine::kv::{KvBlock, KvCache, KvLayout};
 
 use crate::error::{Error, Result};
+use crate::session::format::used_in_block;
 use crate::session::{Fingerprint, LlamaChatSession, SessionState};
 
 mod files;
@@ -49,7 +50,7 @@ mod records;
 
 pub use records::{
     decode_block, decode_manifest, BlockHash, BlockRecord, Manifest, RecordError, BLOCK_MAGIC,
-    MANIFEST_MAGIC, MAX_BLOCK_BYTES, RECORD_VERSION,
+    MANIFEST_MAGIC, MANIFEST_VERSION, MAX_BLOCK_BYTES, RECORD_VERSION,
 };
 
 /// Temporary files (and lock files of processes that cannot be checked) younger
@@ -300,49 +301,67 @@ impl SessionStore {
         let snap: SessionState = session.lock().clone();
         let _writing = self.begin_write()?;
         let blocks_dir = self.blocks_dir();
-        let layout = *snap.kv.layout();
+        let (global, local) = (snap.kv.layout().lane(false), snap.kv.layout().lane(true));
         let mut stats = SaveStats::default();
-        let mut hashes = Vec::with_capacity(snap.kv.blocks().len());
         let mut raw = Vec::new();
+        let n = snap.kv.len();
+        let mut hashes = Vec::with_capacity(snap.kv.blocks().len());
         for (b, block) in snap.kv.blocks().iter().enumerate() {
-            let used = (snap.kv.len() - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-            let known = self.cache().hash_of(block, used);
-            raw.clear();
-            let hash = match known {
-                Some(h) => h,
-                None => {
-                    records::block_rows(&layout, block, used, &mut raw);
-                    records::block_hash(&layout, used, &raw)
-                }
-            };
-            let have_rows = known.is_none();
-            let name = hash.to_string();
-            let path = blocks_dir.join(&name);
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-                stats.blocks_reused += 1;
-            } else {
-                if !have_rows {
-                    records::block_rows(&layout, block, used, &mut raw);
-                }
-                let file = records::encode_block(&layout, used, &raw, self.compression);
-                write_file(&blocks_dir, &name, &file)?;
-                stats.blocks_written += 1;
-                stats.bytes_written += file.len() as u64;
+            hashes.push(self.save_block(&global, block, used_in_block(n, b), &mut raw, &mut stats)?);
+        }
+        let mut window = Vec::new();
+        for (b, block) in snap.kv.window_blocks().iter().enumerate() {
+            if let Some(block) = block {
+                window.push((b, self.save_block(&local, block, used_in_block(n, b), &mut raw, &mut stats)?));
             }
-            if known.is_none() {
-                self.cache().remember(block, used, hash);
-            }
-            hashes.push(hash);
         }
         // The blocks' renames must be durable before a manifest names them,
         // including blocks another process wrote and did not get to sync.
         sync_dir(&blocks_dir)?;
-        let manifest = records::encode_manifest(&snap, &hashes);
+        let manifest = records::encode_manifest(&snap, &hashes, &window);
         let sessions = self.sessions_dir();
         write_file(&sessions, id, &manifest)?;
         sync_dir(&sessions)?;
         stats.bytes_written += manifest.len() as u64;
         Ok(stats)
+    }
+
+    /// Writes one block's file unless the store holds it; returns its hash.
+    fn save_block(
+        &self,
+        layout: &KvLayout,
+        block: &Arc<KvBlock>,
+        used: usize,
+        raw: &mut Vec<u8>,
+        stats: &mut SaveStats,
+    ) -> Result<BlockHash> {
+        let known = self.cache().hash_of(block, used);
+        raw.clear();
+        let hash = match known {
+            Some(h) => h,
+            None => {
+                records::block_rows(layout, block, used, raw);
+                records::block_hash(layout, used, raw)
+            }
+        };
+        let name = hash.to_string();
+        let blocks_dir = self.blocks_dir();
+        let path = blocks_dir.join(&name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            stats.blocks_reused += 1;
+        } else {
+            if known.is_some() {
+                records::block_rows(layout, block, used, raw);
+            }
+            let file = records::encode_block(layout, used, raw, self.compression);
+            write_file(&blocks_dir, &name, &file)?;
+            stats.blocks_written += 1;
+            stats.bytes_written += file.len() as u64;
+        }
+        if known.is_none() {
+            self.cache().remember(block, used, hash);
+        }
+        Ok(hash)
     }
 
     /// Reads the manifest of `id`.
@@ -393,43 +412,21 @@ impl SessionStore {
     /// ```
     pub fn load(&self, id: &str) -> Result<LlamaChatSession> {
         let m = self.manifest(id)?;
-        let blocks_dir = self.blocks_dir();
         let n = m.tokens.len();
+        let (global, local) = (m.layout.lane(false), m.layout.lane(true));
         let mut blocks = Vec::with_capacity(m.blocks.len());
         for (b, &hash) in m.blocks.iter().enumerate() {
-            let used = (n - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
-            let path = blocks_dir.join(hash.to_string());
-            let bad = |reason: String| Error::StoreBlockCorrupt {
-                session: id.to_string(),
-                block: hash.to_string(),
-                reason,
-            };
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::StoreBlockMissing { session: id.to_string(), block: hash.to_string() })
-                }
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            let rec = decode_block(&bytes).map_err(|e| bad(e.to_string()))?;
-            if rec.hash != hash {
-                return Err(bad(format!("its content hashes to {}", rec.hash)));
-            }
-            if rec.layout != m.layout {
-                return Err(bad(format!(
-                    "its layout {:?} differs from the session's {:?}",
-                    rec.layout, m.layout
-                )));
-            }
-            if rec.positions != used {
-                return Err(bad(format!(
-                    "it holds {} positions, the session needs {used} there",
-                    rec.positions
-                )));
-            }
-            blocks.push(self.cache().share(hash, used, rec.block));
+            blocks.push(self.load_block(id, hash, &global, used_in_block(n, b))?);
         }
-        let kv = KvCache::from_blocks(m.layout, n, blocks, n)?;
+        let mut window = Vec::new();
+        if m.layout.window.is_some() {
+            window.resize(m.blocks.len(), None);
+            for &(b, hash) in &m.window_blocks {
+                window[b] = Some(self.load_block(id, hash, &local, used_in_block(n, b))?);
+            }
+        }
+        let kv = KvCache::from_lanes(m.layout, n, blocks, window, n, m.rewind_point)
+            .map_err(|e| Error::StoreManifestCorrupt { session: id.to_string(), reason: e.to_string() })?;
         Ok(LlamaChatSession::from_state(SessionState {
             fingerprint: m.fingerprint,
             kv,
@@ -439,6 +436,35 @@ impl SessionStore {
             rng: m.rng,
             last_turn: None,
         }))
+    }
+
+    /// Reads block `hash` of session `id` and checks it: checksum, content
+    /// against its name, its layout and its number of positions.
+    fn load_block(&self, id: &str, hash: BlockHash, layout: &KvLayout, used: usize) -> Result<Arc<KvBlock>> {
+        let path = self.blocks_dir().join(hash.to_string());
+        let bad = |reason: String| Error::StoreBlockCorrupt {
+            session: id.to_string(),
+            block: hash.to_string(),
+            reason,
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::StoreBlockMissing { session: id.to_string(), block: hash.to_string() })
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let rec = decode_block(&bytes).map_err(|e| bad(e.to_string()))?;
+        if rec.hash != hash {
+            return Err(bad(format!("its content hashes to {}", rec.hash)));
+        }
+        if rec.layout != *layout {
+            return Err(bad(format!("its layout {:?} differs from the session's {layout:?}", rec.layout)));
+        }
+        if rec.positions != used {
+            return Err(bad(format!("it holds {} positions, the session needs {used} there", rec.positions)));
+        }
+        Ok(self.cache().share(hash, used, rec.block))
     }
 
     fn session_ids(&self) -> Result<Vec<String>> {
@@ -463,7 +489,7 @@ impl SessionStore {
         let m = self.manifest(id)?;
         let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
         let blocks_dir = self.blocks_dir();
-        let distinct: HashSet<BlockHash> = m.blocks.iter().copied().collect();
+        let distinct: HashSet<BlockHash> = m.all_blocks().collect();
         let block_bytes: u64 = distinct
             .iter()
             .filter_map(|h| std::fs::metadata(blocks_dir.join(h.to_string())).ok())
@@ -474,7 +500,7 @@ impl SessionStore {
             fingerprint: m.fingerprint,
             tokens: m.tokens.len(),
             messages: m.history.len() + usize::from(m.pending.is_some()),
-            blocks: m.blocks.len(),
+            blocks: m.all_blocks().count(),
             manifest_bytes: meta.len(),
             bytes: meta.len() + block_bytes,
             modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -560,7 +586,7 @@ impl SessionStore {
         let mut referenced = HashSet::new();
         for id in self.session_ids()? {
             match self.manifest(&id) {
-                Ok(m) => referenced.extend(m.blocks),
+                Ok(m) => referenced.extend(m.all_blocks()),
                 Err(Error::StoreSessionNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -15,8 +15,11 @@ use crate::session::{Fingerprint, SessionState};
 pub const BLOCK_MAGIC: &[u8; 8] = b"CLQYKVBK";
 /// The first bytes of every session manifest.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"CLQYMNFT";
-/// The version of both records that this build writes and reads.
+/// The version of block files that this build writes and reads.
 pub const RECORD_VERSION: u32 = 1;
+/// The version of manifests that this build writes (it also reads version 1,
+/// which has no window lane).
+pub const MANIFEST_VERSION: u32 = 2;
 /// The largest whole block (all [`BLOCK_TOKENS`] positions, K and V, every
 /// layer) a block file may describe: 64 MiB, about twice what the largest
 /// open models need.
@@ -159,7 +162,14 @@ pub(crate) fn encode_block(layout: &KvLayout, used: usize, raw: &[u8], level: Op
     w
 }
 
-fn preamble(bytes: &[u8], magic: &[u8; 8], what: &'static str, least: usize) -> Result<(), RecordError> {
+/// Checks the magic, the version (one of `versions`, returned) and the least length.
+fn preamble(
+    bytes: &[u8],
+    magic: &[u8; 8],
+    what: &'static str,
+    least: usize,
+    versions: std::ops::RangeInclusive<u32>,
+) -> Result<u32, RecordError> {
     let n = bytes.len().min(8);
     if bytes[..n] != magic[..n] {
         return Err(RecordError::BadMagic(what));
@@ -168,13 +178,13 @@ fn preamble(bytes: &[u8], magic: &[u8; 8], what: &'static str, least: usize) -> 
         return Err(RecordError::Truncated { expected: least as u64, found: bytes.len() as u64 });
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != RECORD_VERSION {
-        return Err(RecordError::UnsupportedVersion { found: version, supported: RECORD_VERSION });
+    if !versions.contains(&version) {
+        return Err(RecordError::UnsupportedVersion { found: version, supported: *versions.end() });
     }
     if bytes.len() < least {
         return Err(RecordError::Truncated { expected: least as u64, found: bytes.len() as u64 });
     }
-    Ok(())
+    Ok(version)
 }
 
 fn verify_checksum(bytes: &[u8]) -> Result<&[u8], RecordError> {
@@ -203,7 +213,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// assert!(matches!(decode_block(b"something else"), Err(RecordError::BadMagic(_))));
 /// ```
 pub fn decode_block(bytes: &[u8]) -> Result<BlockRecord, RecordError> {
-    preamble(bytes, BLOCK_MAGIC, "KV block file", BLOCK_HEADER + CHECKSUM)?;
+    preamble(bytes, BLOCK_MAGIC, "KV block file", BLOCK_HEADER + CHECKSUM, RECORD_VERSION..=RECORD_VERSION)?;
     let payload_len = u64_at(bytes, BLOCK_HEADER - 8);
     let total = payload_len
         .checked_add((BLOCK_HEADER + CHECKSUM) as u64)
@@ -274,7 +284,7 @@ fn decompress(payload: &[u8], size: usize) -> Result<Vec<u8>, RecordError> {
 pub struct Manifest {
     /// The model the session belongs to.
     pub fingerprint: Fingerprint,
-    /// The KV layout of every block.
+    /// The session's KV layout (each block has one of its lanes' layouts).
     pub layout: KvLayout,
     /// The tokens the model has read.
     pub tokens: Vec<u32>,
@@ -284,8 +294,14 @@ pub struct Manifest {
     pub pending: Option<String>,
     /// The session's random stream.
     pub rng: RngState,
-    /// The K/V of `tokens`, one block per [`BLOCK_TOKENS`] positions, in order.
+    /// The K/V of `tokens` in the global lane, one block per [`BLOCK_TOKENS`]
+    /// positions, in order.
     pub blocks: Vec<BlockHash>,
+    /// The window lane's held blocks: (block index, hash), in order (empty
+    /// without a window).
+    pub window_blocks: Vec<(usize, BlockHash)>,
+    /// Where the window is kept for going back to (see `KvCache::set_rewind_point`).
+    pub rewind_point: Option<usize>,
 }
 
 impl Manifest {
@@ -298,18 +314,40 @@ impl Manifest {
         }
         all
     }
+
+    /// Every block the session references: the global lane, then the window lane.
+    pub fn all_blocks(&self) -> impl Iterator<Item = BlockHash> + '_ {
+        self.blocks.iter().copied().chain(self.window_blocks.iter().map(|&(_, h)| h))
+    }
 }
 
-/// A manifest for the session `s` whose blocks are `blocks`.
-pub(crate) fn encode_manifest(s: &SessionState, blocks: &[BlockHash]) -> Vec<u8> {
-    let mut w = Vec::with_capacity(128 + s.tokens.len() * 4 + blocks.len() * 16);
+/// A manifest for the session `s` whose global-lane blocks are `blocks` and
+/// whose held window blocks are `window` (index, hash).
+pub(crate) fn encode_manifest(
+    s: &SessionState,
+    blocks: &[BlockHash],
+    window: &[(usize, BlockHash)],
+) -> Vec<u8> {
+    let mut w = Vec::with_capacity(128 + s.tokens.len() * 4 + (blocks.len() + window.len()) * 20);
     w.extend_from_slice(MANIFEST_MAGIC);
-    w.extend_from_slice(&RECORD_VERSION.to_le_bytes());
+    w.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
     w.extend_from_slice(&0u64.to_le_bytes()); // total length, patched below
     format::encode_meta(&mut w, s);
     w.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
     for b in blocks {
         w.extend_from_slice(&b.0.to_le_bytes());
+    }
+    // The window lane, as the session format writes it, with hashes for rows.
+    if s.kv.layout().window.is_some() {
+        let rewind = s.kv.rewind_point().map_or(u32::MAX, |r| r as u32);
+        w.extend_from_slice(&rewind.to_le_bytes());
+        w.extend_from_slice(&(window.len() as u32).to_le_bytes());
+        for (b, _) in window {
+            w.extend_from_slice(&(*b as u32).to_le_bytes());
+        }
+        for (_, h) in window {
+            w.extend_from_slice(&h.0.to_le_bytes());
+        }
     }
     let total = (w.len() + CHECKSUM) as u64;
     w[12..20].copy_from_slice(&total.to_le_bytes());
@@ -327,7 +365,13 @@ pub(crate) fn encode_manifest(s: &SessionState, blocks: &[BlockHash]) -> Vec<u8>
 /// assert!(matches!(decode_manifest(b""), Err(RecordError::Truncated { .. })));
 /// ```
 pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, RecordError> {
-    preamble(bytes, MANIFEST_MAGIC, "session manifest", MANIFEST_PREAMBLE + CHECKSUM)?;
+    let version = preamble(
+        bytes,
+        MANIFEST_MAGIC,
+        "session manifest",
+        MANIFEST_PREAMBLE + CHECKSUM,
+        1..=MANIFEST_VERSION,
+    )?;
     let total = u64_at(bytes, 12);
     if (bytes.len() as u64) < total {
         return Err(RecordError::Truncated { expected: total, found: bytes.len() as u64 });
@@ -337,7 +381,7 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, RecordError> {
     }
     let body = verify_checksum(bytes)?;
     let mut r = Reader { b: body, pos: MANIFEST_PREAMBLE };
-    let m = format::decode_meta(&mut r).map_err(field)?;
+    let m = format::decode_meta(&mut r, version >= 2).map_err(field)?;
     let n_blocks = r.count(16).map_err(field)?;
     if n_blocks != m.tokens.len().div_ceil(BLOCK_TOKENS) {
         return Err(corrupt(format!("{n_blocks} KV blocks cannot hold {} positions", m.tokens.len())));
@@ -345,12 +389,19 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, RecordError> {
     if n_blocks > 0 {
         checked_per_token(&m.layout)?;
     }
-    let mut blocks = Vec::with_capacity(n_blocks);
-    for _ in 0..n_blocks {
-        let mut h = [0u8; 16];
-        h.copy_from_slice(r.take(16).map_err(field)?);
-        blocks.push(BlockHash(u128::from_le_bytes(h)));
+    let blocks = (0..n_blocks).map(|_| read_hash(&mut r)).collect::<Result<Vec<_>, _>>()?;
+    let (rewind_point, held) = match m.layout.window {
+        Some(_) => format::decode_window_index(&mut r, n_blocks).map_err(field)?,
+        None => (None, Vec::new()),
+    };
+    if rewind_point.is_some_and(|p| p > m.tokens.len()) {
+        return Err(corrupt("the rewind point is past the end"));
     }
+    if held.len().saturating_mul(16) > r.left() {
+        return Err(corrupt("the window block list runs past the end"));
+    }
+    let window_blocks =
+        held.into_iter().map(|b| Ok((b, read_hash(&mut r)?))).collect::<Result<Vec<_>, _>>()?;
     if r.pos != body.len() {
         return Err(corrupt("trailing bytes after the block list"));
     }
@@ -362,5 +413,13 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, RecordError> {
         pending: m.pending,
         rng: m.rng,
         blocks,
+        window_blocks,
+        rewind_point,
     })
+}
+
+fn read_hash(r: &mut Reader<'_>) -> Result<BlockHash, RecordError> {
+    let mut h = [0u8; 16];
+    h.copy_from_slice(r.take(16).map_err(field)?);
+    Ok(BlockHash(u128::from_le_bytes(h)))
 }

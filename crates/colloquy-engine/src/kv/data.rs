@@ -1,20 +1,8 @@
-//! The paged KV cache.
-//!
-//! Keys and values live in fixed-size blocks of [`BLOCK_TOKENS`] positions,
-//! each holding every layer. Blocks are reference-counted: cloning a cache
-//! copies only the block table, and the first write into a shared block copies
-//! that one block (copy-on-write). Decoding and prefill write exactly the same
-//! values, so a cache restored from bytes or shared with a fork holds the same
-//! bits as one that was computed in place.
-
-use std::sync::Arc;
+//! K/V storage: the element types and the rows of one block.
 
 use half::f16;
 
-use crate::error::{Error, Result};
-
-/// Positions per block.
-pub const BLOCK_TOKENS: usize = 32;
+use super::KvLayout;
 
 /// How K and V are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,42 +48,6 @@ impl KvDtype {
     }
 }
 
-/// The shape of a model's KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KvLayout {
-    /// Layers that store K/V.
-    pub n_layers: usize,
-    /// K/V heads per layer.
-    pub n_kv_heads: usize,
-    /// Dimension of one K (and V) head.
-    pub head_dim: usize,
-    /// Storage type.
-    pub dtype: KvDtype,
-}
-
-impl KvLayout {
-    /// Elements in one position's K (or V) row of one layer.
-    pub fn row(&self) -> usize {
-        self.n_kv_heads.saturating_mul(self.head_dim)
-    }
-
-    /// Elements of K (or V) for one layer of one block.
-    fn layer_stride(&self) -> usize {
-        BLOCK_TOKENS * self.row()
-    }
-
-    /// Bytes of K and V per position, all layers.
-    pub fn bytes_per_token(&self) -> usize {
-        self.n_layers.saturating_mul(2).saturating_mul(self.dtype.bytes(self.row()))
-    }
-
-    /// Whether a K/V row can use this layout's storage type (Q8_0 needs whole
-    /// 32-value blocks per head).
-    pub fn is_valid(&self) -> bool {
-        self.dtype != KvDtype::Q8_0 || self.head_dim.is_multiple_of(32)
-    }
-}
-
 /// Storage for one block's keys or values: `[layer][token][kv_head * head_dim]`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KvData {
@@ -118,8 +70,19 @@ pub enum KvRows<'a> {
     Q8_0(&'a [u8]),
 }
 
+impl KvRows<'_> {
+    /// No rows, of `dtype`.
+    pub fn empty(dtype: KvDtype) -> KvRows<'static> {
+        match dtype {
+            KvDtype::F16 => KvRows::F16(&[]),
+            KvDtype::F32 => KvRows::F32(&[]),
+            KvDtype::Q8_0 => KvRows::Q8_0(&[]),
+        }
+    }
+}
+
 impl KvData {
-    fn zeros(dtype: KvDtype, n: usize) -> KvData {
+    pub(crate) fn zeros(dtype: KvDtype, n: usize) -> KvData {
         match dtype {
             KvDtype::F16 => KvData::F16(vec![f16::ZERO; n]),
             KvDtype::F32 => KvData::F32(vec![0.0; n]),
@@ -203,7 +166,7 @@ impl KvData {
         }
     }
 
-    fn write(&mut self, at: usize, row: &[f32]) {
+    pub(crate) fn write(&mut self, at: usize, row: &[f32]) {
         match self {
             KvData::F16(d) => {
                 for (o, &x) in d[at..at + row.len()].iter_mut().zip(row) {
@@ -219,7 +182,7 @@ impl KvData {
         }
     }
 
-    fn rows(&self, range: std::ops::Range<usize>) -> KvRows<'_> {
+    pub(crate) fn rows(&self, range: std::ops::Range<usize>) -> KvRows<'_> {
         match self {
             KvData::F16(d) => KvRows::F16(&d[range]),
             KvData::F32(d) => KvRows::F32(&d[range]),
@@ -242,144 +205,5 @@ impl KvBlock {
     pub fn zeroed(layout: &KvLayout) -> KvBlock {
         let n = layout.n_layers * layout.layer_stride();
         KvBlock { k: KvData::zeros(layout.dtype, n), v: KvData::zeros(layout.dtype, n) }
-    }
-}
-
-/// A sequence's KV cache: a table of shared blocks plus the number of filled positions.
-///
-/// ```
-/// use colloquy_engine::kv::{KvCache, KvDtype, KvLayout};
-///
-/// let layout = KvLayout { n_layers: 2, n_kv_heads: 1, head_dim: 4, dtype: KvDtype::F16 };
-/// let mut kv = KvCache::new(layout, 64);
-/// kv.reserve(0, 1).unwrap();
-/// kv.write(0, 0, &[1.0; 4], &[2.0; 4]);
-/// kv.write(1, 0, &[1.0; 4], &[2.0; 4]);
-/// kv.set_len(1);
-/// let fork = kv.clone(); // shares the block until one of them writes
-/// assert_eq!(fork.len(), 1);
-/// ```
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layout: KvLayout,
-    blocks: Vec<Arc<KvBlock>>,
-    len: usize,
-    capacity: usize,
-}
-
-impl KvCache {
-    /// An empty cache that may grow to `capacity` positions.
-    pub fn new(layout: KvLayout, capacity: usize) -> KvCache {
-        KvCache { layout, blocks: Vec::new(), len: 0, capacity }
-    }
-
-    /// The cache's shape.
-    pub fn layout(&self) -> &KvLayout {
-        &self.layout
-    }
-
-    /// Filled positions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no position is filled.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The most positions this cache may hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// The block table.
-    pub fn blocks(&self) -> &[Arc<KvBlock>] {
-        &self.blocks
-    }
-
-    /// Makes positions `start..start + n` writable: allocates missing blocks and
-    /// copies shared ones (copy-on-write). Fails if the capacity would be exceeded.
-    pub fn reserve(&mut self, start: usize, n: usize) -> Result<()> {
-        let end = start + n;
-        if end > self.capacity {
-            return Err(Error::ContextOverflow { needed: end, n_ctx: self.capacity });
-        }
-        while self.blocks.len() * BLOCK_TOKENS < end {
-            self.blocks.push(Arc::new(KvBlock::zeroed(&self.layout)));
-        }
-        if n > 0 {
-            for b in start / BLOCK_TOKENS..=(end - 1) / BLOCK_TOKENS {
-                Arc::make_mut(&mut self.blocks[b]);
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes one position's K and V rows for one layer. The block must have been
-    /// made writable with [`reserve`](Self::reserve) (otherwise this copies it).
-    pub fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = layer * self.layout.layer_stride() + (pos % BLOCK_TOKENS) * self.layout.row();
-        let block = Arc::make_mut(&mut self.blocks[pos / BLOCK_TOKENS]);
-        block.k.write(at, k);
-        block.v.write(at, v);
-    }
-
-    /// Marks the first `len` positions as filled (truncating drops later ones).
-    pub fn set_len(&mut self, len: usize) {
-        self.len = len;
-        self.blocks.truncate(len.div_ceil(BLOCK_TOKENS));
-    }
-
-    /// K rows `[token][row]` of block `b` for `layer` (all [`BLOCK_TOKENS`] slots).
-    pub fn k_rows(&self, layer: usize, b: usize) -> KvRows<'_> {
-        let s = self.layout.layer_stride();
-        self.blocks[b].k.rows(layer * s..(layer + 1) * s)
-    }
-
-    /// V rows `[token][row]` of block `b` for `layer` (all [`BLOCK_TOKENS`] slots).
-    pub fn v_rows(&self, layer: usize, b: usize) -> KvRows<'_> {
-        let s = self.layout.layer_stride();
-        self.blocks[b].v.rows(layer * s..(layer + 1) * s)
-    }
-
-    /// Keeps the first `b` blocks, appends `block` as block `b` (shared, not
-    /// copied) and marks its [`BLOCK_TOKENS`] positions filled. Used to adopt a
-    /// full block computed by another sequence with the same tokens.
-    pub fn attach_block(&mut self, b: usize, block: Arc<KvBlock>) -> Result<()> {
-        let len = (b + 1) * BLOCK_TOKENS;
-        if b > self.blocks.len() || len > self.capacity {
-            return Err(Error::InvalidArgument(format!("cannot attach KV block {b}")));
-        }
-        self.blocks.truncate(b);
-        self.blocks.push(block);
-        self.len = len;
-        Ok(())
-    }
-
-    /// Replaces the block table (used when restoring a session).
-    pub fn from_blocks(
-        layout: KvLayout,
-        capacity: usize,
-        blocks: Vec<Arc<KvBlock>>,
-        len: usize,
-    ) -> Result<KvCache> {
-        if len > capacity || blocks.len() != len.div_ceil(BLOCK_TOKENS) {
-            return Err(Error::InvalidArgument(format!(
-                "{} KV blocks cannot hold {len} positions",
-                blocks.len()
-            )));
-        }
-        Ok(KvCache { layout, blocks, len, capacity })
-    }
-
-    /// Changes the most positions this cache may hold (never below its length).
-    pub fn set_capacity(&mut self, capacity: usize) {
-        self.capacity = capacity.max(self.len);
-    }
-
-    /// Bytes of K/V memory that the filled positions use.
-    pub fn used_bytes(&self) -> usize {
-        self.len * self.layout.bytes_per_token()
     }
 }
