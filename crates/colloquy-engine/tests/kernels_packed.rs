@@ -7,7 +7,7 @@ use colloquy_engine::kernels::{self, Backend, GgmlType, PackedWeights};
 use kernels_support::{activation, random_weights, Rng};
 use proptest::prelude::*;
 
-const TYPES: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+const TYPES: [GgmlType; 4] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0];
 
 fn backends() -> Vec<Backend> {
     Backend::ALL.into_iter().filter(|b| b.is_available()).collect()
@@ -21,7 +21,16 @@ fn check(ty: GgmlType, rows: usize, n: usize, m: usize, range: std::ops::Range<u
     let xs: Vec<u8> = (0..m).flat_map(|t| activation(ty, &rng.floats(n, 1.0 + t as f32))).collect();
     let p = PackedWeights::pack(ty, &w, rows, n).unwrap();
     for r in 0..rows {
-        assert_eq!(p.unpack_row(r).unwrap(), &w[r * wlen..(r + 1) * wlen], "{ty} row {r} repacks losslessly");
+        let back = p.unpack_row(r).unwrap();
+        if ty == GgmlType::Q5_0 {
+            // Widened to Q8_0: the same values, one byte each.
+            let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
+            kernels::dequantize_row(ty, &w[r * wlen..(r + 1) * wlen], &mut a).unwrap();
+            kernels::dequantize_row(GgmlType::Q8_0, &back, &mut b).unwrap();
+            assert_eq!(a, b, "{ty} row {r} widens losslessly");
+        } else {
+            assert_eq!(back, &w[r * wlen..(r + 1) * wlen], "{ty} row {r} repacks losslessly");
+        }
     }
     let width = range.end - range.start;
     let stride = width + 1;

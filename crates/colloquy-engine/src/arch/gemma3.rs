@@ -359,10 +359,11 @@ impl Architecture for Gemma3 {
 }
 
 /// GeGLU with ggml's stock GELU (`GGML_GELU_FP16`): the input is rounded to
-/// f16 and the tanh-GELU of that value, rounded to f16, is what a 65536-entry
-/// table would hold; inputs at or beyond ±10 bypass the table (0 and `x`).
+/// f16 and looked up in a 65536-entry table of the tanh-GELU of every f16
+/// value, rounded to f16; inputs at or beyond ±10 bypass the table (0 and `x`).
 fn gelu_mul_f16_table(gate: &mut [f32], up: &[f32]) {
     use half::f16;
+    let table = gelu_f16_table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         *g = if x <= -10.0 {
@@ -370,8 +371,50 @@ fn gelu_mul_f16_table(gate: &mut [f32], up: &[f32]) {
         } else if x >= 10.0 {
             x * u
         } else {
-            let xr = f16::from_f32(x).to_f32();
-            f16::from_f32(kernels::gelu_tanh_f32(xr)).to_f32() * u
+            table[f16::from_f32(x).to_bits() as usize] * u
         };
+    }
+}
+
+/// The GELU of every f16 value, rounded to f16 and stored as f32 (256 KiB),
+/// built once.
+fn gelu_f16_table() -> &'static [f32] {
+    use half::f16;
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(kernels::gelu_tanh_f32(f16::from_bits(bits).to_f32())).to_f32())
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table gives the bits of the direct computation for every f16 input
+    /// (and the bypass beyond ±10).
+    #[test]
+    fn gelu_table_equals_direct_computation() {
+        use half::f16;
+        let xs: Vec<f32> = (0..=u16::MAX)
+            .map(|b| f16::from_bits(b).to_f32())
+            .filter(|x| x.is_finite())
+            .chain([-10.5, 10.5, 0.123_456_7, -3.333_333])
+            .collect();
+        let mut gate = xs.clone();
+        let up: Vec<f32> = xs.iter().map(|x| 1.0 + x.abs().min(4.0)).collect();
+        gelu_mul_f16_table(&mut gate, &up);
+        for ((&x, &u), &got) in xs.iter().zip(&up).zip(&gate) {
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x * u
+            } else {
+                let xr = f16::from_f32(x).to_f32();
+                f16::from_f32(kernels::gelu_tanh_f32(xr)).to_f32() * u
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "x = {x}");
+        }
     }
 }

@@ -7,6 +7,11 @@
 //! dot of each row lands in its own SIMD lane, so the float work per block
 //! is shared by 8 rows. Rows past the last full group stay in ggml layout.
 //!
+//! Q5_0 weights are widened to Q8_0 first (each 5-bit quant minus 16 as an
+//! `i8`, the same scale): both types finish a block as `acc + sumi * (d_w *
+//! d_x)` with the exact integer sum, so the widened rows give the same bits,
+//! through the Q8_0 kernels, at 34 bytes per 32 weights instead of 22.
+//!
 //! Results are bit-identical to [`super::vec_dot`] on the original rows (the
 //! per-row float sequence is the same exact-integer-then-f32 one), for any
 //! number of activation rows, row range or backend.
@@ -84,7 +89,7 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
 impl PackedWeights {
     /// Whether `ty` can be packed.
     pub fn supports(ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0)
     }
 
     /// Repacks `rows` consecutive ggml rows of `n` elements from `w`.
@@ -96,6 +101,10 @@ impl PackedWeights {
         let total = rows.checked_mul(wlen).ok_or_else(|| invalid("weight size overflows".into()))?;
         if w.len() < total {
             return Err(invalid(format!("{rows} {ty} rows of {n} need {total} bytes, got {}", w.len())));
+        }
+        if ty == GgmlType::Q5_0 {
+            let wide: Vec<u8> = w[..total].chunks_exact(22).flat_map(widen_q5_0).collect();
+            return Self::pack(GgmlType::Q8_0, &wide, rows, n);
         }
         let nb = n / ty.block_size();
         let bs = ty.type_size();
@@ -126,7 +135,7 @@ impl PackedWeights {
         Ok(PackedWeights { ty, rows, n, data })
     }
 
-    /// Weight type.
+    /// The type the rows are stored as (Q5_0 weights are stored as Q8_0).
     pub fn ty(&self) -> GgmlType {
         self.ty
     }
@@ -141,7 +150,8 @@ impl PackedWeights {
         self.n
     }
 
-    /// Rebuilds weight row `r` in ggml layout (for checks and tooling).
+    /// Rebuilds weight row `r` in ggml layout (for checks and tooling), in
+    /// the stored type ([`ty`](Self::ty)).
     pub fn unpack_row(&self, r: usize) -> Option<Vec<u8>> {
         if r >= self.rows {
             return None;
@@ -323,4 +333,19 @@ impl PackedWeights {
         BLOCK.set(blk);
         Ok(())
     }
+}
+
+/// One Q5_0 block (f16 scale, 32 high bits, 16 bytes of low nibbles) as a
+/// Q8_0 block with the same scale and the same values (`q - 16`).
+fn widen_q5_0(b: &[u8]) -> [u8; 34] {
+    let mut out = [0u8; 34];
+    out[..2].copy_from_slice(&b[..2]);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for j in 0..16 {
+        let lo = (b[6 + j] & 0xF) | (((qh >> j) & 1) << 4) as u8;
+        let hi = (b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+        out[2 + j] = (lo as i8 - 16) as u8;
+        out[18 + j] = (hi as i8 - 16) as u8;
+    }
+    out
 }
