@@ -110,74 +110,133 @@ pub fn matmul(
     x: &[f32],
     out: &mut [f32],
 ) {
-    let m = x.len() / w.n_in;
-    debug_assert_eq!(out.len(), m * w.n_out);
-    let n_out = w.n_out;
+    matmul_many(pool, scratch, precision, file, x, &mut [(w, out)]);
+}
+
+/// [`matmul`] of one input by several weights (q, k and v; gate and up): the
+/// input is quantized once for all the weights that read the same activation type.
+pub fn matmul_many(
+    pool: &ThreadPool,
+    scratch: &mut MatmulScratch,
+    precision: Precision,
+    file: &[u8],
+    x: &[f32],
+    jobs: &mut [(&Linear, &mut [f32])],
+) {
     while scratch.rows.len() < pool.n_threads() {
         scratch.rows.push(Mutex::new(Vec::new()));
     }
-    let out = DisjointSlice::new(out);
-    match precision {
-        Precision::Fast => {
-            let stride = w.ty.vec_dot_type().row_bytes(w.n_in).unwrap_or(0);
-            scratch.xq.resize(m * stride, 0);
-            for (xr, q) in x.chunks_exact(w.n_in).zip(scratch.xq.chunks_exact_mut(stride)) {
-                checked(kernels::quantize_activation(w.ty, xr, q));
+    let mut quantized_as = None;
+    for (w, out) in jobs.iter_mut() {
+        let m = x.len() / w.n_in;
+        debug_assert_eq!(out.len(), m * w.n_out);
+        match precision {
+            Precision::Fast => {
+                let activation = (w.ty.vec_dot_type(), w.n_in);
+                if quantized_as != Some(activation) {
+                    quantize_input(pool, &mut scratch.xq, w, x);
+                    quantized_as = Some(activation);
+                }
+                matmul_fast(pool, &scratch.rows, file, w, &scratch.xq, m, out);
             }
-            let xq = &scratch.xq;
-            let rows = &scratch.rows;
-            pool.run(&|thread| {
-                // Whole groups of packed rows per thread.
-                let groups = crate::pool::split_range(n_out.div_ceil(PACK_ROWS), pool.n_threads(), thread);
-                let range = (groups.start * PACK_ROWS).min(n_out)..(groups.end * PACK_ROWS).min(n_out);
-                if range.is_empty() {
-                    return;
-                }
-                let len = range.len();
-                if let Some(p) = &w.packed {
-                    let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
-                    tmp.resize(m * len, 0.0);
-                    checked(p.matmul(range.clone(), xq, m, &mut tmp, len));
-                    for t in 0..m {
-                        // SAFETY: this thread owns columns `range` of every output row.
-                        let o = unsafe { out.slice(t * n_out + range.start, len) };
-                        o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
-                    }
-                    return;
-                }
-                let w_bytes = &file[w.offset + range.start * w.row_bytes..w.offset + range.end * w.row_bytes];
-                if m == 1 {
-                    // SAFETY: this thread owns out[range] (one row of output).
-                    let o = unsafe { out.slice(range.start, len) };
-                    checked(kernels::matmul(w.ty, w_bytes, len, xq, 1, w.n_in, o, len));
-                    return;
-                }
-                let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
-                tmp.resize(m * len, 0.0);
-                checked(kernels::matmul(w.ty, w_bytes, len, xq, m, w.n_in, &mut tmp, len));
-                for t in 0..m {
-                    // SAFETY: this thread owns columns `range` of every output row.
-                    let o = unsafe { out.slice(t * n_out + range.start, len) };
-                    o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
-                }
-            });
-        }
-        Precision::Precise => {
-            let rows = &scratch.rows;
-            pool.run(&|thread| {
-                let range = crate::pool::split_range(n_out, pool.n_threads(), thread);
-                let mut buf = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
-                buf.resize(w.n_in, 0.0);
-                for i in range {
-                    w.dequantize_row(file, i, &mut buf);
-                    for (t, xr) in x.chunks_exact(w.n_in).enumerate() {
-                        // SAFETY: this thread owns column i of every row.
-                        unsafe { out.slice(t * n_out + i, 1)[0] = kernels::dot_f32(&buf, xr) };
-                    }
-                }
-            });
+            Precision::Precise => matmul_precise(pool, &scratch.rows, file, w, x, out),
         }
     }
+}
+
+/// Quantizes the rows of `x` to the activation type of `w` (rows split over the threads).
+fn quantize_input(pool: &ThreadPool, xq: &mut Vec<u8>, w: &Linear, x: &[f32]) {
+    let m = x.len() / w.n_in;
+    let stride = w.ty.vec_dot_type().row_bytes(w.n_in).unwrap_or(0);
+    xq.resize(m * stride, 0);
+    if m < 2 * pool.n_threads() {
+        for (xr, q) in x.chunks_exact(w.n_in).zip(xq.chunks_exact_mut(stride)) {
+            checked(kernels::quantize_activation(w.ty, xr, q));
+        }
+        return;
+    }
+    let out = DisjointSlice::new(xq);
+    pool.run(&|thread| {
+        for t in crate::pool::split_range(m, pool.n_threads(), thread) {
+            // SAFETY: each thread writes the rows of its own range.
+            let q = unsafe { out.slice(t * stride, stride) };
+            checked(kernels::quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in], q));
+        }
+    });
+}
+
+/// The fast path: quantized activations `xq` against the (packed) weights.
+fn matmul_fast(
+    pool: &ThreadPool,
+    rows: &[Mutex<Vec<f32>>],
+    file: &[u8],
+    w: &Linear,
+    xq: &[u8],
+    m: usize,
+    out: &mut [f32],
+) {
+    let n_out = w.n_out;
+    let out = DisjointSlice::new(out);
+    pool.run(&|thread| {
+        // Whole groups of packed rows per thread.
+        let groups = crate::pool::split_range(n_out.div_ceil(PACK_ROWS), pool.n_threads(), thread);
+        let range = (groups.start * PACK_ROWS).min(n_out)..(groups.end * PACK_ROWS).min(n_out);
+        if range.is_empty() {
+            return;
+        }
+        let len = range.len();
+        if let Some(p) = &w.packed {
+            let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
+            tmp.resize(m * len, 0.0);
+            checked(p.matmul(range.clone(), xq, m, &mut tmp, len));
+            for t in 0..m {
+                // SAFETY: this thread owns columns `range` of every output row.
+                let o = unsafe { out.slice(t * n_out + range.start, len) };
+                o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
+            }
+            return;
+        }
+        let w_bytes = &file[w.offset + range.start * w.row_bytes..w.offset + range.end * w.row_bytes];
+        if m == 1 {
+            // SAFETY: this thread owns out[range] (one row of output).
+            let o = unsafe { out.slice(range.start, len) };
+            checked(kernels::matmul(w.ty, w_bytes, len, xq, 1, w.n_in, o, len));
+            return;
+        }
+        let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
+        tmp.resize(m * len, 0.0);
+        checked(kernels::matmul(w.ty, w_bytes, len, xq, m, w.n_in, &mut tmp, len));
+        for t in 0..m {
+            // SAFETY: this thread owns columns `range` of every output row.
+            let o = unsafe { out.slice(t * n_out + range.start, len) };
+            o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
+        }
+    });
+}
+
+/// The precise path: dequantized weights against f32 activations.
+fn matmul_precise(
+    pool: &ThreadPool,
+    rows: &[Mutex<Vec<f32>>],
+    file: &[u8],
+    w: &Linear,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let n_out = w.n_out;
+    let out = DisjointSlice::new(out);
+    pool.run(&|thread| {
+        let range = crate::pool::split_range(n_out, pool.n_threads(), thread);
+        let mut buf = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
+        buf.resize(w.n_in, 0.0);
+        for i in range {
+            w.dequantize_row(file, i, &mut buf);
+            for (t, xr) in x.chunks_exact(w.n_in).enumerate() {
+                // SAFETY: this thread owns column i of every row.
+                unsafe { out.slice(t * n_out + i, 1)[0] = kernels::dot_f32(&buf, xr) };
+            }
+        }
+    });
 }
 
 /// Shapes are validated when a [`Linear`] is loaded, so a kernel's length

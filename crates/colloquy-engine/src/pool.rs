@@ -232,20 +232,27 @@ mod tests {
 ///
 /// Each thread must write a disjoint set of indices; the pool's ranges guarantee
 /// that for the kernels that use this.
-#[derive(Clone, Copy)]
-pub struct DisjointSlice<'a> {
-    ptr: *mut f32,
+pub struct DisjointSlice<'a, T = f32> {
+    ptr: *mut T,
     len: usize,
-    _life: std::marker::PhantomData<&'a mut [f32]>,
+    _life: std::marker::PhantomData<&'a mut [T]>,
 }
 
-// SAFETY: callers only write disjoint index ranges from different threads.
-unsafe impl Send for DisjointSlice<'_> {}
-unsafe impl Sync for DisjointSlice<'_> {}
+impl<T> Clone for DisjointSlice<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for DisjointSlice<'_, T> {}
 
-impl<'a> DisjointSlice<'a> {
+// SAFETY: callers only write disjoint index ranges from different threads,
+// and the element types used (f32, u8) are plain data.
+unsafe impl<T: Send> Send for DisjointSlice<'_, T> {}
+unsafe impl<T: Send> Sync for DisjointSlice<'_, T> {}
+
+impl<'a, T> DisjointSlice<'a, T> {
     /// Wraps a slice for disjoint parallel writes.
-    pub fn new(s: &'a mut [f32]) -> Self {
+    pub fn new(s: &'a mut [T]) -> Self {
         DisjointSlice { ptr: s.as_mut_ptr(), len: s.len(), _life: std::marker::PhantomData }
     }
 
@@ -254,7 +261,7 @@ impl<'a> DisjointSlice<'a> {
     /// # Safety
     /// No other thread may access `start..start + len` while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         assert!(start + len <= self.len, "DisjointSlice range out of bounds");
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }

@@ -77,6 +77,12 @@ impl Runtime {
         linear::matmul(&self.pool, &mut self.matmul, self.precision, file, w, x, out);
     }
 
+    /// `out = x · Wᵀ` for several weights that read the same input, which is
+    /// quantized once (see [`linear::matmul_many`]).
+    pub fn matmul_many(&mut self, file: &[u8], x: &[f32], jobs: &mut [(&Linear, &mut [f32])]) {
+        linear::matmul_many(&self.pool, &mut self.matmul, self.precision, file, x, jobs);
+    }
+
     /// Causal attention of queries at `start..` (see [`attention::attention`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(

@@ -300,9 +300,15 @@ impl Architecture for Gemma3 {
 
             // Attention: h = RMSNorm(x); q, k, v = h·W; per-head RMSNorm and RoPE of q, k.
             rms_norm_rows(&a.x, &b.attn_norm, c.eps, fit(&mut a.h, m * d));
-            rt.matmul(file, &b.wq, &a.h, fit(&mut a.q, m * qd));
-            rt.matmul(file, &b.wk, &a.h, fit(&mut a.k, m * kvd));
-            rt.matmul(file, &b.wv, &a.h, fit(&mut a.v, m * kvd));
+            rt.matmul_many(
+                file,
+                &a.h,
+                &mut [
+                    (&b.wq, fit(&mut a.q, m * qd)),
+                    (&b.wk, fit(&mut a.k, m * kvd)),
+                    (&b.wv, fit(&mut a.v, m * kvd)),
+                ],
+            );
             for t in 0..m {
                 let angles = &rope[t * nr..(t + 1) * nr];
                 for q in a.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
@@ -329,8 +335,11 @@ impl Architecture for Gemma3 {
 
             // Feed-forward: x += RMSNorm((GELU(h·Wg) ⊙ h·Wu)·Wd) * post_ffw_norm, h = RMSNorm(x).
             rms_norm_rows(&a.x, &b.ffn_norm, c.eps, fit(&mut a.h, m * d));
-            rt.matmul(file, &b.w_gate, &a.h, fit(&mut a.gate, m * c.n_ff));
-            rt.matmul(file, &b.w_up, &a.h, fit(&mut a.up, m * c.n_ff));
+            rt.matmul_many(
+                file,
+                &a.h,
+                &mut [(&b.w_gate, fit(&mut a.gate, m * c.n_ff)), (&b.w_up, fit(&mut a.up, m * c.n_ff))],
+            );
             geglu(&mut a.gate, &a.up);
             rt.matmul(file, &b.w_down, &a.gate, fit(&mut a.proj, m * d));
             rms_norm_rows(&a.proj, &b.post_ffn_norm, c.eps, fit(&mut a.h, m * d));

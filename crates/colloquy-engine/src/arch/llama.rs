@@ -280,6 +280,21 @@ impl Proj {
     /// `out = x·Wᵀ + b`, row by row.
     fn apply(&self, rt: &mut Runtime, file: &[u8], x: &[f32], out: &mut [f32]) {
         rt.matmul(file, &self.w, x, out);
+        self.add_bias(out);
+    }
+
+    /// [`apply`](Self::apply) for several projections of the same input
+    /// (quantized once).
+    fn apply_many<const N: usize>(rt: &mut Runtime, file: &[u8], x: &[f32], jobs: [(&Proj, &mut [f32]); N]) {
+        let projs = jobs.each_ref().map(|(p, _)| *p);
+        let mut linear = jobs.map(|(p, out)| (&p.w, out));
+        rt.matmul_many(file, x, &mut linear);
+        for (p, (_, out)) in projs.iter().zip(linear.iter_mut()) {
+            p.add_bias(out);
+        }
+    }
+
+    fn add_bias(&self, out: &mut [f32]) {
         if let Some(b) = &self.b {
             for row in out.chunks_exact_mut(b.len()) {
                 kernels::add_inplace(row, b);
@@ -426,9 +441,12 @@ impl Architecture for Llama {
             rms_norm_rows(&a.x, &b.attn_norm, c.eps, fit(&mut a.h, m * d));
             match &b.qkv {
                 Qkv::Separate { q, k, v } => {
-                    q.apply(rt, file, &a.h, fit(&mut a.q, m * qd));
-                    k.apply(rt, file, &a.h, fit(&mut a.k, m * kvd));
-                    v.apply(rt, file, &a.h, fit(&mut a.v, m * kvd));
+                    let outs = [
+                        (q, fit(&mut a.q, m * qd)),
+                        (k, fit(&mut a.k, m * kvd)),
+                        (v, fit(&mut a.v, m * kvd)),
+                    ];
+                    Proj::apply_many(rt, file, &a.h, outs);
                 }
                 Qkv::Fused(qkv) => {
                     qkv.apply(rt, file, &a.h, fit(&mut a.att, m * (qd + 2 * kvd)));
@@ -473,8 +491,8 @@ impl Architecture for Llama {
             rms_norm_rows(&a.x, &b.ffn_norm, c.eps, fit(&mut a.h, m * d));
             match &b.gate_up {
                 GateUp::Separate { gate, up } => {
-                    gate.apply(rt, file, &a.h, fit(&mut a.gate, m * nff));
-                    up.apply(rt, file, &a.h, fit(&mut a.up, m * nff));
+                    let outs = [(gate, fit(&mut a.gate, m * nff)), (up, fit(&mut a.up, m * nff))];
+                    Proj::apply_many(rt, file, &a.h, outs);
                 }
                 GateUp::Fused(gate_up) => {
                     gate_up.apply(rt, file, &a.h, fit(&mut a.up, m * 2 * nff));
