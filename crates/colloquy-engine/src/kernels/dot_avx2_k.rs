@@ -22,6 +22,14 @@ unsafe fn rd_f32(p: *const u8) -> f32 {
     std::ptr::read_unaligned(p as *const f32)
 }
 
+/// The horizontal sums of four vectors, as `[Σa, Σb, Σc, Σd]` (exact, wrapping).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
+    let abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256::<1>(abcd))
+}
+
 /// Shuffle mask that broadcasts i16 lane `lo` over the low 128-bit half and
 /// i16 lane `hi` over the high half.
 #[inline]
@@ -95,6 +103,8 @@ pub(crate) unsafe fn dot_q45k<const FIVE: bool, const R: usize>(
             *sj = _mm256_shuffle_epi8(scv, pick16(j as i32, j as i32));
         }
 
+        let mut sums = [_mm256_setzero_si256(); R];
+        let mut mins = [_mm256_setzero_si256(); R];
         for r in 0..R {
             let xb = xs[r].add(ib * 292);
             let mut sumv = _mm256_setzero_si256();
@@ -104,9 +114,28 @@ pub(crate) unsafe fn dot_q45k<const FIVE: bool, const R: usize>(
                 sumv = _mm256_add_epi32(sumv, p);
             }
             let bs = _mm256_loadu_si256(xb.add(260) as *const __m256i);
-            let summ = hsum_i32(_mm256_madd_epi16(bs, m16));
-            let sumi = hsum_i32(sumv);
-            acc[r] = finish_k(acc[r], rd_f32(xb), wd, wdmin, sumi, summ);
+            sums[r] = sumv;
+            mins[r] = _mm256_madd_epi16(bs, m16);
+        }
+        if R == 4 {
+            // Four rows at once: the same exact sums and float steps, lane by lane.
+            let sumi = hsum4(sums[0], sums[1], sums[2], sums[3]);
+            let summ = hsum4(mins[0], mins[1], mins[2], mins[3]);
+            let dx = _mm_setr_ps(
+                rd_f32(xs[0].add(ib * 292)),
+                rd_f32(xs[1].add(ib * 292)),
+                rd_f32(xs[2].add(ib * 292)),
+                rd_f32(xs[3].add(ib * 292)),
+            );
+            let d = _mm_mul_ps(dx, _mm_set1_ps(wd));
+            let dmin = _mm_mul_ps(dx, _mm_set1_ps(wdmin));
+            let t = _mm_sub_ps(_mm_mul_ps(d, _mm_cvtepi32_ps(sumi)), _mm_mul_ps(dmin, _mm_cvtepi32_ps(summ)));
+            _mm_storeu_ps(acc.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(acc.as_ptr()), t));
+        } else {
+            for r in 0..R {
+                let dx = rd_f32(xs[r].add(ib * 292));
+                acc[r] = finish_k(acc[r], dx, wd, wdmin, hsum_i32(sums[r]), hsum_i32(mins[r]));
+            }
         }
     }
     acc
@@ -150,6 +179,8 @@ pub(crate) unsafe fn dot_q6k<const R: usize>(w: *const u8, xs: [*const u8; R], n
                 s[4 * h + g] = _mm256_shuffle_epi8(halves[h], pick16(2 * g as i32, 2 * g as i32 + 1));
             }
         }
+        let mut sums = [_mm256_setzero_si256(); R];
+        let mut corrs = [_mm256_setzero_si256(); R];
         for r in 0..R {
             let xb = xs[r].add(ib * 292);
             let mut sumv = _mm256_setzero_si256();
@@ -159,9 +190,27 @@ pub(crate) unsafe fn dot_q6k<const R: usize>(w: *const u8, xs: [*const u8; R], n
                 sumv = _mm256_add_epi32(sumv, p);
             }
             let bs = _mm256_loadu_si256(xb.add(260) as *const __m256i);
-            let corr = hsum_i32(_mm256_madd_epi16(bs, sc16));
-            let sumi = hsum_i32(sumv).wrapping_sub(corr.wrapping_mul(32));
-            acc[r] = finish_q6k(acc[r], rd_f32(xb), wd, sumi);
+            sums[r] = sumv;
+            corrs[r] = _mm256_madd_epi16(bs, sc16);
+        }
+        if R == 4 {
+            // Four rows at once: the same exact sums and float steps, lane by lane.
+            let corr = hsum4(corrs[0], corrs[1], corrs[2], corrs[3]);
+            let sumi = _mm_sub_epi32(hsum4(sums[0], sums[1], sums[2], sums[3]), _mm_slli_epi32::<5>(corr));
+            let dx = _mm_setr_ps(
+                rd_f32(xs[0].add(ib * 292)),
+                rd_f32(xs[1].add(ib * 292)),
+                rd_f32(xs[2].add(ib * 292)),
+                rd_f32(xs[3].add(ib * 292)),
+            );
+            let t = _mm_mul_ps(_mm_mul_ps(dx, _mm_set1_ps(wd)), _mm_cvtepi32_ps(sumi));
+            _mm_storeu_ps(acc.as_mut_ptr(), _mm_add_ps(_mm_loadu_ps(acc.as_ptr()), t));
+        } else {
+            for r in 0..R {
+                let corr = hsum_i32(corrs[r]);
+                let sumi = hsum_i32(sums[r]).wrapping_sub(corr.wrapping_mul(32));
+                acc[r] = finish_q6k(acc[r], rd_f32(xs[r].add(ib * 292)), wd, sumi);
+            }
         }
     }
     acc
