@@ -155,3 +155,34 @@ proptest! {
         prop_assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 }
+
+/// Attention over an f16 cache: scoring keys four at a time and summing
+/// values 32 outputs at a time give each key's score and each output the
+/// bits they get alone (so decoding and prefill stay identical).
+#[test]
+fn f16_attention_kernels_group_without_changing_bits() {
+    let mut rng = Rng::new(9);
+    for (dim, keys) in [(64usize, 13usize), (256, 37), (72, 5), (8, 4)] {
+        let stride = dim + 8;
+        let rows: Vec<f16> = rng.floats(keys * stride, 2.0).into_iter().map(f16::from_f32).collect();
+        let q = rng.floats(dim, 1.0);
+        let mut all = vec![0.0f32; keys];
+        k::scores_f16(&q, &rows, stride, 0.125, &mut all);
+        for (j, &s) in all.iter().enumerate() {
+            let mut one = [0.0f32];
+            k::scores_f16(&q, &rows[j * stride..], stride, 0.125, &mut one);
+            assert_eq!(s.to_bits(), one[0].to_bits(), "dim {dim}, key {j}");
+        }
+        let p = rng.floats(keys, 1.0);
+        let start = rng.floats(dim, 1.0);
+        let mut out = start.clone();
+        k::weighted_sum_f16(&p, &rows, stride, &mut out);
+        for c in (0..dim).step_by(8) {
+            let mut chunk = start[c..c + 8].to_vec();
+            k::weighted_sum_f16(&p, &rows[c..], stride, &mut chunk);
+            for i in 0..8 {
+                assert_eq!(out[c + i].to_bits(), chunk[i].to_bits(), "dim {dim}, output {}", c + i);
+            }
+        }
+    }
+}

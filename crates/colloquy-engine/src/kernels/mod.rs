@@ -487,9 +487,21 @@ pub fn scores_f16(q: &[f32], rows: &[half::f16], stride: usize, scale: f32, out:
     }
     #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(8) && matches!(Backend::active().usable(), Backend::Avx2 | Backend::AvxVnni) {
-        for (j, o) in out.iter_mut().enumerate() {
+        // Four keys at a time share the query loads; each key's sum is the
+        // same sequence of operations as alone.
+        let done = out.len() / 4 * 4;
+        let mut quads = out.chunks_exact_mut(4);
+        for (g, o) in (&mut quads).enumerate() {
+            let k = |i: usize| rows[(4 * g + i) * stride..].as_ptr();
             // SAFETY: AVX2/FMA/F16C checked by `usable`; bounds checked above.
-            *o = unsafe { dot_f32_f16_avx2(q, rows.as_ptr().add(j * stride)) } * scale;
+            let d = unsafe { dot4_f32_f16_avx2(q, [k(0), k(1), k(2), k(3)]) };
+            for (o, d) in o.iter_mut().zip(d) {
+                *o = d * scale;
+            }
+        }
+        for (j, o) in quads.into_remainder().iter_mut().enumerate() {
+            // SAFETY: as above.
+            *o = unsafe { dot_f32_f16_avx2(q, rows.as_ptr().add((done + j) * stride)) } * scale;
         }
         return;
     }
@@ -545,18 +557,74 @@ unsafe fn dot_f32_f16_avx2(q: &[f32], k: *const half::f16) -> f32 {
     _mm_cvtss_f32(h)
 }
 
+/// [`dot_f32_f16_avx2`] of one query against four keys, each key's sum in
+/// exactly the single-key order (the four chains only interleave).
+///
+/// # Safety
+/// AVX2, FMA and F16C; every `k[i]` must point at `q.len()` (a multiple of 8) f16 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_f32_f16_avx2(q: &[f32], k: [*const half::f16; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = q.len();
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        for c in 0..2 {
+            let qv = _mm256_loadu_ps(q.as_ptr().add(i + 8 * c));
+            for (a, &kr) in acc.iter_mut().zip(&k) {
+                let kv = _mm256_cvtph_ps(_mm_loadu_si128(kr.add(i + 8 * c) as *const __m128i));
+                a[c] = _mm256_fmadd_ps(qv, kv, a[c]);
+            }
+        }
+        i += 16;
+    }
+    let mut out = [0.0f32; 4];
+    for ((o, a), &kr) in out.iter_mut().zip(acc.iter_mut()).zip(&k) {
+        if i < n {
+            let kv = _mm256_cvtph_ps(_mm_loadu_si128(kr.add(i) as *const __m128i));
+            a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), kv, a[0]);
+        }
+        let s = _mm256_add_ps(a[0], a[1]);
+        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        *o = _mm_cvtss_f32(h);
+    }
+    out
+}
+
 /// # Safety
 /// AVX2, FMA and F16C; `rows` must cover every row read.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn weighted_sum_f16_avx2(p: &[f32], rows: &[half::f16], stride: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
-    for c in (0..out.len()).step_by(8) {
+    // Four 8-wide output chunks at a time: independent chains, each summed in
+    // key order exactly as one chunk alone.
+    let mut c = 0;
+    while c + 32 <= out.len() {
+        let mut acc = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(out.as_ptr().add(c + o)));
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pj);
+            let row = rows.as_ptr().add(j * stride + c);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * i) as *const __m128i));
+                *a = _mm256_fmadd_ps(pv, v, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a);
+        }
+        c += 32;
+    }
+    while c < out.len() {
         let mut acc = _mm256_loadu_ps(out.as_ptr().add(c));
         for (j, &pj) in p.iter().enumerate() {
             let v = _mm256_cvtph_ps(_mm_loadu_si128(rows.as_ptr().add(j * stride + c) as *const __m128i));
             acc = _mm256_fmadd_ps(_mm256_set1_ps(pj), v, acc);
         }
         _mm256_storeu_ps(out.as_mut_ptr().add(c), acc);
+        c += 8;
     }
 }
