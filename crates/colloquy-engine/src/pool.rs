@@ -196,38 +196,6 @@ impl Drop for ThreadPool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_cover_everything_once() {
-        for n in 0..50 {
-            for parts in 1..5 {
-                let mut covered = vec![0; n];
-                for i in 0..parts {
-                    for j in split_range(n, parts, i) {
-                        covered[j] += 1;
-                    }
-                }
-                assert!(covered.iter().all(|&c| c == 1), "n={n} parts={parts}");
-            }
-        }
-    }
-
-    #[test]
-    fn many_runs_each_call_every_thread() {
-        let pool = ThreadPool::new(3);
-        let total = AtomicUsize::new(0);
-        for _ in 0..1000 {
-            pool.run(&|i| {
-                total.fetch_add(i + 1, Ordering::Relaxed);
-            });
-        }
-        assert_eq!(total.load(Ordering::Relaxed), 1000 * 6);
-    }
-}
-
 /// A shared view of a mutable slice whose parts are written by different threads.
 ///
 /// Each thread must write a disjoint set of indices; the pool's ranges guarantee
@@ -264,5 +232,37 @@ impl<'a, T> DisjointSlice<'a, T> {
     pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         assert!(start + len <= self.len, "DisjointSlice range out of bounds");
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_everything_once() {
+        for n in 0..50 {
+            for parts in 1..5 {
+                let mut covered = vec![0; n];
+                for i in 0..parts {
+                    for j in split_range(n, parts, i) {
+                        covered[j] += 1;
+                    }
+                }
+                assert!(covered.iter().all(|&c| c == 1), "n={n} parts={parts}");
+            }
+        }
+    }
+
+    #[test]
+    fn many_runs_each_call_every_thread() {
+        let pool = ThreadPool::new(3);
+        let total = AtomicUsize::new(0);
+        for _ in 0..1000 {
+            pool.run(&|i| {
+                total.fetch_add(i + 1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 1000 * 6);
     }
 }
