@@ -40,6 +40,8 @@ mod dot_avx2;
 mod dot_avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod packed_avx2;
+#[cfg(target_arch = "x86_64")]
+mod quantize_avx2;
 
 pub use ops::{
     add_inplace, f16_to_f32_row, f32_to_f16_row, gelu_mul, gelu_tanh, gelu_tanh_f32, mul_inplace, rms_norm,

@@ -60,9 +60,9 @@ pub(crate) fn quantize(ty: GgmlType, x: &[f32], dst: &mut [u8]) {
                 d.copy_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes());
             }
         }
-        GgmlType::Q8_0 => blocks(x, dst, QK32, 34, q8_0),
-        GgmlType::Q8_1 => blocks(x, dst, QK32, 36, q8_1),
-        GgmlType::Q8_K => blocks(x, dst, QK_K, 292, q8_k),
+        GgmlType::Q8_0 => blocks(x, dst, QK32, 34, q8_0_fast),
+        GgmlType::Q8_1 => blocks(x, dst, QK32, 36, q8_1_fast),
+        GgmlType::Q8_K => blocks(x, dst, QK_K, 292, q8_k_fast),
         GgmlType::Q4_0 => blocks(x, dst, QK32, 18, q4_0),
         GgmlType::Q4_1 => blocks(x, dst, QK32, 20, q4_1),
         GgmlType::Q5_0 => blocks(x, dst, QK32, 22, q5_0),
@@ -121,6 +121,42 @@ fn signed_max_of(x: &[f32]) -> (f32, f32) {
         }
     }
     (amax, max)
+}
+
+/// Whether the AVX2 quantizers can run here.
+fn simd() -> bool {
+    cfg!(target_arch = "x86_64")
+        && matches!(super::Backend::active().usable(), super::Backend::Avx2 | super::Backend::AvxVnni)
+}
+
+/// [`q8_0`], through the AVX2 quantizer when it can run (same bytes).
+fn q8_0_fast(x: &[f32], y: &mut [u8]) {
+    // SAFETY: AVX2/FMA/F16C checked by `simd`; `blocks` passes whole blocks.
+    #[cfg(target_arch = "x86_64")]
+    if simd() && unsafe { super::quantize_avx2::q8_0_or_1(x, y, false) } {
+        return;
+    }
+    q8_0(x, y)
+}
+
+/// [`q8_1`], through the AVX2 quantizer when it can run (same bytes).
+fn q8_1_fast(x: &[f32], y: &mut [u8]) {
+    // SAFETY: as in `q8_0_fast`.
+    #[cfg(target_arch = "x86_64")]
+    if simd() && unsafe { super::quantize_avx2::q8_0_or_1(x, y, true) } {
+        return;
+    }
+    q8_1(x, y)
+}
+
+/// [`q8_k`], through the AVX2 quantizer when it can run (same bytes).
+fn q8_k_fast(x: &[f32], y: &mut [u8]) {
+    // SAFETY: as in `q8_0_fast`.
+    #[cfg(target_arch = "x86_64")]
+    if simd() && unsafe { super::quantize_avx2::q8_k(x, y) } {
+        return;
+    }
+    q8_k(x, y)
 }
 
 fn q8_0(x: &[f32], y: &mut [u8]) {
@@ -276,6 +312,54 @@ mod tests {
                 a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) || (a == 0.0 && b == 0.0),
                 "{v}: {a} vs {b}"
             );
+        }
+    }
+
+    /// The AVX2 quantizers write the portable ones' bytes, special values included.
+    #[test]
+    fn simd_quantizers_equal_portable() {
+        if !simd() {
+            return;
+        }
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for case in 0..3000 {
+            let scale = [1e-3f32, 1.0, 37.0, 1e4][case % 4];
+            let mut x: Vec<f32> =
+                (0..256).map(|_| ((next() % 20_001) as f32 / 10_000.0 - 1.0) * scale).collect();
+            match case % 7 {
+                // Ties after scaling, repeated extremes of both signs, zeros, specials.
+                0 => x.iter_mut().for_each(|v| *v = (*v * 4.0).round() / 4.0),
+                1 => {
+                    x[3] = -scale * 2.0;
+                    x[200] = scale * 2.0;
+                }
+                2 => x[..32].fill(0.0),
+                3 => x[(next() % 256) as usize] = [f32::NAN, f32::INFINITY, -f32::INFINITY][case % 3],
+                _ => {}
+            }
+            for (ty, bs, n) in
+                [(GgmlType::Q8_0, 34, 32), (GgmlType::Q8_1, 36, 32), (GgmlType::Q8_K, 292, 256)]
+            {
+                let blocks_n = 256 / n;
+                let mut fast = vec![0u8; bs * blocks_n];
+                let mut slow = vec![0u8; bs * blocks_n];
+                quantize(ty, &x, &mut fast);
+                let portable = match ty {
+                    GgmlType::Q8_0 => q8_0,
+                    GgmlType::Q8_1 => q8_1,
+                    _ => q8_k,
+                };
+                for (xb, yb) in x.chunks_exact(n).zip(slow.chunks_exact_mut(bs)) {
+                    portable(xb, yb);
+                }
+                assert_eq!(fast, slow, "{ty} case {case}");
+            }
         }
     }
 
