@@ -129,15 +129,19 @@ async fn run_async(args: SessionBenchArgs) -> Result<()> {
         "reprocess_ms": reprocess.as_secs_f64() * 1e3,
         "speedup": reprocess.as_secs_f64() / load.as_secs_f64().max(1e-9)}));
 
-    // Bytes per token, f16 and q8_0, in memory and saved.
-    rows.push(json!({"test": "bytes_per_token", "kv": "f16",
-        "memory": llm.model().new_kv().layout().bytes_per_token(),
+    // Bytes per token, f16 and q8_0, in memory and saved. "every_layer" is what a
+    // position costs while every layer holds it; with sliding-window layers a
+    // session holds less ("memory", from the session itself).
+    rows.push(json!({"test": "bytes_per_token", "kv": "f16", "tokens": n_small,
+        "every_layer": llm.model().new_kv().layout().bytes_per_token(),
+        "memory": small.kv_bytes() as f64 / n_small as f64,
         "saved": bytes.len() as f64 / n_small as f64}));
     drop(llm);
     let q8 = build(KvDtype::Q8_0).await?;
     let sq = session_with(&q8, args.load_tokens).await?;
-    rows.push(json!({"test": "bytes_per_token", "kv": "q8_0",
-        "memory": q8.model().new_kv().layout().bytes_per_token(),
+    rows.push(json!({"test": "bytes_per_token", "kv": "q8_0", "tokens": sq.token_count(),
+        "every_layer": q8.model().new_kv().layout().bytes_per_token(),
+        "memory": sq.kv_bytes() as f64 / sq.token_count() as f64,
         "saved": sq.to_bytes()?.len() as f64 / sq.token_count() as f64}));
     let _ = std::fs::remove_dir_all(&dir);
 
