@@ -119,6 +119,10 @@ async fn run_async(args: SessionBenchArgs) -> Result<()> {
     let bytes = small.to_bytes()?;
     let n_small = small.token_count();
     let load = time(20, || LlamaChatSession::from_bytes(&bytes));
+    // From a file, as llama.cpp's `llama_state_load_file` reads one.
+    let file = dir.join("small.session");
+    small.save(&file)?;
+    let load_file = time(20, || LlamaChatSession::load(&file));
     let tokens = small.tokens();
     let model = llm.model();
     let reprocess = time(3, || {
@@ -126,6 +130,7 @@ async fn run_async(args: SessionBenchArgs) -> Result<()> {
         model.forward(&mut kv, &tokens, colloquy::engine::arch::LogitsFor::Last)
     });
     rows.push(json!({"test": "load", "tokens": n_small, "load_ms": load.as_secs_f64() * 1e3,
+        "load_file_ms": load_file.as_secs_f64() * 1e3,
         "reprocess_ms": reprocess.as_secs_f64() * 1e3,
         "speedup": reprocess.as_secs_f64() / load.as_secs_f64().max(1e-9)}));
 

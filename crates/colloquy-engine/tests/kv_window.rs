@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use colloquy_engine::kv::{KvBlock, KvCache, KvDtype, KvLayout, KvRows, KvWindow, BLOCK_TOKENS};
+use colloquy_engine::kv::{KvBlock, KvCache, KvData, KvDtype, KvLayout, KvRows, KvWindow, BLOCK_TOKENS};
 
 const WINDOW: usize = 64;
 const ROW: usize = 4;
@@ -136,4 +136,27 @@ fn rebuilding_without_the_needed_window_is_refused() {
     let kv = KvCache::from_lanes(layout(), 4096, blocks.clone(), whole, 80, None).unwrap();
     assert_eq!(kv.len(), 80);
     assert!(KvCache::from_lanes(layout(), 4096, blocks, Vec::new(), 80, None).is_err());
+}
+
+/// Dropped blocks are reused: a new block takes a dropped one's memory, and
+/// `zeroed` still gives zeros.
+#[test]
+fn dropped_blocks_are_reused_and_zeroed_blocks_are_zero() {
+    // An odd shape no other test uses, so tests running in parallel do not take these blocks.
+    let layout = KvLayout::new(3, 1, 40, KvDtype::F16);
+    let keys = |b: &mut KvBlock| match &mut b.k {
+        KvData::F16(d) => d.as_mut_ptr(),
+        _ => unreachable!("an f16 layout"),
+    };
+    let mut first = KvBlock::for_overwrite(&layout);
+    if let KvData::F16(d) = &mut first.k {
+        d.fill(half::f16::ONE);
+    }
+    let ptr = keys(&mut first);
+    drop(first);
+    let mut again = KvBlock::zeroed(&layout);
+    assert_eq!(keys(&mut again), ptr, "the dropped block's memory is reused");
+    assert!(
+        matches!(&again.k, KvData::F16(d) if d.len() == 3 * 32 * 40 && d.iter().all(|x| x.to_bits() == 0))
+    );
 }

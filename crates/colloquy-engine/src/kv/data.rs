@@ -1,5 +1,7 @@
 //! K/V storage: the element types and the rows of one block.
 
+use std::sync::Mutex;
+
 use half::f16;
 
 use super::KvLayout;
@@ -82,6 +84,47 @@ impl KvRows<'_> {
 }
 
 impl KvData {
+    /// The storage type.
+    pub fn dtype(&self) -> KvDtype {
+        match self {
+            KvData::F16(_) => KvDtype::F16,
+            KvData::F32(_) => KvDtype::F32,
+            KvData::Q8_0(_) => KvDtype::Q8_0,
+        }
+    }
+
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            KvData::F16(d) => d.len(),
+            KvData::F32(d) => d.len(),
+            KvData::Q8_0(d) => d.len() / 34 * 32,
+        }
+    }
+
+    /// Whether no element is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn byte_len(&self) -> usize {
+        self.dtype().bytes(self.len())
+    }
+
+    /// Sets elements `range` to zero (`range` on 32-element boundaries for Q8_0).
+    pub fn zero_range(&mut self, range: std::ops::Range<usize>) {
+        match self {
+            KvData::F16(d) => d[range].fill(f16::ZERO),
+            KvData::F32(d) => d[range].fill(0.0),
+            KvData::Q8_0(d) => d[range.start / 32 * 34..range.end / 32 * 34].fill(0),
+        }
+    }
+
+    fn zero(&mut self) {
+        let n = self.len();
+        self.zero_range(0..n);
+    }
+
     pub(crate) fn zeros(dtype: KvDtype, n: usize) -> KvData {
         match dtype {
             KvDtype::F16 => KvData::F16(vec![f16::ZERO; n]),
@@ -191,7 +234,12 @@ impl KvData {
     }
 }
 
-/// One block: K and V of [`BLOCK_TOKENS`] positions for every layer.
+/// One block: K and V of [`BLOCK_TOKENS`] positions for every layer (of one lane).
+///
+/// Dropped blocks give their memory to a small process-wide pool (at most
+/// [`RECYCLE_BYTES`]) that new blocks take from first: loading a session right
+/// after another was dropped, as a server resuming conversations does, then
+/// writes into memory that is already mapped instead of faulting in fresh pages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvBlock {
     /// Keys.
@@ -200,10 +248,50 @@ pub struct KvBlock {
     pub v: KvData,
 }
 
+/// The most bytes of dropped blocks kept for reuse.
+pub const RECYCLE_BYTES: usize = 64 << 20;
+
+/// Storage of dropped blocks, by type and length.
+static RECYCLED: Mutex<Vec<KvData>> = Mutex::new(Vec::new());
+
+fn recycled() -> std::sync::MutexGuard<'static, Vec<KvData>> {
+    RECYCLED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl KvBlock {
     /// A block of zeros shaped for `layout`.
     pub fn zeroed(layout: &KvLayout) -> KvBlock {
+        let mut b = KvBlock::for_overwrite(layout);
+        b.k.zero();
+        b.v.zero();
+        b
+    }
+
+    /// A block shaped for `layout` whose contents are unspecified (a reused
+    /// block's old values, or zeros): for callers that write every position
+    /// they keep.
+    pub fn for_overwrite(layout: &KvLayout) -> KvBlock {
         let n = layout.n_layers * layout.layer_stride();
-        KvBlock { k: KvData::zeros(layout.dtype, n), v: KvData::zeros(layout.dtype, n) }
+        let take = || {
+            let mut pool = recycled();
+            let at = pool.iter().position(|d| d.dtype() == layout.dtype && d.len() == n);
+            at.map(|i| pool.swap_remove(i)).unwrap_or_else(|| KvData::zeros(layout.dtype, n))
+        };
+        KvBlock { k: take(), v: take() }
+    }
+}
+
+impl Drop for KvBlock {
+    fn drop(&mut self) {
+        let empty = || KvData::F32(Vec::new());
+        let (k, v) = (std::mem::replace(&mut self.k, empty()), std::mem::replace(&mut self.v, empty()));
+        let mut pool = recycled();
+        let mut held: usize = pool.iter().map(KvData::byte_len).sum();
+        for d in [k, v] {
+            if !d.is_empty() && held + d.byte_len() <= RECYCLE_BYTES {
+                held += d.byte_len();
+                pool.push(d);
+            }
+        }
     }
 }

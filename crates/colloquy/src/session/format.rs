@@ -326,13 +326,17 @@ pub(crate) fn decode_window_index(
 /// left (a whole block of the layout is allocated).
 pub(crate) fn decode_block_rows(r: &mut Reader<'_>, layout: &KvLayout, used: usize) -> Result<KvBlock> {
     let row = layout.row();
-    let mut block = KvBlock::zeroed(layout);
+    // Every used row is written below and the rest zeroed: no need to clear it first.
+    let mut block = KvBlock::for_overwrite(layout);
     for layer in 0..layout.n_layers {
         let range = layer * BLOCK_TOKENS * row..(layer * BLOCK_TOKENS + used) * row;
+        let unused = range.end..(layer + 1) * BLOCK_TOKENS * row;
         let bytes = r.take(layout.dtype.bytes(range.len()))?;
         block.k.decode_range(range.clone(), bytes);
         let bytes = r.take(layout.dtype.bytes(range.len()))?;
         block.v.decode_range(range, bytes);
+        block.k.zero_range(unused.clone());
+        block.v.zero_range(unused);
     }
     Ok(block)
 }
