@@ -1,6 +1,6 @@
 //! Weights repacked eight rows at a time for fast matrix products.
 //!
-//! For Q4_0, Q4_1 and Q8_0, groups of 8 consecutive rows are interleaved
+//! For Q4_0, Q4_1 and Q8_0 (and Q5_0, see below), groups of 8 consecutive rows are interleaved
 //! block by block: the 8 scales (and mins) first, then the quant bytes in
 //! 4-byte chunks, row after row (`chunk c = [row0 bytes 4c..4c+4, row1 ...,
 //! row7 ...]`). One 32-byte load then feeds 8 rows at once and the integer
