@@ -234,7 +234,7 @@ impl KvData {
     }
 }
 
-/// One block: K and V of [`BLOCK_TOKENS`] positions for every layer (of one lane).
+/// One block: K and V of [`BLOCK_TOKENS`](super::BLOCK_TOKENS) positions for every layer (of one lane).
 ///
 /// Dropped blocks give their memory to a small process-wide pool (at most
 /// [`RECYCLE_BYTES`]) that new blocks take from first: loading a session right

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 
 mod data;
 mod layout;
-pub use data::{KvBlock, KvData, KvDtype, KvRows};
+pub use data::{KvBlock, KvData, KvDtype, KvRows, RECYCLE_BYTES};
 pub use layout::{KvLayout, KvWindow};
 
 /// Positions per block.
