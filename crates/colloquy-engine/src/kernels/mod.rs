@@ -548,7 +548,25 @@ unsafe fn dot_f32_f16_avx2(q: &[f32], k: *const half::f16) -> f32 {
         }
         i += 16;
     }
-    if i < n {
+    finish_dot_f16(q, k, i, acc)
+}
+
+/// The end of [`dot_f32_f16_avx2`] from position `i`: the last 8 values if
+/// any are left, then the sum of the two accumulators' lanes.
+///
+/// # Safety
+/// As for [`dot_f32_f16_avx2`]; `i` is a multiple of 16 with `q.len() - i` 0 or 8.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn finish_dot_f16(
+    q: &[f32],
+    k: *const half::f16,
+    i: usize,
+    mut acc: [std::arch::x86_64::__m256; 2],
+) -> f32 {
+    use std::arch::x86_64::*;
+    if i < q.len() {
         let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(i) as *const __m128i));
         acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), kv, acc[0]);
     }
@@ -582,16 +600,8 @@ unsafe fn dot4_f32_f16_avx2(q: &[f32], k: [*const half::f16; 4]) -> [f32; 4] {
         i += 16;
     }
     let mut out = [0.0f32; 4];
-    for ((o, a), &kr) in out.iter_mut().zip(acc.iter_mut()).zip(&k) {
-        if i < n {
-            let kv = _mm256_cvtph_ps(_mm_loadu_si128(kr.add(i) as *const __m128i));
-            a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), kv, a[0]);
-        }
-        let s = _mm256_add_ps(a[0], a[1]);
-        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        *o = _mm_cvtss_f32(h);
+    for ((o, a), &kr) in out.iter_mut().zip(acc).zip(&k) {
+        *o = finish_dot_f16(q, kr, i, a);
     }
     out
 }
