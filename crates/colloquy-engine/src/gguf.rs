@@ -268,15 +268,18 @@ impl Gguf {
     /// (called right after it was repacked, so the peak resident memory does not
     /// hold both copies).
     pub fn release_tensor(&self, info: &TensorInfo) {
+        self.release_range(info.offset as usize, info.size as usize);
+    }
+
+    /// Like [`release_pages`](Self::release_pages), for `len` bytes of the
+    /// file from `offset` (pages partly in the range are released too; they
+    /// read back unchanged).
+    pub fn release_range(&self, offset: usize, len: usize) {
         if let Backing::Mmap(m) = &self.bytes {
-            // SAFETY: as in `release_pages`; memmap2 aligns the range to pages.
-            let _ = unsafe {
-                m.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    info.offset as usize,
-                    info.size as usize,
-                )
-            };
+            if offset.checked_add(len).is_some_and(|end| end <= m.len()) {
+                // SAFETY: as in `release_pages`; memmap2 aligns the range to pages.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+            }
         }
     }
 

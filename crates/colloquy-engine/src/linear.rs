@@ -68,7 +68,12 @@ impl Linear {
             packed: None,
         };
         if PackedWeights::supports(info.ty) {
-            let packed = PackedWeights::pack(info.ty, gguf.tensor_data(info), n_out, n_in)?;
+            // The file's pages are dropped as they are repacked, so the peak
+            // resident memory never holds both copies of a large matrix.
+            let release =
+                |r: std::ops::Range<usize>| gguf.release_range(info.offset as usize + r.start, r.len());
+            let packed =
+                PackedWeights::pack_releasing(info.ty, gguf.tensor_data(info), n_out, n_in, release)?;
             linear.packed = Some(Arc::new(packed));
             gguf.release_tensor(info);
         }

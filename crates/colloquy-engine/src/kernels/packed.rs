@@ -94,6 +94,21 @@ impl PackedWeights {
 
     /// Repacks `rows` consecutive ggml rows of `n` elements from `w`.
     pub fn pack(ty: GgmlType, w: &[u8], rows: usize, n: usize) -> Result<PackedWeights> {
+        Self::pack_releasing(ty, w, rows, n, |_| {})
+    }
+
+    /// [`pack`](Self::pack), calling `release` with each byte range of `w` as
+    /// soon as it has been repacked (a few hundred rows at a time), so the
+    /// caller can drop the source pages before the whole copy exists.
+    pub fn pack_releasing(
+        ty: GgmlType,
+        w: &[u8],
+        rows: usize,
+        n: usize,
+        mut release: impl FnMut(Range<usize>),
+    ) -> Result<PackedWeights> {
+        /// Rows per step: whole groups, a few hundred KiB of source.
+        const STEP_ROWS: usize = 32 * PACK_ROWS;
         if !Self::supports(ty) {
             return Err(invalid(format!("cannot pack {ty} weights")));
         }
@@ -102,37 +117,23 @@ impl PackedWeights {
         if w.len() < total {
             return Err(invalid(format!("{rows} {ty} rows of {n} need {total} bytes, got {}", w.len())));
         }
-        if ty == GgmlType::Q5_0 {
-            let wide: Vec<u8> = w[..total].chunks_exact(22).flat_map(widen_q5_0).collect();
-            return Self::pack(GgmlType::Q8_0, &wide, rows, n);
-        }
-        let nb = n / ty.block_size();
-        let bs = ty.type_size();
-        let (_, mo, qo, gbs) = group_block_layout(ty);
-        // Quant bytes per row block (16 or 32): the block minus its share of the header.
-        let qbytes = bs - qo / PACK_ROWS;
-        let groups = rows / PACK_ROWS;
-        let mut data = vec![0u8; total];
-        for g in 0..groups {
-            for b in 0..nb {
-                let dst = &mut data[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
-                for r in 0..PACK_ROWS {
-                    let src = &w[(g * PACK_ROWS + r) * wlen + b * bs..][..bs];
-                    dst[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
-                    if ty == GgmlType::Q4_1 {
-                        dst[mo + 2 * r..mo + 2 * r + 2].copy_from_slice(&src[2..4]);
-                    }
-                    let q = &src[bs - qbytes..];
-                    for c in 0..qbytes / 4 {
-                        let o = qo + 32 * c + 4 * r;
-                        dst[o..o + 4].copy_from_slice(&q[4 * c..4 * c + 4]);
-                    }
-                }
+        // Q5_0 is stored widened to Q8_0 (see the module documentation).
+        let stored = if ty == GgmlType::Q5_0 { GgmlType::Q8_0 } else { ty };
+        let slen = row_len(stored, n)?;
+        let mut data = vec![0u8; rows * slen];
+        let mut wide = Vec::new();
+        for start in (0..rows).step_by(STEP_ROWS) {
+            let end = (start + STEP_ROWS).min(rows);
+            let mut src = &w[start * wlen..end * wlen];
+            if ty == GgmlType::Q5_0 {
+                wide.clear();
+                wide.extend(src.chunks_exact(22).flat_map(widen_q5_0));
+                src = &wide;
             }
+            pack_rows(stored, src, end - start, n, &mut data[start * slen..end * slen]);
+            release(start * wlen..end * wlen);
         }
-        let tail = groups * PACK_ROWS * wlen;
-        data[tail..].copy_from_slice(&w[tail..total]);
-        Ok(PackedWeights { ty, rows, n, data })
+        Ok(PackedWeights { ty: stored, rows, n, data })
     }
 
     /// The type the rows are stored as (Q5_0 weights are stored as Q8_0).
@@ -333,6 +334,37 @@ impl PackedWeights {
         BLOCK.set(blk);
         Ok(())
     }
+}
+
+/// Packs `rows` ggml rows of `n` elements (`src`, type `ty`, one of Q4_0,
+/// Q4_1 and Q8_0) into `dst`: whole groups interleaved, the tail rows as they are.
+fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
+    let wlen = src.len() / rows.max(1);
+    let nb = n / ty.block_size();
+    let bs = ty.type_size();
+    let (_, mo, qo, gbs) = group_block_layout(ty);
+    // Quant bytes per row block (16 or 32): the block minus its share of the header.
+    let qbytes = bs - qo / PACK_ROWS;
+    let groups = rows / PACK_ROWS;
+    for g in 0..groups {
+        for b in 0..nb {
+            let out = &mut dst[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
+            for r in 0..PACK_ROWS {
+                let blk = &src[(g * PACK_ROWS + r) * wlen + b * bs..][..bs];
+                out[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+                if ty == GgmlType::Q4_1 {
+                    out[mo + 2 * r..mo + 2 * r + 2].copy_from_slice(&blk[2..4]);
+                }
+                let q = &blk[bs - qbytes..];
+                for c in 0..qbytes / 4 {
+                    let o = qo + 32 * c + 4 * r;
+                    out[o..o + 4].copy_from_slice(&q[4 * c..4 * c + 4]);
+                }
+            }
+        }
+    }
+    let tail = groups * PACK_ROWS * wlen;
+    dst[tail..].copy_from_slice(&src[tail..]);
 }
 
 /// One Q5_0 block (f16 scale, 32 high bits, 16 bytes of low nibbles) as a

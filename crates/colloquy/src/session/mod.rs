@@ -29,10 +29,14 @@ impl Fingerprint {
                 h.update(&d.to_le_bytes());
             }
             h.update(&t.ty.id().to_le_bytes());
-            h.update(g.tensor_data(t));
             // The weights live in packed copies (fast path) or are read back on
-            // demand (precise path): keep resident memory to one copy.
-            g.release_tensor(t);
+            // demand (precise path): each piece's pages are dropped once hashed,
+            // so resident memory keeps to one copy.
+            const PIECE: usize = 8 << 20;
+            for (i, piece) in g.tensor_data(t).chunks(PIECE).enumerate() {
+                h.update(piece);
+                g.release_range(t.offset as usize + i * PIECE, piece.len());
+            }
         }
         let tok = model.tokenizer();
         for id in 0..tok.vocab_size() as u32 {
