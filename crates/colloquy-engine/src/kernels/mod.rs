@@ -31,6 +31,7 @@ mod dispatch;
 mod dot_scalar;
 mod ops;
 mod packed;
+mod packed_k;
 mod quantize;
 mod types;
 

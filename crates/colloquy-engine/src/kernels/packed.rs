@@ -18,6 +18,7 @@
 
 use super::dispatch;
 use super::dot_scalar;
+use super::packed_k;
 use super::types::GgmlType;
 use super::{invalid, row_len, Backend};
 use crate::error::Result;
@@ -82,14 +83,20 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
     match ty {
         GgmlType::Q4_0 => (0, 0, 16, 144),
         GgmlType::Q4_1 => (0, 16, 32, 160),
+        GgmlType::Q4_K => (0, 0, 0, packed_k::GROUP_BYTES),
         _ => (0, 0, 16, 272),
     }
+}
+
+/// Bytes that the first `rows` rows take packed: whole groups, then rows in ggml layout.
+fn packed_len(ty: GgmlType, rows: usize, n: usize, wlen: usize) -> usize {
+    (rows / PACK_ROWS) * (n / ty.block_size()) * group_block_layout(ty).3 + (rows % PACK_ROWS) * wlen
 }
 
 impl PackedWeights {
     /// Whether `ty` can be packed.
     pub fn supports(ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0)
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K)
     }
 
     /// Repacks `rows` consecutive ggml rows of `n` elements from `w`.
@@ -120,7 +127,7 @@ impl PackedWeights {
         // Q5_0 is stored widened to Q8_0 (see the module documentation).
         let stored = if ty == GgmlType::Q5_0 { GgmlType::Q8_0 } else { ty };
         let slen = row_len(stored, n)?;
-        let mut data = vec![0u8; rows * slen];
+        let mut data = vec![0u8; packed_len(stored, rows, n, slen)];
         let mut wide = Vec::new();
         for start in (0..rows).step_by(STEP_ROWS) {
             let end = (start + STEP_ROWS).min(rows);
@@ -130,7 +137,8 @@ impl PackedWeights {
                 wide.extend(src.chunks_exact(22).flat_map(widen_q5_0));
                 src = &wide;
             }
-            pack_rows(stored, src, end - start, n, &mut data[start * slen..end * slen]);
+            let dst = &mut data[packed_len(stored, start, n, slen)..packed_len(stored, end, n, slen)];
+            pack_rows(stored, src, end - start, n, dst);
             release(start * wlen..end * wlen);
         }
         Ok(PackedWeights { ty: stored, rows, n, data })
@@ -160,7 +168,8 @@ impl PackedWeights {
         let wlen = self.ty.row_bytes(self.n)?;
         let groups = self.rows / PACK_ROWS;
         if r >= groups * PACK_ROWS {
-            return Some(self.data[r * wlen..(r + 1) * wlen].to_vec());
+            let at = packed_len(self.ty, r, self.n, wlen);
+            return Some(self.data[at..at + wlen].to_vec());
         }
         let mut out = vec![0u8; wlen];
         for (b, blk) in out.chunks_exact_mut(self.ty.type_size()).enumerate() {
@@ -177,6 +186,10 @@ impl PackedWeights {
         let qbytes = bs - qo / PACK_ROWS;
         let (g, lane) = (r / PACK_ROWS, r % PACK_ROWS);
         let src = &self.data[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
+        if self.ty == GgmlType::Q4_K {
+            packed_k::unpack_group(src, lane, blk);
+            return;
+        }
         blk[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
         if self.ty == GgmlType::Q4_1 {
             blk[2..4].copy_from_slice(&src[mo + 2 * lane..mo + 2 * lane + 2]);
@@ -233,6 +246,10 @@ impl PackedWeights {
             return Err(invalid(format!("output of {} values is too small for {m} x {width}", out.len())));
         }
         let b = backend.usable();
+        if ty == GgmlType::Q4_K {
+            self.matmul_k(b, rows, xs, m, out, out_stride);
+            return Ok(());
+        }
         let nb = n / ty.block_size();
         let gbytes = nb * group_block_layout(ty).3;
         let groups = self.rows / PACK_ROWS;
@@ -336,16 +353,94 @@ impl PackedWeights {
     }
 }
 
+impl PackedWeights {
+    /// [`matmul_with`](Self::matmul_with) for Q4_K (arguments already checked).
+    fn matmul_k(
+        &self,
+        b: Backend,
+        rows: Range<usize>,
+        xs: &[u8],
+        m: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let (ty, n) = (self.ty, self.n);
+        let (wlen, xlen) = (ty.type_size() * (n / ty.block_size()), GgmlType::Q8_K.type_size() * (n / 256));
+        let nb = n / ty.block_size();
+        let gbytes = nb * packed_k::GROUP_BYTES;
+        let groups = self.rows / PACK_ROWS;
+        let xr = |t: usize| &xs[t * xlen..(t + 1) * xlen];
+        let mut put = |t: usize, r: usize, v: f32| {
+            if rows.contains(&r) {
+                out[t * out_stride + (r - rows.start)] = v;
+            }
+        };
+        for g in rows.start / PACK_ROWS..rows.end.div_ceil(PACK_ROWS).min(groups) {
+            let gdata = &self.data[g * gbytes..(g + 1) * gbytes];
+            let mut t = 0;
+            while t < m {
+                let k = (m - t).min(4);
+                let (g4, x4) = (gdata.as_ptr(), [0, 1, 2, 3].map(|i| xr(t + i.min(k - 1)).as_ptr()));
+                let res = match (b, k) {
+                    (Backend::Scalar, 4) => {
+                        packed_k::dot_group(gdata, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], nb)
+                    }
+                    (Backend::Scalar, _) => packed_k::dot_group(gdata, [xr(t)], nb),
+                    // SAFETY (all four): `usable` checked the CPU features; the
+                    // group and activation rows cover `nb` blocks (checked above).
+                    #[cfg(target_arch = "x86_64")]
+                    (Backend::AvxVnni, 4) => unsafe { packed_k::vnni::dot_group(g4, x4, nb) },
+                    #[cfg(target_arch = "x86_64")]
+                    (Backend::AvxVnni, _) => unsafe { packed_k::vnni::dot_group(g4, [x4[0]], nb) },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, 4) => unsafe { packed_k::plain::dot_group(g4, x4, nb) },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, _) => unsafe { packed_k::plain::dot_group(g4, [x4[0]], nb) },
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => packed_k::dot_group(gdata, [xr(t)], nb),
+                };
+                let k = if k == 4 { 4 } else { 1 };
+                for (i, row) in res.iter().enumerate().take(k) {
+                    for (lane, v) in row.iter().enumerate() {
+                        put(t + i, g * PACK_ROWS + lane, *v);
+                    }
+                }
+                t += k;
+            }
+        }
+        // Tail rows in ggml layout.
+        for r in rows.start.max(groups * PACK_ROWS)..rows.end {
+            let at = packed_len(ty, r, n, wlen);
+            let w = &self.data[at..at + wlen];
+            for t in 0..m {
+                put(t, r, dispatch::dot_tile::<1, 1>(b, ty, [w], [xr(t)], n)[0]);
+            }
+        }
+    }
+}
+
 /// Packs `rows` ggml rows of `n` elements (`src`, type `ty`, one of Q4_0,
 /// Q4_1 and Q8_0) into `dst`: whole groups interleaved, the tail rows as they are.
 fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
     let wlen = src.len() / rows.max(1);
     let nb = n / ty.block_size();
     let bs = ty.type_size();
+    let groups = rows / PACK_ROWS;
+    if ty == GgmlType::Q4_K {
+        let gbs = packed_k::GROUP_BYTES;
+        for g in 0..groups {
+            for b in 0..nb {
+                let blocks = std::array::from_fn(|r| &src[(g * PACK_ROWS + r) * wlen + b * bs..][..bs]);
+                packed_k::pack_group(blocks, &mut dst[(g * nb + b) * gbs..(g * nb + b + 1) * gbs]);
+            }
+        }
+        let (at, tail) = (groups * nb * gbs, groups * PACK_ROWS * wlen);
+        dst[at..].copy_from_slice(&src[tail..]);
+        return;
+    }
     let (_, mo, qo, gbs) = group_block_layout(ty);
     // Quant bytes per row block (16 or 32): the block minus its share of the header.
     let qbytes = bs - qo / PACK_ROWS;
-    let groups = rows / PACK_ROWS;
     for g in 0..groups {
         for b in 0..nb {
             let out = &mut dst[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
