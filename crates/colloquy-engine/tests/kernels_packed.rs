@@ -69,23 +69,25 @@ fn packed_matches_vec_dot() {
     }
 }
 
-/// Q4_K (256-wide superblocks, its own packed layout): lossless, and the bits of `vec_dot`.
+/// Q4_K and Q6_K (256-wide superblocks, their own packed layouts): lossless,
+/// and the bits of `vec_dot`.
 #[test]
-fn packed_q4_k_matches_vec_dot() {
-    let ty = GgmlType::Q4_K;
-    for (rows, n) in [(8usize, 256usize), (16, 512), (13, 256), (24, 1536), (5, 256)] {
-        for m in [1usize, 2, 3, 4, 5, 9] {
-            check(ty, rows, n, m, 0..rows, rows as u64 * 17 + m as u64);
+fn packed_k_quants_match_vec_dot() {
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        for (rows, n) in [(8usize, 256usize), (16, 512), (13, 256), (24, 1536), (5, 256)] {
+            for m in [1usize, 2, 3, 4, 5, 9] {
+                check(ty, rows, n, m, 0..rows, rows as u64 * 17 + m as u64);
+            }
         }
+        check(ty, 21, 256, 3, 3..19, 5);
+        check(ty, 21, 512, 1, 16..21, 6);
+        check(ty, 21, 256, 6, 9..10, 7);
     }
-    check(ty, 21, 256, 3, 3..19, 5);
-    check(ty, 21, 512, 1, 16..21, 6);
-    check(ty, 21, 256, 6, 9..10, 7);
 }
 
 #[test]
 fn packing_rejects_bad_input() {
-    assert!(PackedWeights::pack(GgmlType::Q6_K, &[0u8; 210 * 8], 8, 256).is_err());
+    assert!(PackedWeights::pack(GgmlType::Q5_K, &[0u8; 176 * 8], 8, 256).is_err());
     assert!(PackedWeights::pack(GgmlType::Q4_1, &[0u8; 20 * 8 - 1], 8, 32).is_err());
     assert!(PackedWeights::pack(GgmlType::Q4_1, &[0u8; 20 * 8], 8, 33).is_err());
     let p = PackedWeights::pack(GgmlType::Q4_1, &[0u8; 20 * 8], 8, 32).unwrap();

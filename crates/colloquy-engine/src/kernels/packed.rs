@@ -84,6 +84,7 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         GgmlType::Q4_0 => (0, 0, 16, 144),
         GgmlType::Q4_1 => (0, 16, 32, 160),
         GgmlType::Q4_K => (0, 0, 0, packed_k::GROUP_BYTES),
+        GgmlType::Q6_K => (0, 0, 0, packed_k::GROUP_BYTES_Q6),
         _ => (0, 0, 16, 272),
     }
 }
@@ -96,7 +97,15 @@ fn packed_len(ty: GgmlType, rows: usize, n: usize, wlen: usize) -> usize {
 impl PackedWeights {
     /// Whether `ty` can be packed.
     pub fn supports(ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K)
+        matches!(
+            ty,
+            GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q8_0
+                | GgmlType::Q4_K
+                | GgmlType::Q6_K
+        )
     }
 
     /// Repacks `rows` consecutive ggml rows of `n` elements from `w`.
@@ -186,9 +195,10 @@ impl PackedWeights {
         let qbytes = bs - qo / PACK_ROWS;
         let (g, lane) = (r / PACK_ROWS, r % PACK_ROWS);
         let src = &self.data[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
-        if self.ty == GgmlType::Q4_K {
-            packed_k::unpack_group(src, lane, blk);
-            return;
+        match self.ty {
+            GgmlType::Q4_K => return packed_k::unpack_group(src, lane, blk),
+            GgmlType::Q6_K => return packed_k::unpack_group_q6(src, lane, blk),
+            _ => {}
         }
         blk[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
         if self.ty == GgmlType::Q4_1 {
@@ -246,7 +256,7 @@ impl PackedWeights {
             return Err(invalid(format!("output of {} values is too small for {m} x {width}", out.len())));
         }
         let b = backend.usable();
-        if ty == GgmlType::Q4_K {
+        if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
             self.matmul_k(b, rows, xs, m, out, out_stride);
             return Ok(());
         }
@@ -354,7 +364,7 @@ impl PackedWeights {
 }
 
 impl PackedWeights {
-    /// [`matmul_with`](Self::matmul_with) for Q4_K (arguments already checked).
+    /// [`matmul_with`](Self::matmul_with) for Q4_K and Q6_K (arguments already checked).
     fn matmul_k(
         &self,
         b: Backend,
@@ -367,7 +377,8 @@ impl PackedWeights {
         let (ty, n) = (self.ty, self.n);
         let (wlen, xlen) = (ty.type_size() * (n / ty.block_size()), GgmlType::Q8_K.type_size() * (n / 256));
         let nb = n / ty.block_size();
-        let gbytes = nb * packed_k::GROUP_BYTES;
+        let gbytes = nb * group_block_layout(ty).3;
+        let six = ty == GgmlType::Q6_K;
         let groups = self.rows / PACK_ROWS;
         let xr = |t: usize| &xs[t * xlen..(t + 1) * xlen];
         let mut put = |t: usize, r: usize, v: f32| {
@@ -381,23 +392,37 @@ impl PackedWeights {
             while t < m {
                 let k = (m - t).min(4);
                 let (g4, x4) = (gdata.as_ptr(), [0, 1, 2, 3].map(|i| xr(t + i.min(k - 1)).as_ptr()));
-                let res = match (b, k) {
-                    (Backend::Scalar, 4) => {
+                let res = match (b, k, six) {
+                    (Backend::Scalar, 4, false) => {
                         packed_k::dot_group(gdata, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], nb)
                     }
-                    (Backend::Scalar, _) => packed_k::dot_group(gdata, [xr(t)], nb),
-                    // SAFETY (all four): `usable` checked the CPU features; the
+                    (Backend::Scalar, _, false) => packed_k::dot_group(gdata, [xr(t)], nb),
+                    (Backend::Scalar, 4, true) => {
+                        packed_k::dot_group_q6(gdata, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], nb)
+                    }
+                    (Backend::Scalar, _, true) => packed_k::dot_group_q6(gdata, [xr(t)], nb),
+                    // SAFETY (all of these): `usable` checked the CPU features; the
                     // group and activation rows cover `nb` blocks (checked above).
                     #[cfg(target_arch = "x86_64")]
-                    (Backend::AvxVnni, 4) => unsafe { packed_k::vnni::dot_group(g4, x4, nb) },
+                    (Backend::AvxVnni, 4, false) => unsafe { packed_k::vnni::dot_group(g4, x4, nb) },
                     #[cfg(target_arch = "x86_64")]
-                    (Backend::AvxVnni, _) => unsafe { packed_k::vnni::dot_group(g4, [x4[0]], nb) },
+                    (Backend::AvxVnni, _, false) => unsafe { packed_k::vnni::dot_group(g4, [x4[0]], nb) },
                     #[cfg(target_arch = "x86_64")]
-                    (_, 4) => unsafe { packed_k::plain::dot_group(g4, x4, nb) },
+                    (Backend::AvxVnni, 4, true) => unsafe { packed_k::vnni::dot_group_q6(g4, x4, nb) },
                     #[cfg(target_arch = "x86_64")]
-                    (_, _) => unsafe { packed_k::plain::dot_group(g4, [x4[0]], nb) },
+                    (Backend::AvxVnni, _, true) => unsafe { packed_k::vnni::dot_group_q6(g4, [x4[0]], nb) },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, 4, false) => unsafe { packed_k::plain::dot_group(g4, x4, nb) },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, _, false) => unsafe { packed_k::plain::dot_group(g4, [x4[0]], nb) },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, 4, true) => unsafe { packed_k::plain::dot_group_q6(g4, x4, nb) },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, _, true) => unsafe { packed_k::plain::dot_group_q6(g4, [x4[0]], nb) },
                     #[cfg(not(target_arch = "x86_64"))]
-                    _ => packed_k::dot_group(gdata, [xr(t)], nb),
+                    (_, _, false) => packed_k::dot_group(gdata, [xr(t)], nb),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    (_, _, true) => packed_k::dot_group_q6(gdata, [xr(t)], nb),
                 };
                 let k = if k == 4 { 4 } else { 1 };
                 for (i, row) in res.iter().enumerate().take(k) {
@@ -426,12 +451,17 @@ fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
     let nb = n / ty.block_size();
     let bs = ty.type_size();
     let groups = rows / PACK_ROWS;
-    if ty == GgmlType::Q4_K {
-        let gbs = packed_k::GROUP_BYTES;
+    if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+        let gbs = group_block_layout(ty).3;
         for g in 0..groups {
             for b in 0..nb {
                 let blocks = std::array::from_fn(|r| &src[(g * PACK_ROWS + r) * wlen + b * bs..][..bs]);
-                packed_k::pack_group(blocks, &mut dst[(g * nb + b) * gbs..(g * nb + b + 1) * gbs]);
+                let out = &mut dst[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
+                if ty == GgmlType::Q4_K {
+                    packed_k::pack_group(blocks, out);
+                } else {
+                    packed_k::pack_group_q6(blocks, out);
+                }
             }
         }
         let (at, tail) = (groups * nb * gbs, groups * PACK_ROWS * wlen);
