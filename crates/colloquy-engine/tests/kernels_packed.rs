@@ -54,18 +54,23 @@ fn check(ty: GgmlType, rows: usize, n: usize, m: usize, range: std::ops::Range<u
     }
 }
 
+/// Every batch size on each shape `(rows, n)`, then row ranges not aligned to
+/// the 8-row groups, and the tail, on 21 rows of `n_ranges`.
+fn check_shapes(ty: GgmlType, shapes: [(usize, usize); 5], n_ranges: usize) {
+    for (rows, n) in shapes {
+        for m in [1usize, 2, 3, 4, 5, 9] {
+            check(ty, rows, n, m, 0..rows, rows as u64 * 31 + m as u64);
+        }
+    }
+    check(ty, 21, n_ranges, 3, 3..19, 5);
+    check(ty, 21, n_ranges, 1, 16..21, 6);
+    check(ty, 21, n_ranges, 6, 9..10, 7);
+}
+
 #[test]
 fn packed_matches_vec_dot() {
     for ty in TYPES {
-        for (rows, n) in [(8usize, 32usize), (16, 576), (13, 96), (24, 1536), (5, 64)] {
-            for m in [1usize, 2, 3, 4, 5, 9] {
-                check(ty, rows, n, m, 0..rows, rows as u64 * 31 + m as u64);
-            }
-        }
-        // Ranges not aligned to the 8-row groups, and the tail.
-        check(ty, 21, 128, 3, 3..19, 5);
-        check(ty, 21, 128, 1, 16..21, 6);
-        check(ty, 21, 128, 6, 9..10, 7);
+        check_shapes(ty, [(8, 32), (16, 576), (13, 96), (24, 1536), (5, 64)], 128);
     }
 }
 
@@ -74,14 +79,7 @@ fn packed_matches_vec_dot() {
 #[test]
 fn packed_k_quants_match_vec_dot() {
     for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
-        for (rows, n) in [(8usize, 256usize), (16, 512), (13, 256), (24, 1536), (5, 256)] {
-            for m in [1usize, 2, 3, 4, 5, 9] {
-                check(ty, rows, n, m, 0..rows, rows as u64 * 17 + m as u64);
-            }
-        }
-        check(ty, 21, 256, 3, 3..19, 5);
-        check(ty, 21, 512, 1, 16..21, 6);
-        check(ty, 21, 256, 6, 9..10, 7);
+        check_shapes(ty, [(8, 256), (16, 512), (13, 256), (24, 1536), (5, 256)], 512);
     }
 }
 
