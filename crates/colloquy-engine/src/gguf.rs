@@ -283,6 +283,15 @@ impl Gguf {
         }
     }
 
+    /// Drops the tokenizer's arrays (`tokenizer.ggml.tokens`, `.scores`,
+    /// `.token_type`, `.merges`) from the metadata, once a
+    /// [`Tokenizer`](crate::tokenizer::Tokenizer) holds them: for a
+    /// 262k-token vocabulary they take tens of MB.
+    pub fn forget_vocabulary(&mut self) {
+        self.metadata.retain(|k, v| !(k.starts_with("tokenizer.ggml.") && matches!(v, Value::Array(_))));
+        self.metadata.shrink_to_fit();
+    }
+
     /// All metadata entries.
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.metadata

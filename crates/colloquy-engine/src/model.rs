@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::arch::{load_architecture, Architecture, LogitsFor};
+use crate::arch::{find_architecture, Architecture, LogitsFor};
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv::{KvCache, KvDtype};
@@ -75,9 +75,12 @@ impl Model {
     /// Memory-maps and loads a GGUF model.
     pub fn load(path: impl AsRef<Path>, opts: ModelOptions) -> Result<Model> {
         let path = path.as_ref().to_path_buf();
-        let gguf = Arc::new(Gguf::open(&path)?);
-        let arch = load_architecture(Arc::clone(&gguf))?;
+        let mut gguf = Gguf::open(&path)?;
+        let load_arch = find_architecture(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        gguf.forget_vocabulary();
+        let gguf = Arc::new(gguf);
+        let arch = load_arch(Arc::clone(&gguf))?;
         if opts.precision == Precision::Fast {
             // The fast path reads repacked copies of the large matrices; the
             // file's pages are only needed again for embedding rows.

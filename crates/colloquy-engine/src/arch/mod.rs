@@ -1,8 +1,8 @@
 //! Model architectures and their registry.
 //!
 //! An architecture turns tokens into logits, reading and appending K/V in a
-//! [`KvCache`]. Adding a family means one file here and one line in
-//! [`load_architecture`].
+//! [`KvCache`]. Adding a family means one file here and one line in the
+//! registry (`REGISTRY`, used by [`load_architecture`]).
 
 use std::sync::Arc;
 
@@ -68,15 +68,27 @@ pub trait Architecture: Send + Sync + std::fmt::Debug {
     ) -> Result<()>;
 }
 
+/// Loads one architecture from a GGUF file.
+type Loader = fn(Arc<Gguf>) -> Result<Box<dyn Architecture>>;
+
+/// The registry: `general.architecture` names and their loaders.
+const REGISTRY: &[(&str, Loader)] = &[
+    ("llama", |g| Ok(Box::new(llama::Llama::load(g)?))),
+    ("gemma3", |g| Ok(Box::new(gemma3::Gemma3::load(g)?))),
+    ("qwen2", |g| Ok(Box::new(qwen2::load(g)?))),
+    ("qwen3", |g| Ok(Box::new(qwen3::load(g)?))),
+    ("phi3", |g| Ok(Box::new(phi3::load(g)?))),
+];
+
+/// The loader of the architecture named by the GGUF's `general.architecture`,
+/// or [`Error::UnknownArchitecture`].
+pub fn find_architecture(gguf: &Gguf) -> Result<Loader> {
+    let name = gguf.get_str("general.architecture")?;
+    let found = REGISTRY.iter().find(|(n, _)| *n == name);
+    found.map(|(_, load)| *load).ok_or_else(|| Error::UnknownArchitecture(name.to_string()))
+}
+
 /// Builds the architecture named by the GGUF's `general.architecture`.
 pub fn load_architecture(gguf: Arc<Gguf>) -> Result<Box<dyn Architecture>> {
-    let name = gguf.get_str("general.architecture")?.to_string();
-    match name.as_str() {
-        "llama" => Ok(Box::new(llama::Llama::load(gguf)?)),
-        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(gguf)?)),
-        "qwen2" => Ok(Box::new(qwen2::load(gguf)?)),
-        "qwen3" => Ok(Box::new(qwen3::load(gguf)?)),
-        "phi3" => Ok(Box::new(phi3::load(gguf)?)),
-        _ => Err(Error::UnknownArchitecture(name)),
-    }
+    find_architecture(&gguf)?(gguf)
 }

@@ -1,7 +1,7 @@
 //! Building a [`Tokenizer`] from a GGUF's `tokenizer.ggml.*` metadata, with
 //! llama.cpp's defaults where a key is absent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::*;
 use crate::error::{Error, Result};
@@ -166,13 +166,15 @@ impl Tokenizer {
             Some(_) => gguf.get_f32_array("tokenizer.ggml.scores")?,
             None => Vec::new(),
         };
-        let mut texts = Vec::with_capacity(n);
         let mut attrs = Vec::with_capacity(n);
-        let mut ids = HashMap::with_capacity(n);
-        for (i, t) in raw_texts.iter().enumerate() {
-            let text = if t.is_empty() { format!("[EMPTY_{i}]") } else { (*t).to_string() };
-            ids.entry(text.clone()).or_insert(i as u32);
-            texts.push(text);
+        // Empty texts get a placeholder, as llama.cpp gives them.
+        let texts = raw_texts.iter().enumerate().map(|(i, t)| match t.is_empty() {
+            true => std::borrow::Cow::Owned(format!("[EMPTY_{i}]")),
+            false => std::borrow::Cow::Borrowed(*t),
+        });
+        let texts =
+            Texts::new(texts).ok_or_else(|| Error::GgufCorrupt("token texts total 4 GiB or more".into()))?;
+        for i in 0..n {
             let attr = match types.as_ref().map(|v| v.get(i).copied().unwrap_or(0)) {
                 None | Some(1) => ATTR_NORMAL,
                 Some(2) => ATTR_UNKNOWN,
@@ -184,13 +186,14 @@ impl Tokenizer {
             };
             attrs.push(attr);
         }
+        let ids = TextIndex::build(&texts);
         let mut byte_tokens = [None; 256];
         if is_spm {
             for (b, slot) in byte_tokens.iter_mut().enumerate() {
                 let hex = format!("<0x{b:02X}>");
-                *slot = ids.get(hex.as_str()).copied().or_else(|| {
+                *slot = ids.get(&texts, hex.as_str()).or_else(|| {
                     let one = [b as u8];
-                    std::str::from_utf8(&one).ok().and_then(|s| ids.get(s).copied())
+                    std::str::from_utf8(&one).ok().and_then(|s| ids.get(&texts, s))
                 });
             }
         }
@@ -250,7 +253,7 @@ impl Tokenizer {
         // ---- special tokens recognised by their text (llama.cpp's auto-detection) ----
         // A token found this way is made a control token, which changes how it is split out.
         for id in 0..n {
-            let text = texts[id].as_str();
+            let text = &texts[id];
             for (slot, list) in [
                 (&mut eot, EOT_TEXTS),
                 (&mut eom, EOM_TEXTS),
@@ -269,32 +272,32 @@ impl Tokenizer {
         }
         let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
         for id in 0..n {
-            if EOG_TEXTS.contains(&texts[id].as_str()) {
+            if EOG_TEXTS.contains(&&texts[id]) {
                 eog.insert(id as u32);
                 attrs[id] |= ATTR_CONTROL;
             }
         }
         for id in 0..n {
-            if matches!(texts[id].as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
+            if matches!(&texts[id], "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
                 attrs[id] = ATTR_USER_DEFINED;
             }
         }
         eog.insert(eos);
         eog.extend(eot);
         eog.extend(eom);
-        let has = |eog: &HashSet<u32>, t: &str| eog.iter().any(|&i| texts[i as usize] == t);
+        let has = |eog: &HashSet<u32>, t: &str| eog.iter().any(|&i| &texts[i as usize] == t);
         // Harmony-style vocabularies: `<|end|>` ends a message, not the generation.
         if (has(&eog, "<|return|>") && has(&eog, "<|call|>")
             || has(&eog, "<|calls|>") && has(&eog, "<|flush|>"))
             && has(&eog, "<|end|>")
         {
-            if let Some(&end) = eog.iter().find(|&&i| texts[i as usize] == "<|end|>") {
+            if let Some(&end) = eog.iter().find(|&&i| &texts[i as usize] == "<|end|>") {
                 eog.remove(&end);
                 attrs[end as usize] = ATTR_USER_DEFINED;
             }
         }
         if has(&eog, "<|tool_response>") {
-            if let Some(&s) = eog.iter().find(|&&i| texts[i as usize] == "</s>") {
+            if let Some(&s) = eog.iter().find(|&&i| &texts[i as usize] == "</s>") {
                 eog.remove(&s);
                 attrs[s as usize] = ATTR_NORMAL;
             }

@@ -24,6 +24,7 @@
 //! ```
 
 mod bpe;
+mod index;
 mod load;
 mod pretokenize;
 mod spm;
@@ -31,12 +32,13 @@ mod stream;
 mod unicode;
 mod unicode_data;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
 
 use bpe::Bpe;
+use index::{TextIndex, Texts};
 use pretokenize::PreTokenizer;
 
 pub use stream::{StreamDecoder, Utf8Stream};
@@ -55,10 +57,10 @@ const SPACE_MARKER: &str = "\u{2581}";
 /// The vocabulary: token texts, attributes, scores and the reverse map.
 #[derive(Debug)]
 pub(crate) struct Vocab {
-    texts: Vec<String>,
+    texts: Texts,
     attrs: Vec<u16>,
     scores: Vec<f32>,
-    ids: HashMap<String, u32>,
+    ids: TextIndex,
     /// The unknown token, used when a byte has no byte token.
     unk: Option<u32>,
     /// Byte fallback tokens (`<0xXX>`, or the byte itself as a token).
@@ -68,7 +70,7 @@ pub(crate) struct Vocab {
 impl Vocab {
     #[inline]
     pub(crate) fn id_of(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
+        self.ids.get(&self.texts, text)
     }
 
     #[inline]
@@ -202,7 +204,7 @@ impl Tokenizer {
             if !parse_special && attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
                 continue;
             }
-            let needle = self.vocab.texts[id as usize].as_str();
+            let needle = &self.vocab.texts[id as usize];
             let mut next = Vec::with_capacity(frags.len() + 2);
             for frag in frags {
                 let Fragment::Text(range) = frag else {
@@ -310,7 +312,7 @@ impl Tokenizer {
             return Err(Error::TokenOutOfRange { id, vocab: self.vocab.len() });
         }
         let attr = self.vocab.attrs[idx];
-        let text = self.vocab.texts[idx].as_str();
+        let text = &self.vocab.texts[idx];
         if attr & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED) != 0 {
             out.extend_from_slice(text.as_bytes());
         } else if attr & ATTR_NORMAL != 0 {
@@ -451,7 +453,7 @@ impl Tokenizer {
 
     /// The stored text of a token (not decoded: see [`Tokenizer::token_to_piece`]).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.vocab.texts.get(id as usize).map(String::as_str)
+        self.vocab.texts.get(id as usize)
     }
 
     /// Whether `id` is a control token (BOS, EOS, `<|im_start|>`, ...), which
