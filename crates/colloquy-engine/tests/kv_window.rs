@@ -144,7 +144,7 @@ fn rebuilding_without_the_needed_window_is_refused() {
 fn dropped_blocks_are_reused_and_zeroed_blocks_are_zero() {
     // An odd shape no other test uses, so tests running in parallel do not take these blocks.
     let layout = KvLayout::new(3, 1, 40, KvDtype::F16);
-    let keys = |b: &mut KvBlock| match &mut b.k {
+    let ptr = |d: &mut KvData| match d {
         KvData::F16(d) => d.as_mut_ptr(),
         _ => unreachable!("an f16 layout"),
     };
@@ -152,11 +152,23 @@ fn dropped_blocks_are_reused_and_zeroed_blocks_are_zero() {
     if let KvData::F16(d) = &mut first.k {
         d.fill(half::f16::ONE);
     }
-    let ptr = keys(&mut first);
+    let old = [ptr(&mut first.k), ptr(&mut first.v)];
     drop(first);
     let mut again = KvBlock::zeroed(&layout);
-    assert_eq!(keys(&mut again), ptr, "the dropped block's memory is reused");
+    let new = [ptr(&mut again.k), ptr(&mut again.v)];
+    assert!(new.iter().all(|p| old.contains(p)), "the dropped block's memory is reused");
     assert!(
         matches!(&again.k, KvData::F16(d) if d.len() == 3 * 32 * 40 && d.iter().all(|x| x.to_bits() == 0))
     );
+}
+
+/// Lane shapes come from untrusted bytes too: they are computed from the
+/// window's bit mask, not by visiting every layer.
+#[test]
+fn lanes_of_a_huge_layer_count_are_counted_at_once() {
+    let layout = KvLayout::new(usize::MAX, 1, 32, KvDtype::F16)
+        .with_window(Some(KvWindow { size: 8, layers: 0b1011 }));
+    assert_eq!(layout.lane(true).n_layers, 3);
+    assert_eq!(layout.lane(false).n_layers, usize::MAX - 3);
+    assert_eq!(layout.lane_index(3), (true, 2));
 }

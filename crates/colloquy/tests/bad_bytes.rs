@@ -152,3 +152,30 @@ fn fuzz_regression_zero_layers_huge_row() {
     b.extend_from_slice(&sum.to_le_bytes());
     assert!(LlamaChatSession::from_bytes(&b).is_err());
 }
+
+/// A fuzzer find: a version 2 body declaring 4 billion layers and a sliding
+/// window once took 22 s to refuse (counting the layers of each lane one by one).
+#[test]
+fn fuzz_regression_huge_layer_count_with_window() {
+    let data = include_bytes!("fixtures/fuzz-session-huge-layer-count.bin");
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&((20 + data.len() + 8) as u64).to_le_bytes());
+    b.extend_from_slice(data);
+    let sum = xxhash_rust::xxh3::xxh3_64(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
+    // It holds no tokens, so it parses; it must survive a round trip, and a
+    // model must refuse it (its KV shape is no model's).
+    let session = LlamaChatSession::from_bytes(&b).expect("an empty session");
+    assert_eq!(session.token_count(), 0);
+    let again = LlamaChatSession::from_bytes(&session.to_bytes().unwrap()).unwrap();
+    assert_eq!(again.to_bytes().unwrap(), session.to_bytes().unwrap());
+    let llm = common::llm();
+    let mut session = session;
+    let turn =
+        block_on(llm.add_messages_with_callback(&mut session, &[user("Hi")], greedy(2), Box::new(|_| {})));
+    assert!(
+        matches!(turn, Err(Error::SessionModelMismatch { .. } | Error::SessionKvMismatch { .. })),
+        "{turn:?}"
+    );
+}

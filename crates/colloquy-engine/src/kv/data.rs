@@ -1,5 +1,6 @@
 //! K/V storage: the element types and the rows of one block.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use half::f16;
@@ -251,11 +252,32 @@ pub struct KvBlock {
 /// The most bytes of dropped blocks kept for reuse.
 pub const RECYCLE_BYTES: usize = 64 << 20;
 
-/// Storage of dropped blocks, by type and length.
-static RECYCLED: Mutex<Vec<KvData>> = Mutex::new(Vec::new());
+/// Storage of dropped blocks, by (type, length): O(log n) to take or give,
+/// however many small blocks there are.
+struct Recycler {
+    free: BTreeMap<(u8, usize), Vec<KvData>>,
+    bytes: usize,
+}
 
-fn recycled() -> std::sync::MutexGuard<'static, Vec<KvData>> {
+static RECYCLED: Mutex<Recycler> = Mutex::new(Recycler { free: BTreeMap::new(), bytes: 0 });
+
+fn recycled() -> std::sync::MutexGuard<'static, Recycler> {
     RECYCLED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Recycler {
+    fn take(&mut self, dtype: KvDtype, n: usize) -> Option<KvData> {
+        let d = self.free.get_mut(&(dtype.to_byte(), n))?.pop()?;
+        self.bytes -= d.byte_len();
+        Some(d)
+    }
+
+    fn give(&mut self, d: KvData) {
+        if !d.is_empty() && self.bytes + d.byte_len() <= RECYCLE_BYTES {
+            self.bytes += d.byte_len();
+            self.free.entry((d.dtype().to_byte(), d.len())).or_default().push(d);
+        }
+    }
 }
 
 impl KvBlock {
@@ -272,11 +294,7 @@ impl KvBlock {
     /// they keep.
     pub fn for_overwrite(layout: &KvLayout) -> KvBlock {
         let n = layout.n_layers * layout.layer_stride();
-        let take = || {
-            let mut pool = recycled();
-            let at = pool.iter().position(|d| d.dtype() == layout.dtype && d.len() == n);
-            at.map(|i| pool.swap_remove(i)).unwrap_or_else(|| KvData::zeros(layout.dtype, n))
-        };
+        let take = || recycled().take(layout.dtype, n).unwrap_or_else(|| KvData::zeros(layout.dtype, n));
         KvBlock { k: take(), v: take() }
     }
 }
@@ -286,12 +304,7 @@ impl Drop for KvBlock {
         let empty = || KvData::F32(Vec::new());
         let (k, v) = (std::mem::replace(&mut self.k, empty()), std::mem::replace(&mut self.v, empty()));
         let mut pool = recycled();
-        let mut held: usize = pool.iter().map(KvData::byte_len).sum();
-        for d in [k, v] {
-            if !d.is_empty() && held + d.byte_len() <= RECYCLE_BYTES {
-                held += d.byte_len();
-                pool.push(d);
-            }
-        }
+        pool.give(k);
+        pool.give(v);
     }
 }

@@ -93,7 +93,10 @@ impl KvLayout {
     /// The layout of one lane's blocks: the window lane (`true`) or the global
     /// lane. A lane's layout has no window of its own.
     pub fn lane(&self, windowed: bool) -> KvLayout {
-        let n = (0..self.n_layers).filter(|&l| self.is_windowed(l) == windowed).count();
+        // `with_window` keeps only bits of layers that exist: count them (O(1)
+        // even for a layer count read from untrusted bytes).
+        let in_window = self.window.map_or(0, |w| w.layers.count_ones() as usize).min(self.n_layers);
+        let n = if windowed { in_window } else { self.n_layers - in_window };
         KvLayout { n_layers: n, window: None, ..*self }
     }
 
