@@ -21,5 +21,8 @@ for target in $(cargo fuzz list); do
     done
   fi
   echo "fuzzing $target for ${SECONDS_PER_TARGET}s"
-  CARGO_BUILD_JOBS=2 cargo fuzz run --sanitizer none "$target" "$corpus" -- -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=4096 -max_len=262144
+  # -timeout: an input that takes seconds to refuse is a bug too (a fuzzer once
+  # found a header that took 22 s).
+  CARGO_BUILD_JOBS=2 cargo fuzz run --sanitizer none "$target" "$corpus" -- -max_total_time="$SECONDS_PER_TARGET" \
+    -rss_limit_mb=4096 -max_len=262144 -timeout=10
 done
