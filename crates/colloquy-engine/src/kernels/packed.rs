@@ -350,13 +350,7 @@ impl PackedWeights {
                 t += k;
             }
         }
-        // Tail rows in ggml layout.
-        for r in rows.start.max(groups * PACK_ROWS)..rows.end {
-            let w = &self.data[r * wlen..(r + 1) * wlen];
-            for t in 0..m {
-                put(t, r, dispatch::dot_tile::<1, 1>(b, ty, [w], [xr(t)], n)[0]);
-            }
-        }
+        self.tail_dots(b, &rows, xs, xlen, m, &mut put);
         PREPS.set(preps);
         BLOCK.set(blk);
         Ok(())
@@ -375,7 +369,7 @@ impl PackedWeights {
         out_stride: usize,
     ) {
         let (ty, n) = (self.ty, self.n);
-        let (wlen, xlen) = (ty.type_size() * (n / ty.block_size()), GgmlType::Q8_K.type_size() * (n / 256));
+        let xlen = GgmlType::Q8_K.type_size() * (n / 256);
         let nb = n / ty.block_size();
         let gbytes = nb * group_block_layout(ty).3;
         let six = ty == GgmlType::Q6_K;
@@ -433,12 +427,27 @@ impl PackedWeights {
                 t += k;
             }
         }
-        // Tail rows in ggml layout.
-        for r in rows.start.max(groups * PACK_ROWS)..rows.end {
-            let at = packed_len(ty, r, n, wlen);
+        self.tail_dots(b, &rows, xs, xlen, m, &mut put);
+    }
+
+    /// `put(t, r, dot)` for the rows of `rows` past the last full group (kept
+    /// in ggml layout) against each of the `m` activation rows.
+    fn tail_dots(
+        &self,
+        b: Backend,
+        rows: &Range<usize>,
+        xs: &[u8],
+        xlen: usize,
+        m: usize,
+        mut put: impl FnMut(usize, usize, f32),
+    ) {
+        let wlen = self.ty.type_size() * (self.n / self.ty.block_size());
+        for r in rows.start.max(self.rows / PACK_ROWS * PACK_ROWS)..rows.end {
+            let at = packed_len(self.ty, r, self.n, wlen);
             let w = &self.data[at..at + wlen];
             for t in 0..m {
-                put(t, r, dispatch::dot_tile::<1, 1>(b, ty, [w], [xr(t)], n)[0]);
+                let x = &xs[t * xlen..(t + 1) * xlen];
+                put(t, r, dispatch::dot_tile::<1, 1>(b, self.ty, [w], [x], self.n)[0]);
             }
         }
     }

@@ -305,16 +305,6 @@ impl KvCache {
         Ok(kv)
     }
 
-    /// [`from_lanes`](Self::from_lanes) for a layout without a window.
-    pub fn from_blocks(
-        layout: KvLayout,
-        capacity: usize,
-        blocks: Vec<Arc<KvBlock>>,
-        len: usize,
-    ) -> Result<KvCache> {
-        KvCache::from_lanes(layout.with_window(None), capacity, blocks, Vec::new(), len, None)
-    }
-
     /// This cache with the window lane of `target`: splits each block of a
     /// cache without a window (as sessions saved before windows were kept
     /// apart hold them) into the two lanes, keeping only the window that
