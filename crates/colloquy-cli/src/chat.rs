@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use colloquy::language::*;
 
@@ -37,8 +37,33 @@ pub struct ChatArgs {
     /// Print prompt tokens processed and time to first token to stderr.
     #[arg(long)]
     stats: bool,
-    /// The message; without it, an interactive chat starts.
+    #[command(flatten)]
+    context: crate::ContextArgs,
+    /// Read the message from this file (`-`: standard input), for messages
+    /// longer than the shell accepts.
+    #[arg(long, conflicts_with = "message")]
+    file: Option<PathBuf>,
+    /// The message (`-`: read it from standard input); without it (and
+    /// without --file), an interactive chat starts.
     message: Option<String>,
+}
+
+/// Test hook: milliseconds to wait between loading the session and saving it,
+/// which widens the window in which another writer can save first.
+const SAVE_DELAY_ENV: &str = "COLLOQUY_TEST_SAVE_DELAY_MS";
+
+/// The one-turn message, from MESSAGE, `-` or --file; `None` for the REPL.
+fn one_turn_message(args: &ChatArgs) -> Result<Option<String>> {
+    let text = match (&args.message, &args.file) {
+        (Some(m), _) if m != "-" => m.clone(),
+        (Some(_), _) => crate::read_stdin()?,
+        (None, Some(f)) => crate::read_text_file(f)?,
+        (None, None) => return Ok(None),
+    };
+    if text.trim().is_empty() {
+        bail!("the message is empty; give some text (as MESSAGE, with --file PATH, or on standard input with -)");
+    }
+    Ok(Some(text))
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
@@ -47,7 +72,9 @@ pub fn run(args: ChatArgs) -> Result<()> {
 }
 
 async fn run_async(args: ChatArgs) -> Result<()> {
-    let mut builder = Llama::builder().with_source(LlamaSource::named(&args.model));
+    // Read the message first: a bad one costs no model load.
+    let message = one_turn_message(&args)?;
+    let mut builder = args.context.apply(Llama::builder().with_source(LlamaSource::named(&args.model)));
     if let Some(t) = args.threads {
         builder = builder.with_threads(t);
     }
@@ -79,9 +106,12 @@ async fn run_async(args: ChatArgs) -> Result<()> {
         _ => llm.new_chat_session()?,
     };
     let mut chat = new_chat(&llm, &args, session, &params);
-    match &args.message {
+    match &message {
         Some(message) => {
             turn(&mut chat, message, args.stats).await?;
+            if let Some(ms) = std::env::var(SAVE_DELAY_ENV).ok().and_then(|v| v.parse().ok()) {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
             if let Some(p) = &args.session {
                 save_to(&chat, p, store.as_ref(), args.stats)?;
             }
@@ -100,8 +130,8 @@ fn save_to(chat: &Chat<Llama>, p: &Path, store: Option<&SessionStore>, stats: bo
         .with_context(|| format!("saving session {id} to {}", store.dir().display()))?;
     if stats {
         eprintln!(
-            "saved: blocks_written={} blocks_reused={} bytes_written={}",
-            s.blocks_written, s.blocks_reused, s.bytes_written
+            "saved: version={} blocks_written={} blocks_reused={} blocks_removed={} bytes_written={}",
+            s.version, s.blocks_written, s.blocks_reused, s.blocks_removed, s.bytes_written
         );
     }
     Ok(())
@@ -123,8 +153,15 @@ fn new_chat(
 async fn turn(chat: &mut Chat<Llama>, message: &str, stats: bool) -> Result<()> {
     chat(message).to_std_out().await?;
     println!();
+    let last = chat.session()?.last_turn();
+    if let Some(s) = last.filter(|s| s.dropped_messages > 0) {
+        eprintln!(
+            "note: the conversation outgrew the context: its {} oldest messages were dropped (the model no longer reads them; /history lists them)",
+            s.dropped_messages
+        );
+    }
     if stats {
-        if let Some(s) = chat.session()?.last_turn() {
+        if let Some(s) = last {
             eprintln!(
                 "stats: prompt_tokens={} reused_tokens={} generated_tokens={} ttft_ms={:.1} total_ms={:.1}",
                 s.prompt_tokens,
@@ -202,7 +239,15 @@ async fn repl(
                 eprintln!("forked: the copy is fork #{} (switch with /fork N)", forks.len());
             }
             "/history" => {
-                for m in chat.session()?.transcript() {
+                let session = chat.session()?;
+                let dropped = session.dropped_messages();
+                for m in &dropped {
+                    eprintln!("[{}, dropped] {}", m.role().as_role(), m.content());
+                }
+                if !dropped.is_empty() {
+                    eprintln!("--- {} messages dropped from the context; the model reads from here ---", dropped.len());
+                }
+                for m in session.transcript() {
                     eprintln!("[{}] {}", m.role().as_role(), m.content());
                 }
             }

@@ -74,6 +74,9 @@ enum Cmd {
         precise: bool,
         #[arg(long)]
         threads: Option<usize>,
+        /// Context length in tokens (default: the model's trained length).
+        #[arg(long)]
+        ctx_size: Option<usize>,
     },
 }
 
@@ -93,18 +96,17 @@ struct PromptInput {
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]
     prompt: Option<String>,
-    /// A file holding the prompt.
-    #[arg(long)]
+    /// A file holding the prompt (`-`: standard input).
+    #[arg(long, alias = "file")]
     prompt_file: Option<PathBuf>,
 }
 
 impl PromptInput {
     fn read(&self) -> Result<Option<String>> {
         match (&self.prompt, &self.prompt_file) {
+            (Some(p), _) if p == "-" => Ok(Some(read_stdin()?)),
             (Some(p), _) => Ok(Some(p.clone())),
-            (None, Some(f)) => {
-                Ok(Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?))
-            }
+            (None, Some(f)) => Ok(Some(read_text_file(f)?)),
             (None, None) => Ok(None),
         }
     }
@@ -131,18 +133,77 @@ struct GenerateArgs {
     /// Print the generated token ids as a JSON array on the last line.
     #[arg(long)]
     ids: bool,
+    /// Context length in tokens (default: the model's trained length).
+    #[arg(long)]
+    ctx_size: Option<usize>,
 }
+
+/// Exit status of a save refused because another writer saved first.
+const EXIT_CONFLICT: i32 = 3;
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
+        let conflict = e.chain().any(|c| {
+            matches!(c.downcast_ref::<colloquy::Error>(), Some(colloquy::Error::SessionConflict { .. }))
+        });
+        if conflict {
+            eprintln!("hint: this turn's answer was printed but not saved; run the same command again to add the message to the latest saved version");
+            std::process::exit(EXIT_CONFLICT);
+        }
         std::process::exit(1);
     }
 }
 
-fn load(model: &str, threads: Option<usize>, precise: bool) -> Result<Model> {
+/// The context options of commands that chat.
+#[derive(Args)]
+pub(crate) struct ContextArgs {
+    /// Context length in tokens (default: the model's trained length, capped so
+    /// that one session's KV cache takes at most 1 GiB).
+    #[arg(long)]
+    ctx_size: Option<usize>,
+    /// What a turn does when the conversation outgrows the context: fail
+    /// (`error`, the default) or drop the oldest messages (`drop-oldest`).
+    #[arg(long, value_enum, default_value = "error")]
+    context_policy: PolicyArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    Error,
+    DropOldest,
+}
+
+impl ContextArgs {
+    pub(crate) fn apply(&self, mut b: colloquy::LlamaBuilder) -> colloquy::LlamaBuilder {
+        if let Some(n) = self.ctx_size {
+            b = b.with_context_length(n);
+        }
+        b.with_context_policy(match self.context_policy {
+            PolicyArg::Error => colloquy::ContextPolicy::Error,
+            PolicyArg::DropOldest => colloquy::ContextPolicy::DropOldest,
+        })
+    }
+}
+
+/// All of standard input, as text.
+pub(crate) fn read_stdin() -> Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
+    Ok(text)
+}
+
+/// A text file's contents (`-`: standard input).
+pub(crate) fn read_text_file(path: &std::path::Path) -> Result<String> {
+    if path == std::path::Path::new("-") {
+        return read_stdin();
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn load(model: &str, threads: Option<usize>, precise: bool, ctx_size: Option<usize>) -> Result<Model> {
     let path = fetch::resolve_model(model, &fetch::PullOptions::default())?;
-    let mut opts = ModelOptions::default();
+    let mut opts = ModelOptions { n_ctx: ctx_size, ..ModelOptions::default() };
     if let Some(t) = threads {
         opts.threads = t;
     }
@@ -176,7 +237,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => unreachable!("clap requires one input"),
             };
-            let model = load(&model, Some(1), false)?;
+            let model = load(&model, Some(1), false, None)?;
             let ids = model.tokenizer().encode(&text, !no_special);
             println!("{}", serde_json::to_string(&ids)?);
         }
@@ -186,8 +247,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::BenchSessions(args) => bench_sessions::run(args)?,
         Cmd::Sessions(args) => sessions::run(args)?,
         Cmd::Bench(args) => bench::run(args)?,
-        Cmd::Logits { model, input, ids, top, precise, threads } => {
-            let model = load(&model, threads, precise)?;
+        Cmd::Logits { model, input, ids, top, precise, threads, ctx_size } => {
+            let model = load(&model, threads, precise, ctx_size)?;
             let tokens: Vec<u32> = match (ids, input.read()?) {
                 (Some(j), _) => {
                     serde_json::from_str(&j).context("--ids must be a JSON array of token ids")?
@@ -216,12 +277,12 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let model = load(&args.model, args.threads, args.precise)?;
-    let Some(text) = args.input.read()? else { bail!("give --prompt or --prompt-file") };
-    let prompt = prompt_ids(&model, &text);
-    if prompt.is_empty() {
+    let Some(text) = args.input.read()? else { bail!("give --prompt TEXT, --prompt-file PATH or --prompt -") };
+    if text.is_empty() {
         bail!("the prompt is empty; give some text to complete");
     }
+    let model = load(&args.model, args.threads, args.precise, args.ctx_size)?;
+    let prompt = prompt_ids(&model, &text);
     let mut kv = model.new_kv();
     let t0 = Instant::now();
     let bar = progress::prompt_bar(prompt.len());

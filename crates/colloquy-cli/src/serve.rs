@@ -36,11 +36,16 @@ pub struct ServeArgs {
     port: u16,
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    context: crate::ContextArgs,
 }
+
+/// A session and the lock its turns take, one at a time.
+type Slot = Arc<tokio::sync::Mutex<LlamaChatSession>>;
 
 struct AppState {
     llm: Llama,
-    sessions: Mutex<HashMap<String, LlamaChatSession>>,
+    sessions: Mutex<HashMap<String, Slot>>,
     next_id: AtomicU64,
 }
 
@@ -75,7 +80,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let mut builder = Llama::builder().with_source(LlamaSource::named(&args.model));
+    let mut builder = args.context.apply(Llama::builder().with_source(LlamaSource::named(&args.model)));
     if let Some(t) = args.threads {
         builder = builder.with_threads(t);
     }
@@ -115,6 +120,23 @@ fn error(status: StatusCode, e: impl std::fmt::Display) -> Reply {
     (status, Json(json!({"error": e.to_string()})))
 }
 
+/// A failed turn: a conversation that does not fit is the client's to fix
+/// (400, in OpenAI's shape, naming the server option that makes room).
+fn turn_error(e: colloquy::Error) -> Reply {
+    match e {
+        colloquy::Error::ContextOverflow { needed, n_ctx } => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {
+                "message": format!("the conversation needs {needed} tokens, the context holds {n_ctx}; shorten it, or restart the server with a larger --ctx-size or with --context-policy drop-oldest"),
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }, "n_prompt_tokens": needed, "n_ctx": n_ctx})),
+        ),
+        e => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
 /// Runs one turn and returns the answer and the turn's counters.
 async fn turn(
     llm: &Llama,
@@ -126,9 +148,7 @@ async fn turn(
     let sink = Arc::clone(&answer);
     let on_token =
         Box::new(move |piece: String| sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&piece));
-    llm.add_messages_with_callback(session, messages, p, on_token)
-        .await
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    llm.add_messages_with_callback(session, messages, p, on_token).await.map_err(turn_error)?;
     let stats = session.last_turn().map_or(Value::Null, |s| {
         json!({"prompt_tokens": s.prompt_tokens, "reused_tokens": s.reused_tokens,
                "completion_tokens": s.generated_tokens,
@@ -179,62 +199,64 @@ async fn create_session(State(app): State<App>) -> Reply {
     match app.llm.new_chat_session() {
         Ok(s) => {
             let id = format!("s{}", app.next_id.fetch_add(1, Ordering::Relaxed));
-            app.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), s);
+            let slot = Arc::new(tokio::sync::Mutex::new(s));
+            app.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), slot);
             (StatusCode::CREATED, Json(json!({"id": id})))
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-/// Takes a session out of the table for a turn (so the lock is not held while
-/// the model runs); `put_back` returns it.
-fn take(app: &AppState, id: &str) -> Result<LlamaChatSession, Reply> {
+/// The slot of session `id`.
+fn slot(app: &AppState, id: &str) -> Result<Slot, Reply> {
     let sessions = app.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    match sessions.get(id) {
-        Some(s) => s.try_clone().map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-        None => Err(error(StatusCode::NOT_FOUND, format!("no session {id}"))),
-    }
+    sessions.get(id).cloned().ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no session {id}")))
 }
 
 async fn add_message(State(app): State<App>, Path(id): Path<String>, Json(req): Json<TurnRequest>) -> Reply {
-    let mut session = match take(&app, &id) {
+    let slot = match slot(&app, &id) {
         Ok(s) => s,
         Err(r) => return r,
     };
+    // Turns on one session wait for each other, so none is lost; a session
+    // deleted meanwhile is only a detached slot and stays deleted.
+    let mut session = slot.lock().await;
+    if !app.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+        return error(StatusCode::NOT_FOUND, format!("session {id} was deleted"));
+    }
     let msg = [ChatMessage::new(MessageType::UserMessage, req.content)];
     let p = params(req.temperature, req.max_tokens, req.seed);
     match turn(&app.llm, &mut session, &msg, p).await {
-        Ok((text, usage)) => {
-            app.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id, session);
-            (StatusCode::OK, Json(json!({"answer": text, "usage": usage})))
-        }
+        Ok((text, usage)) => (StatusCode::OK, Json(json!({"answer": text, "usage": usage}))),
         Err(r) => r,
     }
 }
 
 async fn show_session(State(app): State<App>, Path(id): Path<String>) -> Reply {
-    match take(&app, &id) {
-        Ok(s) => {
-            let history: Vec<Value> = s
-                .transcript()
-                .iter()
-                .map(|m| json!({"role": m.role().as_role(), "content": m.content()}))
-                .collect();
-            (StatusCode::OK, Json(json!({"id": id, "tokens": s.token_count(), "messages": history})))
-        }
-        Err(r) => r,
-    }
+    let slot = match slot(&app, &id) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let s = slot.lock().await;
+    let history: Vec<Value> =
+        s.transcript().iter().map(|m| json!({"role": m.role().as_role(), "content": m.content()})).collect();
+    (StatusCode::OK, Json(json!({"id": id, "tokens": s.token_count(), "messages": history})))
 }
 
 async fn fork_session(State(app): State<App>, Path(id): Path<String>) -> Reply {
-    match take(&app, &id) {
-        Ok(copy) => {
-            let new_id = format!("s{}", app.next_id.fetch_add(1, Ordering::Relaxed));
-            app.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(new_id.clone(), copy);
-            (StatusCode::CREATED, Json(json!({"id": new_id})))
-        }
-        Err(r) => r,
-    }
+    let slot = match slot(&app, &id) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    // After any running turn, so the copy holds it.
+    let copy = match slot.lock().await.try_clone() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let new_id = format!("s{}", app.next_id.fetch_add(1, Ordering::Relaxed));
+    let copy = Arc::new(tokio::sync::Mutex::new(copy));
+    app.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(new_id.clone(), copy);
+    (StatusCode::CREATED, Json(json!({"id": new_id})))
 }
 
 async fn delete_session(State(app): State<App>, Path(id): Path<String>) -> Reply {

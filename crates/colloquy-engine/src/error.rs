@@ -107,7 +107,7 @@ pub enum Error {
 
     // ---- running ----
     /// The sequence would exceed the context length.
-    #[error("context overflow: {needed} tokens needed, the context holds {n_ctx}; start a new session or raise the context length")]
+    #[error("context overflow: {needed} tokens needed, the context holds {n_ctx}; start a new session or raise the context length (--ctx-size on the command line, ModelOptions::n_ctx in Rust)")]
     ContextOverflow {
         /// Tokens needed.
         needed: usize,

@@ -29,8 +29,12 @@ pub struct ModelOptions {
     pub threads: usize,
     /// Fast (quantized activations) or precise (f32) computation.
     pub precision: Precision,
-    /// Context length; `None` uses the model's training context.
+    /// Context length; `None` uses the model's training context, capped so
+    /// that a full context's KV cache fits in `context_memory`.
     pub n_ctx: Option<usize>,
+    /// The KV memory one full context may take, when `n_ctx` is `None`
+    /// (default: unlimited). The context is never cut below 512 tokens.
+    pub context_memory: usize,
     /// KV cache storage; `None` follows the precision (f16 fast, f32 precise).
     /// [`KvDtype::Q8_0`] halves the bytes per token, at a small loss of accuracy.
     pub kv_dtype: Option<KvDtype>,
@@ -42,9 +46,19 @@ impl Default for ModelOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             precision: Precision::Fast,
             n_ctx: None,
+            context_memory: usize::MAX,
             kv_dtype: None,
         }
     }
+}
+
+/// The trained context, capped so that a full context's K/V fits in `memory`
+/// bytes (windowed layers hold at most their window), and never below 512.
+fn default_n_ctx(trained: usize, layout: &crate::kv::KvLayout, memory: usize) -> usize {
+    let global = layout.lane(false).bytes_per_token().max(1);
+    let windowed = layout.window.map_or(0, |w| layout.lane(true).bytes_per_token().saturating_mul(w.size));
+    let fits = memory.saturating_sub(windowed) / global;
+    trained.min(fits).max(512.min(trained))
 }
 
 /// A model ready to run.
@@ -86,15 +100,20 @@ impl Model {
             // file's pages are only needed again for embedding rows.
             gguf.release_pages();
         }
-        let n_ctx = opts.n_ctx.unwrap_or(arch.n_ctx_train()).max(1);
         let mut rt = Runtime::new(opts.threads, opts.precision);
         rt.kv_override = opts.kv_dtype;
-        if !arch.kv_layout(&rt).is_valid() {
+        let layout = arch.kv_layout(&rt);
+        if !layout.is_valid() {
             return Err(crate::Error::InvalidArgument(format!(
                 "a {:?} KV cache needs head dimensions that are multiples of 32",
                 rt.kv_dtype()
             )));
         }
+        let n_ctx = match opts.n_ctx {
+            Some(n) => n,
+            None => default_n_ctx(arch.n_ctx_train(), &layout, opts.context_memory),
+        }
+        .max(1);
         Ok(Model { path, gguf, arch, tokenizer, rt: Mutex::new(rt), n_ctx, precision: opts.precision })
     }
 

@@ -115,9 +115,51 @@ pub enum Error {
         /// The block's hash (its file name under `blocks/`).
         block: String,
     },
+    /// A save found another version than the one this session was loaded
+    /// from (or, for a new session, found one at all): another writer saved in
+    /// between, and saving now would throw its turn away. Nothing was written.
+    /// Load the session again and redo the turn on the version found.
+    #[error(
+        "session {id} was not saved: it changed since this session read it (expected {}, found {}); another writer saved in between. Load it again and retry the turn",
+        version_text(.expected),
+        version_text(.found)
+    )]
+    SessionConflict {
+        /// The session: its id in a store, or its file's path.
+        id: String,
+        /// The version this session was loaded from (`None`: it expected no saved session).
+        expected: Option<u64>,
+        /// The version stored now (`None`: none is stored, e.g. it was deleted).
+        found: Option<u64>,
+    },
+    /// A session file is read-only (it has no write permission bits): it is
+    /// never replaced.
+    #[error("session file {} is read-only; save to another path, or make it writable (chmod u+w)", .path.display())]
+    SessionFileReadOnly {
+        /// The file (after following symlinks).
+        path: std::path::PathBuf,
+    },
+    /// The conversation does not fit in the context, and the context policy is
+    /// [`ContextPolicy::Error`](crate::ContextPolicy::Error).
+    #[error(
+        "the conversation needs {needed} tokens, the context holds {n_ctx}: raise the context length (--ctx-size on the command line, LlamaBuilder::with_context_length in Rust), let the oldest messages be dropped (--context-policy drop-oldest, ContextPolicy::DropOldest), or start a new session"
+    )]
+    ContextOverflow {
+        /// Tokens the prompt needs (the answer's first token included).
+        needed: usize,
+        /// The context length.
+        n_ctx: usize,
+    },
     /// A save waited too long for a gc of the same store, or a gc for saves.
     #[error("the session store is busy: {0}")]
     StoreBusy(String),
+}
+
+fn version_text(v: &Option<u64>) -> String {
+    match v {
+        Some(v) => format!("version {v}"),
+        None => "no saved session".to_string(),
+    }
 }
 
 /// The crate's result type.

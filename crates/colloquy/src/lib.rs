@@ -86,6 +86,7 @@
 
 mod chat;
 pub mod error;
+pub mod files;
 mod llama;
 mod message;
 mod params;

@@ -96,16 +96,23 @@ impl LlamaSource {
 ///
 /// ```
 /// use colloquy::language::*;
-/// assert_eq!(ContextPolicy::default(), ContextPolicy::DropOldestTurns);
+/// assert_eq!(ContextPolicy::default(), ContextPolicy::Error);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ContextPolicy {
-    /// Keep the system prompt, drop the oldest messages until the conversation
-    /// fits, and recompute. The dropped messages leave the session's history.
+    /// Fail the turn with [`Error::ContextOverflow`], which names the options
+    /// that fix it. The session is left as it was.
     #[default]
-    DropOldestTurns,
-    /// Fail the turn with a context-overflow error.
     Error,
+    /// Keep the system prompt and the newest message, and drop the oldest
+    /// messages until the conversation takes at most half of the context, so
+    /// that the re-read this costs is paid once per half a context of new
+    /// text, not on every turn. The model re-reads what is kept (exactly, as a
+    /// fresh session would). Each drop is reported
+    /// ([`TurnStats::dropped_messages`](crate::TurnStats::dropped_messages)),
+    /// and the dropped messages stay in the session
+    /// ([`LlamaChatSession::dropped_messages`](crate::LlamaChatSession::dropped_messages)).
+    DropOldest,
 }
 
 /// Builds a [`Llama`].
@@ -133,10 +140,16 @@ pub struct LlamaBuilder {
     progress: Option<bool>,
     prefix_cache_bytes: Option<usize>,
     kv_dtype: Option<KvDtype>,
+    context_memory: Option<usize>,
 }
 
 /// The prefix cache's default budget.
 pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 512 << 20;
+
+/// The default cap on one session's KV memory at a full context (1 GiB):
+/// SmolLM2 (23 KB per token) and Gemma 3 get their whole trained context, a
+/// Llama 3 8B (128 KB per token) 8,192 tokens.
+pub const DEFAULT_CONTEXT_MEMORY: usize = 1 << 30;
 
 impl LlamaBuilder {
     /// The model to load (default: SmolLM2-135M-Instruct).
@@ -165,16 +178,35 @@ impl LlamaBuilder {
         self
     }
 
-    /// Context length in tokens (default: 4096, capped at the model's training context).
+    /// Context length in tokens. The default is the length the model was
+    /// trained with, capped so that one session's KV cache fits in the
+    /// context memory budget ([`with_context_memory`](Self::with_context_memory)).
     ///
     /// ```no_run
     /// # use colloquy::language::*;
     /// # #[tokio::main] async fn main() {
     /// let llm = Llama::builder().with_context_length(8192).build().await.unwrap();
+    /// assert_eq!(llm.model().n_ctx(), 8192);
     /// # }
     /// ```
     pub fn with_context_length(mut self, n_ctx: usize) -> Self {
         self.n_ctx = Some(n_ctx);
+        self
+    }
+
+    /// The most KV-cache memory one session may take at a full context, which
+    /// caps the default context length (default [`DEFAULT_CONTEXT_MEMORY`]).
+    /// An explicit [`with_context_length`](Self::with_context_length) wins.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::builder().with_context_memory(64 << 20).build().await.unwrap();
+    /// println!("context: {} tokens", llm.model().n_ctx());
+    /// # }
+    /// ```
+    pub fn with_context_memory(mut self, bytes: usize) -> Self {
+        self.context_memory = Some(bytes);
         self
     }
 
@@ -292,7 +324,8 @@ impl LlamaBuilder {
         if let Some(t) = self.threads {
             opts.threads = t;
         }
-        opts.n_ctx = Some(self.n_ctx.unwrap_or(4096));
+        opts.n_ctx = self.n_ctx;
+        opts.context_memory = self.context_memory.unwrap_or(DEFAULT_CONTEXT_MEMORY);
         opts.kv_dtype = self.kv_dtype;
         let model = Model::load(&path, opts)?;
         let template = match &self.template {
@@ -464,6 +497,22 @@ impl Llama {
         self.inner.prefix().stats()
     }
 
+    /// The tokens the model reads for `messages`, rendered with the chat
+    /// template up to where the answer starts (what a session holding exactly
+    /// these messages has read). Useful for counting what fits in the context.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let hi = [ChatMessage::new(MessageType::UserMessage, "Hi!")];
+    /// println!("{} tokens", llm.render_tokens(&hi).unwrap().len());
+    /// # }
+    /// ```
+    pub fn render_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        turn::render(&self.inner, messages)
+    }
+
     /// Runs `f` on the model thread and awaits its result.
     pub(crate) async fn on_worker<T: Send + 'static>(
         &self,
@@ -500,7 +549,9 @@ impl ChatModel for Llama {
             history: Vec::new(),
             pending: None,
             rng: RngState { seed, word_pos: 0 },
+            dropped: Vec::new(),
             last_turn: None,
+            versions: Default::default(),
         }))
     }
 

@@ -36,6 +36,9 @@ pub struct TurnStats {
     pub reused_tokens: usize,
     /// Tokens generated.
     pub generated_tokens: usize,
+    /// Messages dropped from the context before this turn to make room
+    /// ([`ContextPolicy::DropOldest`]); 0 on most turns.
+    pub dropped_messages: usize,
     /// From the start of the turn to the first generated token.
     pub time_to_first_token: Duration,
     /// The whole turn.
@@ -76,19 +79,9 @@ pub(crate) fn run(
         conversation.push(ChatMessage::new(MessageType::ModelAnswer, answer));
     }
     conversation.extend_from_slice(messages);
-    let prompt = loop {
-        let tokens = render(inner, &conversation)?;
-        if tokens.len() < model.n_ctx() {
-            break tokens;
-        }
-        if inner.policy == ContextPolicy::Error || !drop_oldest(&mut conversation) {
-            return Err(colloquy_engine::Error::ContextOverflow {
-                needed: tokens.len() + 1,
-                n_ctx: model.n_ctx(),
-            }
-            .into());
-        }
-    };
+    let before = st.dropped.len();
+    let prompt = fit_context(inner, &mut conversation, &mut st.dropped, params.max_length as usize)?;
+    let dropped_messages = st.dropped.len() - before;
 
     // Reuse the longest common prefix; recompute the rest. At least the last
     // prompt token is run, for its logits.
@@ -168,6 +161,7 @@ pub(crate) fn run(
         prompt_tokens: prompt.len() - common,
         reused_tokens: common,
         generated_tokens: generated.len(),
+        dropped_messages,
         time_to_first_token: ttft.unwrap_or_else(|| t0.elapsed()),
         total_time: t0.elapsed(),
     });
@@ -203,19 +197,48 @@ pub(crate) fn render(inner: &Inner, conversation: &[ChatMessage]) -> Result<Vec<
     Ok(ids)
 }
 
-/// Drops the oldest message that is not the system prompt. Returns false when
-/// only the system prompt and the newest message are left.
-fn drop_oldest(conversation: &mut Vec<ChatMessage>) -> bool {
+/// Renders `conversation`, applying the context policy: under
+/// [`ContextPolicy::Error`] a prompt that does not fit is an error; under
+/// [`ContextPolicy::DropOldest`] a prompt that leaves the answer less than a
+/// quarter of the context (or `max_answer` tokens, if fewer) loses its oldest
+/// messages, moved to `dropped`, until it takes at most half the context.
+fn fit_context(
+    inner: &Inner,
+    conversation: &mut Vec<ChatMessage>,
+    dropped: &mut Vec<ChatMessage>,
+    max_answer: usize,
+) -> Result<Vec<u32>> {
+    let n_ctx = inner.model.n_ctx();
+    let mut tokens = render(inner, conversation)?;
+    let reserve = max_answer.clamp(1, (n_ctx / 4).max(1));
+    if inner.policy == ContextPolicy::DropOldest && tokens.len() + reserve > n_ctx {
+        // Dropping a lot at once amortizes the re-read of what is kept.
+        while tokens.len() > n_ctx / 2 {
+            let Some(gone) = drop_oldest(conversation) else { break };
+            dropped.extend(gone);
+            tokens = render(inner, conversation)?;
+        }
+    }
+    if tokens.len() >= n_ctx {
+        return Err(Error::ContextOverflow { needed: tokens.len() + 1, n_ctx });
+    }
+    Ok(tokens)
+}
+
+/// Removes the oldest message that is not the system prompt (with the answer
+/// that follows it, so the kept part never starts with an answer) and returns
+/// what it removed. `None` when only the system prompt and the newest message
+/// are left.
+fn drop_oldest(conversation: &mut Vec<ChatMessage>) -> Option<Vec<ChatMessage>> {
     let first = usize::from(conversation.first().is_some_and(|m| m.role() == MessageType::SystemPrompt));
     if conversation.len() <= first + 1 {
-        return false;
+        return None;
     }
-    conversation.remove(first);
-    // Never start the kept part with an answer: drop it with its question.
+    let mut gone = vec![conversation.remove(first)];
     if conversation.len() > first + 1 && conversation[first].role() == MessageType::ModelAnswer {
-        conversation.remove(first);
+        gone.push(conversation.remove(first));
     }
-    true
+    Some(gone)
 }
 
 /// How much of `text` is safe to show, and whether the stop string was found.
@@ -259,10 +282,11 @@ mod tests {
             m(MessageType::ModelAnswer, "a1"),
             m(MessageType::UserMessage, "u2"),
         ];
-        assert!(drop_oldest(&mut c));
+        let gone = drop_oldest(&mut c).unwrap();
+        assert_eq!(gone.iter().map(|m| m.content()).collect::<Vec<_>>(), ["u1", "a1"]);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].content(), "s");
         assert_eq!(c[1].content(), "u2");
-        assert!(!drop_oldest(&mut c));
+        assert!(drop_oldest(&mut c).is_none());
     }
 }

@@ -50,10 +50,15 @@ fn crash_child() {
         k += 1;
         ask(&llm, &mut session, &question(k), MAX);
         // A new id per turn (sharing blocks with the previous ones), and one id
-        // that is overwritten each time.
+        // that is overwritten each time (on purpose: `replace`, not the
+        // compare-and-set `save`, since a restarted child never loaded it).
         for id in [format!("t{k}"), "head".to_string()] {
             println!("saving {id}");
-            store.save(&id, &session).unwrap();
+            if id == "head" {
+                store.replace(&id, &session).unwrap();
+            } else {
+                store.save(&id, &session).unwrap();
+            }
             println!("saved {id} {}", session.token_count());
         }
     }

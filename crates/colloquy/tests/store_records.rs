@@ -107,8 +107,18 @@ fn save_load_is_byte_exact_and_incremental() {
     assert_eq!((s2.blocks_written, s2.blocks_reused), (0, 4));
 
     // 30 more positions: the partly filled 4th block changes, a 5th is new.
+    // `b` was never loaded from "a": a plain save is a conflict, replace is not.
     let b = session(130, |p| p as u64);
-    let s3 = store.save("a", &b).unwrap();
+    match store.save("a", &b) {
+        Err(Error::SessionConflict { id, expected: None, found: Some(v) }) => {
+            assert_eq!((id.as_str(), v), ("a", s2.version));
+        }
+        other => panic!("{other:?}"),
+    }
+    let s3 = store.replace("a", &b).unwrap();
+    assert!(s3.version > s2.version && s2.version > s1.version);
+    // `a` read the version `b` replaced: it can no longer save over it.
+    assert!(matches!(store.save("a", &a), Err(Error::SessionConflict { .. })));
     assert_eq!((s3.blocks_written, s3.blocks_reused), (2, 3));
     assert!(s3.bytes_written < (2 * 32 * PER_TOKEN + 4096) as u64, "{s3:?}");
     let loaded = store.load("a").unwrap();
@@ -192,25 +202,33 @@ fn delete_and_gc_keep_exactly_the_referenced_blocks() {
     assert_eq!((g.blocks_removed, g.blocks_kept, g.temp_files_removed), (0, 6, 1));
     assert!(young.exists() && !old.exists());
 
+    // Deleting "a" removes the blocks only it used; gc finds nothing more.
     store.delete("a").unwrap();
     assert!(matches!(store.delete("a"), Err(Error::StoreSessionNotFound { .. })));
     assert!(matches!(store.load("a"), Err(Error::StoreSessionNotFound { .. })));
+    assert_eq!(block_files(dir.path()).len(), 4);
     let g = store.gc().unwrap();
-    assert_eq!((g.blocks_removed, g.blocks_kept), (2, 4));
-    assert!(g.bytes_removed > 0);
+    assert_eq!((g.blocks_removed, g.blocks_kept), (0, 4));
     assert_eq!(store.load("b").unwrap().to_bytes().unwrap(), b.to_bytes().unwrap());
 
-    // Saving "a" again after its blocks were collected rewrites them, even
-    // though this store instance has hashed them before.
-    let s = store.save("a", &a).unwrap();
+    // A deleted session stays deleted: the session that was saved as "a"
+    // cannot bring it back with a plain save.
+    assert!(matches!(
+        store.save("a", &a),
+        Err(Error::SessionConflict { expected: Some(_), found: None, .. })
+    ));
+    // Replacing it on purpose after its blocks were collected rewrites them,
+    // even though this store instance has hashed them before.
+    let s = store.replace("a", &a).unwrap();
     assert_eq!((s.blocks_written, s.blocks_reused), (2, 2));
     assert_eq!(store.load("a").unwrap().to_bytes().unwrap(), a.to_bytes().unwrap());
 
+    // Deleting the last sessions leaves no blocks, and nothing for gc.
     store.delete("a").unwrap();
     store.delete("b").unwrap();
-    let g = store.gc().unwrap();
-    assert_eq!((g.blocks_removed, g.blocks_kept), (6, 0));
     assert!(block_files(dir.path()).is_empty());
+    let g = store.gc().unwrap();
+    assert_eq!((g.blocks_removed, g.blocks_kept), (0, 0));
 }
 
 #[test]
@@ -336,7 +354,7 @@ fn concurrent_saves_and_gc_never_lose_a_referenced_block() {
                     let n = 40 + (k as usize * 7) % 90;
                     let s =
                         session(n, |p| if p < 32 { p as u64 } else { t * 1_000_000 + k * 1000 + p as u64 });
-                    store.save(&format!("w{t}"), &s).unwrap();
+                    store.replace(&format!("w{t}"), &s).unwrap();
                     k += 1;
                 }
                 k

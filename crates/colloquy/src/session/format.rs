@@ -1,4 +1,4 @@
-//! Session bytes, format v2 (documented in `docs/session-format.md`).
+//! Session bytes, format v3 (documented in `docs/session-format.md`).
 //!
 //! Layout, all integers little-endian:
 //!
@@ -10,6 +10,8 @@
 //! history: count u32, (role u8, len u32, utf8) × count
 //! pending answer: flag u8, (len u32, utf8)?
 //! rng: seed u64, word_pos u128
+//! dropped (v3): count u32, (role u8, len u32, utf8) × count: messages dropped
+//!     from the context (ContextPolicy::DropOldest), oldest first
 //! kv, global lane: for each block, for each global layer: K rows, then V rows,
 //!     of the block's used positions
 //! kv, window lane (v2, only with a window): rewind point u32 (u32::MAX: none),
@@ -19,7 +21,8 @@
 //! ```
 //!
 //! Version 1 (written before windowed layers were kept apart) has no window
-//! fields and stores every layer in the global lane; it is still read.
+//! fields and stores every layer in the global lane; version 2 has no dropped
+//! messages. Both are still read.
 
 use std::sync::Arc;
 
@@ -32,8 +35,8 @@ use crate::message::{ChatMessage, MessageType};
 
 /// The first bytes of every session.
 pub const MAGIC: &[u8; 8] = b"CLQYSESS";
-/// The format version this build writes (it also reads version 1).
-pub const VERSION: u32 = 2;
+/// The format version this build writes (it also reads versions 1 and 2).
+pub const VERSION: u32 = 3;
 /// The oldest version this build reads.
 pub const OLDEST_VERSION: u32 = 1;
 /// magic + version + total length.
@@ -64,11 +67,7 @@ pub(crate) fn encode_meta(w: &mut Vec<u8>, s: &SessionState) {
     for &t in &s.tokens {
         put_u32(w, t);
     }
-    put_u32(w, s.history.len() as u32);
-    for m in &s.history {
-        w.push(m.role().to_byte());
-        put_str(w, m.content());
-    }
+    put_messages(w, &s.history);
     match &s.pending {
         None => w.push(0),
         Some(a) => {
@@ -78,6 +77,25 @@ pub(crate) fn encode_meta(w: &mut Vec<u8>, s: &SessionState) {
     }
     put_u64(w, s.rng.seed);
     w.extend_from_slice(&s.rng.word_pos.to_le_bytes());
+    put_messages(w, &s.dropped);
+}
+
+fn put_messages(w: &mut Vec<u8>, messages: &[ChatMessage]) {
+    put_u32(w, messages.len() as u32);
+    for m in messages {
+        w.push(m.role().to_byte());
+        put_str(w, m.content());
+    }
+}
+
+fn read_messages(r: &mut Reader<'_>) -> Result<Vec<ChatMessage>> {
+    let n = r.count(5)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let role = MessageType::from_byte(r.u8()?).ok_or_else(|| corrupt("unknown message role"))?;
+        out.push(ChatMessage::new(role, r.string()?));
+    }
+    Ok(out)
 }
 
 /// The KV layout: `n_layers`, `n_kv_heads`, `head_dim` (u32 each), dtype u8, block size u32.
@@ -164,7 +182,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SessionState> {
         return Err(Error::SessionChecksum);
     }
     let mut r = Reader { b: body, pos: PREAMBLE };
-    let m = decode_meta(&mut r, version >= 2)?;
+    let m = decode_meta(&mut r, version)?;
     let kv = decode_kv(&mut r, m.layout, m.tokens.len())?;
     if r.pos != body.len() {
         return Err(corrupt("trailing bytes after the KV data"));
@@ -176,7 +194,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SessionState> {
         history: m.history,
         pending: m.pending,
         rng: m.rng,
+        dropped: m.dropped,
         last_turn: None,
+        versions: Default::default(),
     })
 }
 
@@ -188,25 +208,21 @@ pub(crate) struct Meta {
     pub history: Vec<ChatMessage>,
     pub pending: Option<String>,
     pub rng: RngState,
+    pub dropped: Vec<ChatMessage>,
 }
 
-/// Reads what [`encode_meta`] writes (`window`: whether the window fields are
-/// there, as from version 2 on).
-pub(crate) fn decode_meta(r: &mut Reader<'_>, window: bool) -> Result<Meta> {
+/// Reads what [`encode_meta`] writes, as session format `version` laid it out
+/// (window fields from version 2 on, dropped messages from version 3 on).
+pub(crate) fn decode_meta(r: &mut Reader<'_>, version: u32) -> Result<Meta> {
     let mut fp = [0u8; 16];
     fp.copy_from_slice(r.take(16)?);
     let mut layout = decode_layout(r)?;
-    if window {
+    if version >= 2 {
         layout = decode_window(r, layout)?;
     }
     let n_tokens = r.count(4)?;
     let tokens = (0..n_tokens).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
-    let n_msgs = r.count(5)?;
-    let mut history = Vec::with_capacity(n_msgs);
-    for _ in 0..n_msgs {
-        let role = MessageType::from_byte(r.u8()?).ok_or_else(|| corrupt("unknown message role"))?;
-        history.push(ChatMessage::new(role, r.string()?));
-    }
+    let history = read_messages(r)?;
     let pending = match r.u8()? {
         0 => None,
         1 => Some(r.string()?),
@@ -216,7 +232,8 @@ pub(crate) fn decode_meta(r: &mut Reader<'_>, window: bool) -> Result<Meta> {
     let mut wp = [0u8; 16];
     wp.copy_from_slice(r.take(16)?);
     let rng = RngState { seed, word_pos: u128::from_le_bytes(wp) };
-    Ok(Meta { fingerprint: Fingerprint(fp), layout, tokens, history, pending, rng })
+    let dropped = if version >= 3 { read_messages(r)? } else { Vec::new() };
+    Ok(Meta { fingerprint: Fingerprint(fp), layout, tokens, history, pending, rng, dropped })
 }
 
 /// Reads what [`encode_layout`] writes.

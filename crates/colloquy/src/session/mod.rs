@@ -1,5 +1,6 @@
 //! Chat sessions: the KV cache of a conversation plus what produced it.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use colloquy_engine::kv::{KvCache, BLOCK_TOKENS};
@@ -7,6 +8,7 @@ use colloquy_engine::model::Model;
 use colloquy_engine::sampler::RngState;
 
 use crate::error::{Error, Result};
+use crate::files::{self, FileLock, TempFile};
 use crate::message::ChatMessage;
 use crate::traits::ChatSession;
 use crate::turn::TurnStats;
@@ -71,8 +73,63 @@ pub(crate) struct SessionState {
     pub pending: Option<String>,
     /// The session's random stream.
     pub rng: RngState,
+    /// Messages dropped from the context to make room, oldest first.
+    pub dropped: Vec<ChatMessage>,
     /// What the latest turn cost (not saved).
     pub last_turn: Option<TurnStats>,
+    /// The saved versions this state was loaded from or saved as (not saved).
+    pub versions: Versions,
+}
+
+/// The versions of the places a session was loaded from or saved to: a
+/// session in a store (its folder and id) or a session file. A save to a
+/// place succeeds only while the place still holds the version recorded here
+/// (or, for a place not recorded, holds nothing): compare-and-set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Versions(Vec<(String, u64)>);
+
+impl Versions {
+    /// The version recorded for `place`.
+    pub fn get(&self, place: &str) -> Option<u64> {
+        self.0.iter().find(|(p, _)| p == place).map(|&(_, v)| v)
+    }
+
+    /// Records `version` for `place`.
+    pub fn set(&mut self, place: String, version: u64) {
+        match self.0.iter_mut().find(|(p, _)| *p == place) {
+            Some(entry) => entry.1 = version,
+            None => self.0.push((place, version)),
+        }
+    }
+}
+
+/// The place key of a session file (its path after symlinks, folder canonical).
+fn file_place(target: &Path) -> String {
+    format!("file:{}", files::canonical_file(target).display())
+}
+
+/// A session file's version: its last 8 bytes, which are the checksum of
+/// everything before them (`None`: no file).
+fn file_version(path: &Path) -> Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(files::io_err(path)(e)),
+    };
+    let len = f.metadata().map_err(files::io_err(path))?.len();
+    let mut tail = [0u8; 8];
+    let n = len.min(8) as usize;
+    f.seek(SeekFrom::Start(len - n as u64)).map_err(files::io_err(path))?;
+    f.read_exact(&mut tail[..n]).map_err(files::io_err(path))?;
+    Ok(Some(u64::from_le_bytes(tail)))
+}
+
+fn bytes_version(bytes: &[u8]) -> u64 {
+    let mut tail = [0u8; 8];
+    let n = bytes.len().min(8);
+    tail[..n].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_le_bytes(tail)
 }
 
 /// A conversation with a [`Llama`](crate::Llama) model: its KV cache, tokens and
@@ -161,9 +218,17 @@ impl LlamaChatSession {
         self.lock().tokens.clone()
     }
 
-    /// Writes the session to `path` atomically: a temporary file in the same
-    /// folder is written and synced, then renamed over `path`. On any error
-    /// (a full disk, say) the previous file at `path` is left as it was.
+    /// Writes the session to `path` atomically, if the file still holds what
+    /// this session was loaded from (or, for a session that was not loaded from
+    /// `path`, if there is no file yet). Otherwise nothing is written and the
+    /// error is [`Error::SessionConflict`]: another writer saved in between.
+    ///
+    /// A temporary file in the same folder is written and synced, then renamed
+    /// over the target under a lock on the folder, so a crash or a full disk
+    /// leaves the previous file as it was. A symlink is written through (its
+    /// target is replaced), the file keeps its permission bits, and a read-only
+    /// file is refused ([`Error::SessionFileReadOnly`]). Temporary files that
+    /// killed writers left in the folder are removed.
     ///
     /// ```no_run
     /// # use colloquy::language::*;
@@ -172,23 +237,56 @@ impl LlamaChatSession {
     /// let session = llm.new_chat_session().unwrap();
     /// session.save("chat.session").unwrap();
     /// let again = LlamaChatSession::load("chat.session").unwrap();
+    /// again.save("chat.session").unwrap(); // the version it was loaded from
+    /// // A session that did not come from the file cannot replace it.
+    /// let other = llm.new_chat_session().unwrap();
+    /// assert!(matches!(other.save("chat.session"), Err(Error::SessionConflict { .. })));
     /// # }
     /// ```
-    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        let bytes = self.to_bytes()?;
-        write_atomic(path.as_ref(), &bytes)
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let target = files::resolve_target(path.as_ref())?;
+        let place = file_place(&target);
+        let (bytes, expected) = {
+            let st = self.lock();
+            (format::encode(&st), st.versions.get(&place))
+        };
+        write_session_file(&target, &bytes, Some(expected))?;
+        self.lock().versions.set(place, bytes_version(&bytes));
+        Ok(())
     }
 
-    /// Reads a session written by [`save`](Self::save) or [`ChatSession::to_bytes`].
+    /// Reads a session written by [`save`](Self::save) or [`ChatSession::to_bytes`],
+    /// and remembers the file's version for the next [`save`](Self::save) to it.
     ///
     /// ```no_run
     /// # use colloquy::language::*;
     /// let session = LlamaChatSession::load("chat.session").unwrap();
     /// ```
-    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| colloquy_engine::Error::io(path, e))?;
-        Self::from_bytes(&bytes)
+        let session = Self::from_bytes(&bytes)?;
+        let place = file_place(&files::resolve_target(path)?);
+        session.lock().versions.set(place, bytes_version(&bytes));
+        Ok(session)
+    }
+
+    /// The messages dropped from the context to make room
+    /// ([`ContextPolicy::DropOldest`](crate::ContextPolicy::DropOldest)),
+    /// oldest first. The model no longer reads them; they are kept here so that
+    /// no part of the conversation is lost. [`ChatSession::history`] starts
+    /// where these end.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let session = llm.new_chat_session().unwrap();
+    /// assert!(session.dropped_messages().is_empty());
+    /// # }
+    /// ```
+    pub fn dropped_messages(&self) -> Vec<ChatMessage> {
+        self.lock().dropped.clone()
     }
 
     /// How many tokens the model has read in this session.
@@ -291,29 +389,59 @@ impl ChatSession for LlamaChatSession {
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename, then
-/// syncs the folder, so a crash leaves either the old or the new file.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |e| Error::Engine(colloquy_engine::Error::io(path, e));
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
+/// Writes `bytes` to `path` atomically, whatever the file holds now: through
+/// a synced temporary file and a rename, then a sync of the folder, so a crash
+/// leaves either the old or the new file. Like [`LlamaChatSession::save`], it
+/// writes through symlinks, keeps the file's mode and refuses read-only files,
+/// but it does not compare versions.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("blob");
+/// colloquy::session::write_atomic(&path, b"one").unwrap();
+/// colloquy::session::write_atomic(&path, b"two").unwrap();
+/// assert_eq!(std::fs::read(&path).unwrap(), b"two");
+/// ```
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_session_file(&files::resolve_target(path)?, bytes, None)
+}
+
+/// Replaces `target` (symlinks already followed) with `bytes`. With
+/// `expected`, only while the file's version is that one (`Some(None)`: while
+/// there is no file).
+fn write_session_file(target: &Path, bytes: &[u8], expected: Option<Option<u64>>) -> Result<()> {
+    let dir = files::parent_dir(target);
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    files::remove_stale_temp_files(&dir)?;
+    let mode = match std::fs::metadata(target) {
+        Ok(m) if m.permissions().readonly() => {
+            return Err(Error::SessionFileReadOnly { path: target.to_path_buf() });
         }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Ok(m) => file_mode(&m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(files::io_err(target)(e)),
+    };
+    let tmp = TempFile::write(&dir, &name, bytes, mode)?;
+    // The check and the rename happen under one lock, so two writers that
+    // read the same version cannot both replace it.
+    let _lock = FileLock::acquire_dir(&dir)?;
+    if let Some(expected) = expected {
+        let found = file_version(target)?;
+        if found != expected {
+            return Err(Error::SessionConflict { id: target.display().to_string(), expected, found });
+        }
     }
-    result.map_err(io)
+    tmp.commit(target)?;
+    files::sync_dir(&dir)
+}
+
+#[cfg(unix)]
+fn file_mode(m: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(m.permissions().mode() & 0o7777)
+}
+
+#[cfg(not(unix))]
+fn file_mode(_: &std::fs::Metadata) -> Option<u32> {
+    None
 }

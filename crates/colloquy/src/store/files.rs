@@ -3,38 +3,14 @@
 
 use super::*;
 
-/// Writes `bytes` to `dir/name` through a synced temporary file in `dir` and a
-/// rename. The caller syncs `dir` afterwards.
-pub(super) fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()));
-    let path = dir.join(name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(&path))
+/// Writes `bytes` to `dir/name` through a synced temporary file in `tmp_dir`
+/// (the store's `tmp/`, on the same file system) and a rename. The caller
+/// syncs `dir` afterwards.
+pub(super) fn write_file(tmp_dir: &Path, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    TempFile::write(tmp_dir, name, bytes, None)?.commit(&dir.join(name))
 }
 
-/// Syncs a folder, so that the renames and removals in it are durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        Ok(()) => Ok(()),
-        // Some platforms and file systems cannot sync a folder.
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported) => {
-            Ok(())
-        }
-        Err(e) if cfg!(windows) && e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
-        Err(e) => Err(io_err(dir)(e)),
-    }
-}
+pub(super) use crate::files::sync_dir;
 
 /// A lock file of this process that is removed when dropped.
 pub(super) struct LockFile(PathBuf);
@@ -117,7 +93,7 @@ impl SessionStore {
     /// Takes `locks/gc`, then waits until no write is in progress (see
     /// [`begin_write`](Self::begin_write)). Holding `locks/gc` keeps new writes
     /// from starting, so the wait ends.
-    pub(super) fn begin_gc(&self) -> Result<LockFile> {
+    pub(super) fn begin_gc(&self, wait: Duration) -> Result<LockFile> {
         let locks = self.locks_dir();
         let start = std::time::Instant::now();
         let busy = |what: &str| Error::StoreBusy(format!("{what} in {}", self.dir.display()));
@@ -130,7 +106,7 @@ impl SessionStore {
                         let _ = std::fs::remove_file(&path);
                         continue;
                     }
-                    if start.elapsed() > LOCK_WAIT {
+                    if start.elapsed() > wait {
                         return Err(busy("another gc is running"));
                     }
                     std::thread::sleep(Duration::from_millis(20));
@@ -153,7 +129,7 @@ impl SessionStore {
             if !writing {
                 return Ok(gc);
             }
-            if start.elapsed() > LOCK_WAIT {
+            if start.elapsed() > wait {
                 return Err(busy("saves are in progress"));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -161,7 +137,8 @@ impl SessionStore {
     }
 }
 
-/// Removes `dir`'s temporary files older than [`GC_GRACE`].
+/// Removes `dir`'s temporary files in the old naming (`.tmp-…`, written by
+/// colloquy before the store had its `tmp/` folder) older than [`GC_GRACE`].
 pub(super) fn remove_old_temp_files(dir: &Path) -> Result<usize> {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {

@@ -38,6 +38,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::files::{FileLock, TempFile};
+
 use colloquy_engine::kv::{KvBlock, KvCache, KvLayout};
 
 use crate::error::{Error, Result};
@@ -46,8 +48,10 @@ use crate::session::{Fingerprint, LlamaChatSession, SessionState};
 
 mod block_cache;
 use block_cache::BlockCache;
+mod collect;
+use collect::RefCache;
 mod files;
-use files::{remove_old_temp_files, sync_dir, write_file};
+use files::{sync_dir, write_file};
 mod records;
 
 pub use records::{
@@ -68,6 +72,10 @@ const TMP_PREFIX: &str = ".tmp-";
 /// What one [`SessionStore::save`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SaveStats {
+    /// The version the session now has in the store.
+    pub version: u64,
+    /// Block files that only the replaced version used, removed.
+    pub blocks_removed: usize,
     /// Block files written (new or changed blocks).
     pub blocks_written: usize,
     /// Blocks already in the store, not written again.
@@ -81,6 +89,8 @@ pub struct SaveStats {
 pub struct SessionInfo {
     /// The session's id.
     pub id: String,
+    /// Its version (see [`SessionStore::save`]).
+    pub version: u64,
     /// The model it belongs to.
     pub fingerprint: Fingerprint,
     /// Tokens the model has read.
@@ -131,8 +141,11 @@ pub struct StoreUsage {
 /// atomic, and [`gc`](Self::gc) waits for saves in progress (and they for it).
 pub struct SessionStore {
     dir: PathBuf,
+    /// `dir` made absolute: names this store in a session's versions.
+    canonical: PathBuf,
     compression: Option<i32>,
     cache: Mutex<BlockCache>,
+    refs: Mutex<RefCache>,
 }
 
 impl std::fmt::Debug for SessionStore {
@@ -144,8 +157,13 @@ impl std::fmt::Debug for SessionStore {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |e| Error::Engine(colloquy_engine::Error::io(path, e))
+use crate::files::io_err;
+
+/// A version above `found`, and above any a deleted session of the same id
+/// can have had: the clock in microseconds when that is larger.
+fn next_version(found: Option<u64>) -> u64 {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    found.map_or(1, |v| v.saturating_add(1)).max(now)
 }
 
 /// Checks that `id` can name a session file: 1 to 128 ASCII letters, digits,
@@ -183,11 +201,18 @@ impl SessionStore {
     /// ```
     pub fn open(dir: impl AsRef<Path>) -> Result<SessionStore> {
         let dir = dir.as_ref().to_path_buf();
-        for sub in ["blocks", "sessions", "locks"] {
+        for sub in ["blocks", "sessions", "locks", "tmp"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        Ok(SessionStore { dir, compression: None, cache: Mutex::new(BlockCache::default()) })
+        let canonical = std::fs::canonicalize(&dir).map_err(io_err(&dir))?;
+        Ok(SessionStore {
+            dir,
+            canonical,
+            compression: None,
+            cache: Mutex::new(BlockCache::default()),
+            refs: Mutex::new(RefCache::default()),
+        })
     }
 
     /// Compresses the block files this store writes with zstd at `level`
@@ -220,12 +245,35 @@ impl SessionStore {
         self.dir.join("locks")
     }
 
+    fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// How a session's versions name session `id` of this store.
+    fn place(&self, id: &str) -> String {
+        format!("store:{}\0{id}", self.canonical.display())
+    }
+
+    /// Held while a manifest is checked and swapped (any process, any id).
+    fn manifest_lock(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.locks_dir().join("manifests"))
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, BlockCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Saves `session` as `id`, replacing any session saved under that id.
-    /// Writes only the blocks the store does not hold yet, then the manifest.
+    /// Saves `session` as `id`, if the store still holds the version of `id`
+    /// that this session was loaded from or last saved as (or, for a session
+    /// that never was `id`, if there is no session `id`). Otherwise nothing
+    /// changes and the error is [`Error::SessionConflict`]: another writer
+    /// saved in between (or deleted the session), and this save would have
+    /// thrown its work away. Load the session again and redo the turn.
+    ///
+    /// Writes only the blocks the store does not hold yet, then swaps the
+    /// manifest under a lock that every process takes, so of two writers that
+    /// loaded the same version exactly one succeeds. Blocks that only the
+    /// replaced version used are removed.
     ///
     /// ```no_run
     /// # use colloquy::language::*;
@@ -238,48 +286,135 @@ impl SessionStore {
     /// chat("How are you?").await.unwrap();
     /// let stats = store.save("greeting", &chat.session().unwrap()).unwrap();
     /// assert!(stats.blocks_written <= 2); // the changed last block, maybe a new one
+    ///
+    /// // Another copy that read the first version cannot overwrite the second.
+    /// let stale = store.load("greeting").unwrap();
+    /// store.save("greeting", &chat.session().unwrap()).unwrap();
+    /// assert!(matches!(store.save("greeting", &stale), Err(Error::SessionConflict { .. })));
     /// # }
     /// ```
     pub fn save(&self, id: &str, session: &LlamaChatSession) -> Result<SaveStats> {
+        self.write_session(id, session, true)
+    }
+
+    /// Saves `session` as `id` whatever the store holds under `id` now: the
+    /// last writer wins. Use it to overwrite on purpose (a "latest" pointer,
+    /// say); [`save`](Self::save) is the safe default.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let store = SessionStore::open("my-sessions").unwrap();
+    /// store.replace("scratch", &llm.new_chat_session().unwrap()).unwrap();
+    /// store.replace("scratch", &llm.new_chat_session().unwrap()).unwrap();
+    /// # }
+    /// ```
+    pub fn replace(&self, id: &str, session: &LlamaChatSession) -> Result<SaveStats> {
+        self.write_session(id, session, false)
+    }
+
+    fn write_session(&self, id: &str, session: &LlamaChatSession, check: bool) -> Result<SaveStats> {
         validate_id(id)?;
+        let place = self.place(id);
         // A consistent snapshot; the block table is shared, not copied.
-        let snap: SessionState = session.lock().clone();
-        let _writing = self.begin_write()?;
+        let (snap, expected): (SessionState, _) = {
+            let st = session.lock();
+            (st.clone(), st.versions.get(&place))
+        };
+        // Fail early, before writing any block, when the conflict is already
+        // visible; the check that counts is repeated under the lock below.
+        let found_early = self.stored_version(id, check)?;
+        if check && found_early != expected {
+            return Err(Error::SessionConflict { id: id.to_string(), expected, found: found_early });
+        }
+        let writing = self.begin_write()?;
+        crate::files::remove_stale_temp_files(&self.tmp_dir())?;
         let blocks_dir = self.blocks_dir();
         let (global, local) = (snap.kv.layout().lane(false), snap.kv.layout().lane(true));
         let mut stats = SaveStats::default();
+        let mut written = Vec::new();
         let mut raw = Vec::new();
         let n = snap.kv.len();
+        let mut save_block = |layout: &KvLayout, block: &Arc<KvBlock>, b: usize| -> Result<BlockHash> {
+            let (hash, bytes) = self.save_block(layout, block, used_in_block(n, b), &mut raw)?;
+            match bytes {
+                Some(bytes) => {
+                    written.push(hash);
+                    stats.blocks_written += 1;
+                    stats.bytes_written += bytes;
+                }
+                None => stats.blocks_reused += 1,
+            }
+            Ok(hash)
+        };
         let mut hashes = Vec::with_capacity(snap.kv.blocks().len());
         for (b, block) in snap.kv.blocks().iter().enumerate() {
-            hashes.push(self.save_block(&global, block, used_in_block(n, b), &mut raw, &mut stats)?);
+            hashes.push(save_block(&global, block, b)?);
         }
         let mut window = Vec::new();
         for (b, block) in snap.kv.window_blocks().iter().enumerate() {
             if let Some(block) = block {
-                window.push((b, self.save_block(&local, block, used_in_block(n, b), &mut raw, &mut stats)?));
+                window.push((b, save_block(&local, block, b)?));
             }
         }
         // The blocks' renames must be durable before a manifest names them,
         // including blocks another process wrote and did not get to sync.
         sync_dir(&blocks_dir)?;
-        let manifest = records::encode_manifest(&snap, &hashes, &window);
         let sessions = self.sessions_dir();
-        write_file(&sessions, id, &manifest)?;
-        sync_dir(&sessions)?;
-        stats.bytes_written += manifest.len() as u64;
+        let swap = self.manifest_lock()?;
+        let current = self.stored_manifest(id, check)?;
+        let found = current.as_ref().map(|m| m.version);
+        if check && found != expected {
+            drop((swap, writing));
+            // The blocks this save wrote are garbage unless someone else uses them.
+            self.collect(&written)?;
+            return Err(Error::SessionConflict { id: id.to_string(), expected, found });
+        }
+        let replaced = {
+            let _swap = swap;
+            stats.version = next_version(found);
+            let manifest = records::encode_manifest(&snap, stats.version, &hashes, &window);
+            write_file(&self.tmp_dir(), &sessions, id, &manifest)?;
+            sync_dir(&sessions)?;
+            stats.bytes_written += manifest.len() as u64;
+            current
+        };
+        drop(writing);
+        session.lock().versions.set(place, stats.version);
+        if let Some(old) = replaced {
+            let kept: HashSet<BlockHash> = hashes.iter().copied().chain(window.iter().map(|&(_, h)| h)).collect();
+            let orphans: Vec<BlockHash> = old.all_blocks().filter(|h| !kept.contains(h)).collect();
+            stats.blocks_removed = self.collect(&orphans)?;
+        }
         Ok(stats)
     }
 
-    /// Writes one block's file unless the store holds it; returns its hash.
+    /// The manifest stored as `id`, if any. Without `strict`, a damaged one
+    /// counts as none (there is no version in it to compare with).
+    fn stored_manifest(&self, id: &str, strict: bool) -> Result<Option<Manifest>> {
+        match self.manifest(id) {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::StoreSessionNotFound { .. }) => Ok(None),
+            Err(Error::StoreManifestCorrupt { .. }) if !strict => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The version stored as `id`, if any (see [`stored_manifest`](Self::stored_manifest)).
+    fn stored_version(&self, id: &str, strict: bool) -> Result<Option<u64>> {
+        Ok(self.stored_manifest(id, strict)?.map(|m| m.version))
+    }
+
+    /// Writes one block's file unless the store holds it. Returns its hash,
+    /// and the bytes written (`None`: the store already held it).
     fn save_block(
         &self,
         layout: &KvLayout,
         block: &Arc<KvBlock>,
         used: usize,
         raw: &mut Vec<u8>,
-        stats: &mut SaveStats,
-    ) -> Result<BlockHash> {
+    ) -> Result<(BlockHash, Option<u64>)> {
         let known = self.cache().hash_of(block, used);
         raw.clear();
         let hash = match known {
@@ -292,21 +427,19 @@ impl SessionStore {
         let name = hash.to_string();
         let blocks_dir = self.blocks_dir();
         let path = blocks_dir.join(&name);
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-            stats.blocks_reused += 1;
-        } else {
+        let mut bytes = None;
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
             if known.is_some() {
                 records::block_rows(layout, block, used, raw);
             }
             let file = records::encode_block(layout, used, raw, self.compression);
-            write_file(&blocks_dir, &name, &file)?;
-            stats.blocks_written += 1;
-            stats.bytes_written += file.len() as u64;
+            write_file(&self.tmp_dir(), &blocks_dir, &name, &file)?;
+            bytes = Some(file.len() as u64);
         }
         if known.is_none() {
             self.cache().remember(block, used, hash);
         }
-        Ok(hash)
+        Ok((hash, bytes))
     }
 
     /// Reads the manifest of `id`.
@@ -357,6 +490,8 @@ impl SessionStore {
     /// ```
     pub fn load(&self, id: &str) -> Result<LlamaChatSession> {
         let m = self.manifest(id)?;
+        let mut versions = crate::session::Versions::default();
+        versions.set(self.place(id), m.version);
         let n = m.tokens.len();
         let (global, local) = (m.layout.lane(false), m.layout.lane(true));
         let mut blocks = Vec::with_capacity(m.blocks.len());
@@ -379,7 +514,9 @@ impl SessionStore {
             history: m.history,
             pending: m.pending,
             rng: m.rng,
+            dropped: m.dropped,
             last_turn: None,
+            versions,
         }))
     }
 
@@ -442,6 +579,7 @@ impl SessionStore {
             .sum();
         Ok(SessionInfo {
             id: id.to_string(),
+            version: m.version,
             fingerprint: m.fingerprint,
             tokens: m.tokens.len(),
             messages: m.history.len() + usize::from(m.pending.is_some()),
@@ -494,71 +632,38 @@ impl SessionStore {
         validate_id(to)?;
         let _writing = self.begin_write()?;
         let bytes = self.read_manifest_bytes(from)?;
-        decode_manifest(&bytes)
-            .map_err(|e| Error::StoreManifestCorrupt { session: from.to_string(), reason: e.to_string() })?;
+        let _swap = self.manifest_lock()?;
         if self.contains(to)? {
             return Err(Error::StoreSessionExists { session: to.to_string() });
         }
+        let bytes = records::with_version(&bytes, next_version(None))
+            .map_err(|e| Error::StoreManifestCorrupt { session: from.to_string(), reason: e.to_string() })?;
         let sessions = self.sessions_dir();
-        write_file(&sessions, to, &bytes)?;
+        write_file(&self.tmp_dir(), &sessions, to, &bytes)?;
         sync_dir(&sessions)
     }
 
-    /// Deletes session `id`. Its blocks stay until [`gc`](Self::gc) finds no
-    /// other session using them.
+    /// Deletes session `id`, and the blocks no other session uses. A session
+    /// loaded before the delete cannot bring it back: its
+    /// [`save`](Self::save) gets [`Error::SessionConflict`].
     pub fn delete(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         let sessions = self.sessions_dir();
         let path = sessions.join(id);
-        std::fs::remove_file(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::StoreSessionNotFound { session: id.to_string() }
-            } else {
-                io_err(&path)(e)
-            }
-        })?;
-        sync_dir(&sessions)
-    }
-
-    /// Removes the block files that no manifest references, and temporary
-    /// files of interrupted writes older than [`GC_GRACE`]. Waits for saves in
-    /// progress (in any process) to finish, and saves wait for it.
-    ///
-    /// Refuses ([`Error::StoreManifestCorrupt`]) if a manifest cannot be read,
-    /// since the blocks it names are unknown: delete that session first.
-    pub fn gc(&self) -> Result<GcStats> {
-        let _gc = self.begin_gc()?;
-        let mut referenced = HashSet::new();
-        for id in self.session_ids()? {
-            match self.manifest(&id) {
-                Ok(m) => referenced.extend(m.all_blocks()),
-                Err(Error::StoreSessionNotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let mut stats = GcStats::default();
-        let blocks_dir = self.blocks_dir();
-        for entry in std::fs::read_dir(&blocks_dir).map_err(io_err(&blocks_dir))? {
-            let entry = entry.map_err(io_err(&blocks_dir))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-            let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() {
-                continue;
-            }
-            if let Some(hash) = BlockHash::parse(&name) {
-                if referenced.contains(&hash) {
-                    stats.blocks_kept += 1;
-                } else if std::fs::remove_file(entry.path()).is_ok() {
-                    stats.blocks_removed += 1;
-                    stats.bytes_removed += meta.len();
+        let blocks: Vec<BlockHash> = {
+            let _swap = self.manifest_lock()?;
+            let blocks = self.manifest(id).map(|m| m.all_blocks().collect()).unwrap_or_default();
+            std::fs::remove_file(&path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::StoreSessionNotFound { session: id.to_string() }
+                } else {
+                    io_err(&path)(e)
                 }
-            }
-        }
-        for dir in [&blocks_dir, &self.sessions_dir()] {
-            stats.temp_files_removed += remove_old_temp_files(dir)?;
-        }
-        sync_dir(&blocks_dir)?;
-        sync_dir(&self.sessions_dir())?;
-        Ok(stats)
+            })?;
+            sync_dir(&sessions)?;
+            blocks
+        };
+        self.collect(&blocks)?;
+        Ok(())
     }
 }

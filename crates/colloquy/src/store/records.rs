@@ -18,8 +18,9 @@ pub const MANIFEST_MAGIC: &[u8; 8] = b"CLQYMNFT";
 /// The version of block files that this build writes and reads.
 pub const RECORD_VERSION: u32 = 1;
 /// The version of manifests that this build writes (it also reads version 1,
-/// which has no window lane).
-pub const MANIFEST_VERSION: u32 = 2;
+/// which has no window lane, and version 2, which has no session version and
+/// no dropped messages).
+pub const MANIFEST_VERSION: u32 = 3;
 /// The largest whole block (all [`BLOCK_TOKENS`] positions, K and V, every
 /// layer) a block file may describe: 64 MiB, about twice what the largest
 /// open models need.
@@ -31,6 +32,8 @@ const FLAG_ZSTD: u8 = 1;
 const BLOCK_HEADER: usize = 8 + 4 + 1 + 17 + 4 + 8 + 8;
 /// magic, version, total length.
 const MANIFEST_PREAMBLE: usize = 8 + 4 + 8;
+/// Where a version 3 manifest keeps the session's version (a u64).
+const MANIFEST_SESSION_VERSION_AT: usize = MANIFEST_PREAMBLE;
 const CHECKSUM: usize = 8;
 
 /// Why a block file or manifest was refused.
@@ -282,6 +285,10 @@ fn decompress(payload: &[u8], size: usize) -> Result<Vec<u8>, RecordError> {
 /// which is the ordered list of its blocks.
 #[derive(Debug, Clone)]
 pub struct Manifest {
+    /// The session's version: it changes with every save, and a save
+    /// succeeds only over the version its session was loaded from. Manifests
+    /// written before versions existed (format 1 and 2) read as version 0.
+    pub version: u64,
     /// The model the session belongs to.
     pub fingerprint: Fingerprint,
     /// The session's KV layout (each block has one of its lanes' layouts).
@@ -292,6 +299,8 @@ pub struct Manifest {
     pub history: Vec<ChatMessage>,
     /// The latest answer, not yet fed back.
     pub pending: Option<String>,
+    /// Messages dropped from the context to make room, oldest first.
+    pub dropped: Vec<ChatMessage>,
     /// The session's random stream.
     pub rng: RngState,
     /// The K/V of `tokens` in the global lane, one block per [`BLOCK_TOKENS`]
@@ -321,10 +330,12 @@ impl Manifest {
     }
 }
 
-/// A manifest for the session `s` whose global-lane blocks are `blocks` and
-/// whose held window blocks are `window` (index, hash).
+/// A manifest, at session version `version`, for the session `s` whose
+/// global-lane blocks are `blocks` and whose held window blocks are `window`
+/// (index, hash).
 pub(crate) fn encode_manifest(
     s: &SessionState,
+    version: u64,
     blocks: &[BlockHash],
     window: &[(usize, BlockHash)],
 ) -> Vec<u8> {
@@ -332,6 +343,7 @@ pub(crate) fn encode_manifest(
     w.extend_from_slice(MANIFEST_MAGIC);
     w.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
     w.extend_from_slice(&0u64.to_le_bytes()); // total length, patched below
+    w.extend_from_slice(&version.to_le_bytes());
     format::encode_meta(&mut w, s);
     w.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
     for b in blocks {
@@ -354,6 +366,23 @@ pub(crate) fn encode_manifest(
     let sum = xxhash_rust::xxh3::xxh3_64(&w);
     w.extend_from_slice(&sum.to_le_bytes());
     w
+}
+
+/// The manifest `bytes` at another session version. Manifests older than
+/// version 3 have no version field and are returned as they are (they read as
+/// version 0).
+pub(crate) fn with_version(bytes: &[u8], version: u64) -> Result<Vec<u8>, RecordError> {
+    decode_manifest(bytes)?;
+    let mut w = bytes.to_vec();
+    if u32::from_le_bytes([w[8], w[9], w[10], w[11]]) < 3 {
+        return Ok(w);
+    }
+    w.truncate(w.len() - CHECKSUM);
+    let at = MANIFEST_SESSION_VERSION_AT;
+    w[at..at + 8].copy_from_slice(&version.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&w);
+    w.extend_from_slice(&sum.to_le_bytes());
+    Ok(w)
 }
 
 /// Decodes a session manifest: checks the magic, version, length and
@@ -381,7 +410,9 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, RecordError> {
     }
     let body = verify_checksum(bytes)?;
     let mut r = Reader { b: body, pos: MANIFEST_PREAMBLE };
-    let m = format::decode_meta(&mut r, version >= 2).map_err(field)?;
+    // Manifest versions 1 to 3 hold session-format meta fields of the same version.
+    let session_version = if version >= 3 { r.u64().map_err(field)? } else { 0 };
+    let m = format::decode_meta(&mut r, version).map_err(field)?;
     let n_blocks = r.count(16).map_err(field)?;
     if n_blocks != m.tokens.len().div_ceil(BLOCK_TOKENS) {
         return Err(corrupt(format!("{n_blocks} KV blocks cannot hold {} positions", m.tokens.len())));
@@ -406,11 +437,13 @@ pub fn decode_manifest(bytes: &[u8]) -> Result<Manifest, RecordError> {
         return Err(corrupt("trailing bytes after the block list"));
     }
     Ok(Manifest {
+        version: session_version,
         fingerprint: m.fingerprint,
         layout: m.layout,
         tokens: m.tokens,
         history: m.history,
         pending: m.pending,
+        dropped: m.dropped,
         rng: m.rng,
         blocks,
         window_blocks,
