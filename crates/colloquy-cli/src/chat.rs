@@ -245,7 +245,10 @@ async fn repl(
                     eprintln!("[{}, dropped] {}", m.role().as_role(), m.content());
                 }
                 if !dropped.is_empty() {
-                    eprintln!("--- {} messages dropped from the context; the model reads from here ---", dropped.len());
+                    eprintln!(
+                        "--- {} messages dropped from the context; the model reads from here ---",
+                        dropped.len()
+                    );
                 }
                 for m in session.transcript() {
                     eprintln!("[{}] {}", m.role().as_role(), m.content());

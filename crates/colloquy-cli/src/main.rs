@@ -277,7 +277,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let Some(text) = args.input.read()? else { bail!("give --prompt TEXT, --prompt-file PATH or --prompt -") };
+    let Some(text) = args.input.read()? else {
+        bail!("give --prompt TEXT, --prompt-file PATH or --prompt -")
+    };
     if text.is_empty() {
         bail!("the prompt is empty; give some text to complete");
     }

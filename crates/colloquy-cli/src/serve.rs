@@ -221,7 +221,8 @@ async fn add_message(State(app): State<App>, Path(id): Path<String>, Json(req): 
     // Turns on one session wait for each other, so none is lost; a session
     // deleted meanwhile is only a detached slot and stays deleted.
     let mut session = slot.lock().await;
-    if !app.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+    if !app.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot))
+    {
         return error(StatusCode::NOT_FOUND, format!("session {id} was deleted"));
     }
     let msg = [ChatMessage::new(MessageType::UserMessage, req.content)];

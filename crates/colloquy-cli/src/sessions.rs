@@ -92,8 +92,17 @@ pub fn run(args: SessionsArgs) -> Result<()> {
             println!("model fingerprint: {}", info.fingerprint);
             println!("tokens: {}, messages: {}, KV blocks: {}", info.tokens, info.messages, info.blocks);
             println!("size: {} (manifest {})", size(info.bytes), size(info.manifest_bytes));
-            println!("saved: {} UTC", utc(info.modified));
+            println!("saved: {} UTC (version {})", utc(info.modified), info.version);
             println!();
+            for m in &manifest.dropped {
+                println!("[{}, dropped] {}", m.role().as_role(), m.content());
+            }
+            if !manifest.dropped.is_empty() {
+                println!(
+                    "--- {} messages dropped from the context; the model reads from here ---",
+                    manifest.dropped.len()
+                );
+            }
             for m in manifest.transcript() {
                 println!("[{}] {}", m.role().as_role(), m.content());
             }
@@ -104,7 +113,7 @@ pub fn run(args: SessionsArgs) -> Result<()> {
         }
         SessionsCmd::Delete { id } => {
             store.delete(&id)?;
-            println!("deleted {id} (`colloquy sessions gc` frees the blocks no other session uses)");
+            println!("deleted {id}");
         }
         SessionsCmd::Gc => {
             let g = store.gc()?;

@@ -53,7 +53,8 @@ fn tiny(file: &str) -> PathBuf {
 
 /// Loads `tests/fixtures/tiny/<stem>.gguf`.
 fn load(stem: &str, precision: Precision) -> Model {
-    let opts = ModelOptions { threads: 2, precision, n_ctx: Some(256), kv_dtype: None, ..ModelOptions::default() };
+    let opts =
+        ModelOptions { threads: 2, precision, n_ctx: Some(256), kv_dtype: None, ..ModelOptions::default() };
     Model::load(tiny(&format!("{stem}.gguf")), opts).unwrap_or_else(|e| panic!("{stem} loads: {e}"))
 }
 

@@ -85,6 +85,15 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
 
 /// The file a write to `path` must replace: `path` itself, or the file its
 /// symlinks lead to (which need not exist yet).
+///
+/// ```
+/// # #[cfg(unix)] {
+/// let dir = tempfile::tempdir().unwrap();
+/// let link = dir.path().join("chat.session");
+/// std::os::unix::fs::symlink("real.session", &link).unwrap();
+/// assert_eq!(colloquy::files::resolve_target(&link).unwrap(), dir.path().join("real.session"));
+/// # }
+/// ```
 pub fn resolve_target(path: &Path) -> Result<PathBuf> {
     let mut p = path.to_path_buf();
     for _ in 0..40 {

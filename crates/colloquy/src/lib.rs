@@ -99,7 +99,7 @@ mod turn;
 pub use chat::{Chat, ChatResponseBuilder};
 pub use colloquy_engine::linear::Precision;
 pub use error::{Error, Result};
-pub use llama::{ContextPolicy, Llama, LlamaBuilder, LlamaSource};
+pub use llama::{ContextPolicy, Llama, LlamaBuilder, LlamaSource, DEFAULT_CONTEXT_MEMORY};
 pub use message::{ChatMessage, MessageType};
 pub use params::GenerationParameters;
 pub use session::LlamaChatSession;

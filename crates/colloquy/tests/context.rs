@@ -24,7 +24,12 @@ fn question(i: usize) -> String {
 
 #[test]
 fn the_default_policy_is_a_typed_error_naming_the_options() {
-    let llm = Llama::builder().with_threads(2).with_context_length(160).with_progress(false).build_blocking().unwrap();
+    let llm = Llama::builder()
+        .with_threads(2)
+        .with_context_length(160)
+        .with_progress(false)
+        .build_blocking()
+        .unwrap();
     let mut s = llm.new_chat_session().unwrap();
     ask(&llm, &mut s, "Hello there.", 4);
     let before = s.token_count();
@@ -46,8 +51,12 @@ fn the_default_context_is_the_trained_length_within_the_memory_budget() {
     let full = Llama::builder().with_threads(1).with_progress(false).build_blocking().unwrap();
     assert_eq!(full.model().n_ctx(), 8192, "SmolLM2 was trained on 8,192 tokens and fits in 1 GiB");
     // 23,040 bytes per token: 64 MiB hold 2,912 tokens.
-    let capped =
-        Llama::builder().with_threads(1).with_context_memory(64 << 20).with_progress(false).build_blocking().unwrap();
+    let capped = Llama::builder()
+        .with_threads(1)
+        .with_context_memory(64 << 20)
+        .with_progress(false)
+        .build_blocking()
+        .unwrap();
     assert_eq!(capped.model().n_ctx(), (64 << 20) / 23_040);
 }
 
@@ -63,7 +72,11 @@ fn drops_are_reported_kept_and_amortized() {
         let before = s.dropped_messages().len();
         ask(&llm, &mut s, &question(i), 24);
         let stats = s.last_turn().unwrap();
-        assert_eq!(stats.dropped_messages, s.dropped_messages().len() - before, "turn {i}: a drop went unreported");
+        assert_eq!(
+            stats.dropped_messages,
+            s.dropped_messages().len() - before,
+            "turn {i}: a drop went unreported"
+        );
         drops += usize::from(stats.dropped_messages > 0);
         processed += stats.prompt_tokens;
         assert!(s.token_count() <= N_CTX);
@@ -76,14 +89,20 @@ fn drops_are_reported_kept_and_amortized() {
     let dropped = s.dropped_messages();
     let mut all = dropped.clone();
     all.extend(s.history().into_iter().skip(1));
-    let questions: Vec<String> =
-        all.iter().filter(|m| m.role() == MessageType::UserMessage).map(|m| m.content().to_string()).collect();
+    let questions: Vec<String> = all
+        .iter()
+        .filter(|m| m.role() == MessageType::UserMessage)
+        .map(|m| m.content().to_string())
+        .collect();
     assert_eq!(questions, (0..40).map(question).collect::<Vec<_>>());
     // What a conversation of this length must read: all of it, once.
     let mut conversation = vec![s.history()[0].clone()];
     conversation.extend(all);
     let must = llm.render_tokens(&conversation).unwrap().len();
-    assert!(processed < 2 * must, "{processed} prompt tokens processed over 40 turns, for a {must}-token conversation");
+    assert!(
+        processed < 2 * must,
+        "{processed} prompt tokens processed over 40 turns, for a {must}-token conversation"
+    );
 }
 
 #[test]

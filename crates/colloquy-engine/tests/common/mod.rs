@@ -20,7 +20,8 @@ pub fn model_path(name: &str) -> PathBuf {
 }
 
 pub fn load(name: &str, precision: Precision, threads: usize) -> Model {
-    let opts = ModelOptions { threads, precision, n_ctx: Some(4096), kv_dtype: None, ..ModelOptions::default() };
+    let opts =
+        ModelOptions { threads, precision, n_ctx: Some(4096), kv_dtype: None, ..ModelOptions::default() };
     Model::load(model_path(name), opts).expect("model loads")
 }
 

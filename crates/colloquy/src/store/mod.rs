@@ -383,7 +383,8 @@ impl SessionStore {
         drop(writing);
         session.lock().versions.set(place, stats.version);
         if let Some(old) = replaced {
-            let kept: HashSet<BlockHash> = hashes.iter().copied().chain(window.iter().map(|&(_, h)| h)).collect();
+            let kept: HashSet<BlockHash> =
+                hashes.iter().copied().chain(window.iter().map(|&(_, h)| h)).collect();
             let orphans: Vec<BlockHash> = old.all_blocks().filter(|h| !kept.contains(h)).collect();
             stats.blocks_removed = self.collect(&orphans)?;
         }
