@@ -322,6 +322,27 @@ impl Gguf {
         v.as_f32().ok_or_else(|| type_err(key, "float", v))
     }
 
+    /// A required unsigned integer that fits in a `usize` (llama.cpp's `get_key`).
+    pub fn get_usize(&self, key: &str) -> Result<usize> {
+        usize::try_from(self.get_u64(key)?).map_err(|_| Error::GgufCorrupt(format!("{key} is too large")))
+    }
+
+    /// An optional unsigned integer: `None` when the key is absent, an error
+    /// when it is there with the wrong type (llama.cpp's `get_key(…, false)`).
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key).map(|_| self.get_usize(key)).transpose()
+    }
+
+    /// An optional float (see [`opt_usize`](Self::opt_usize)).
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        self.get(key).map(|_| self.get_f32(key)).transpose()
+    }
+
+    /// An optional string (see [`opt_usize`](Self::opt_usize)).
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        self.get(key).map(|_| self.get_str(key)).transpose()
+    }
+
     /// A required bool value.
     pub fn get_bool(&self, key: &str) -> Result<bool> {
         match self.require(key)? {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::arch::{find_architecture, Architecture, LogitsFor};
+use crate::arch::{find_architecture, Architecture, LogitsFor, Sequence};
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kv::{KvCache, KvDtype};
@@ -202,12 +202,11 @@ impl Model {
                 LogitsFor::Last if i + 1 == n => LogitsFor::Last,
                 _ => LogitsFor::None,
             };
-            if w == LogitsFor::None {
-                self.arch.forward(&mut rt, c, kv, w, &mut part)?;
-            } else if n == 1 {
-                self.arch.forward(&mut rt, c, kv, w, out)?;
+            let mut batch = [Sequence { tokens: c, kv: &mut *kv, logits: w }];
+            if n == 1 {
+                self.arch.forward(&mut rt, &mut batch, out)?;
             } else {
-                self.arch.forward(&mut rt, c, kv, w, &mut part)?;
+                self.arch.forward(&mut rt, &mut batch, &mut part)?;
                 out.extend_from_slice(&part);
             }
             done += c.len();
@@ -220,7 +219,39 @@ impl Model {
     /// the decode step, with no allocation once buffers are warm.
     pub fn forward_into_last(&self, kv: &mut KvCache, token: u32, logits: &mut Vec<f32>) -> Result<()> {
         let mut rt = self.runtime();
-        self.arch.forward(&mut rt, &[token], kv, LogitsFor::Last, logits)
+        self.arch.forward(&mut rt, &mut [Sequence { tokens: &[token], kv, logits: LogitsFor::Last }], logits)
+    }
+
+    /// Runs a batch of sequences in one forward pass (see [`Sequence`]): each
+    /// sequence's tokens after what its own cache holds. Writes the requested
+    /// logits of every sequence, in batch order, into `logits`. Each
+    /// sequence's logits are bit-identical to running it alone.
+    ///
+    /// ```no_run
+    /// use colloquy_engine::arch::{LogitsFor, Sequence};
+    /// # let model = colloquy_engine::model::Model::load("model.gguf", Default::default())?;
+    /// let (mut a, mut b) = (model.new_kv(), model.new_kv());
+    /// let mut logits = Vec::new();
+    /// let mut batch = [
+    ///     Sequence { tokens: &[1, 2, 3], kv: &mut a, logits: LogitsFor::Last },
+    ///     Sequence { tokens: &[4, 5], kv: &mut b, logits: LogitsFor::Last },
+    /// ];
+    /// model.forward_batch(&mut batch, &mut logits)?;
+    /// assert_eq!(logits.len(), 2 * model.n_vocab());
+    /// # Ok::<(), colloquy_engine::Error>(())
+    /// ```
+    pub fn forward_batch(&self, batch: &mut [Sequence<'_>], logits: &mut Vec<f32>) -> Result<()> {
+        for seq in batch.iter() {
+            let needed = seq.kv.len() + seq.tokens.len();
+            if needed > seq.kv.capacity() {
+                return Err(crate::Error::ContextOverflow { needed, n_ctx: seq.kv.capacity() });
+            }
+            if seq.tokens.is_empty() {
+                return Err(crate::Error::InvalidArgument("a sequence in a batch has no tokens".into()));
+            }
+        }
+        let mut rt = self.runtime();
+        self.arch.forward(&mut rt, batch, logits)
     }
 
     /// Generates up to `max_tokens` after `kv`'s contents, starting from `logits`
@@ -246,7 +277,8 @@ impl Model {
             if self.tokenizer.is_eog(tok) || !go_on || new.len() == max_tokens {
                 break;
             }
-            self.arch.forward(&mut rt, &[tok], kv, LogitsFor::Last, &mut logits)?;
+            let mut batch = [Sequence { tokens: &[tok], kv: &mut *kv, logits: LogitsFor::Last }];
+            self.arch.forward(&mut rt, &mut batch, &mut logits)?;
         }
         Ok(new)
     }

@@ -29,6 +29,10 @@ pub struct Activations {
     pub up: Vec<f32>,
     /// RoPE cos/sin of each new position.
     pub rope: Vec<f32>,
+    /// The same for the sliding-window layers, where their base differs.
+    pub rope_local: Vec<f32>,
+    /// Where each row of the batch comes from.
+    pub plan: crate::arch::BatchPlan,
     /// One head, for per-head norms.
     pub head: Vec<f32>,
 }

@@ -26,13 +26,15 @@
 
 use std::sync::Arc;
 
-use crate::arch::llama::load_vector;
-use crate::arch::{rms_norm_rows, Architecture, LogitsFor};
+use crate::arch::batch::Sequence;
+use crate::arch::layers::{self, Mlp, Proj, Qkv, QkvOut, RmsNorm};
+use crate::arch::llama::{attention_heads, vocab_size};
+use crate::arch::Architecture;
 use crate::attention::AttentionSpec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kernels;
-use crate::kv::{KvCache, KvLayout, KvWindow};
+use crate::kv::{KvLayout, KvWindow};
 use crate::linear::{Linear, Precision};
 use crate::runtime::{fit, Runtime};
 
@@ -77,19 +79,15 @@ pub struct Gemma3Config {
 
 #[derive(Debug)]
 struct Block {
-    attn_norm: Vec<f32>,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    q_norm: Vec<f32>,
-    k_norm: Vec<f32>,
-    wo: Linear,
-    post_attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    w_gate: Linear,
-    w_up: Linear,
-    w_down: Linear,
-    post_ffn_norm: Vec<f32>,
+    attn_norm: RmsNorm,
+    qkv: Qkv,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    wo: Proj,
+    post_attn_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: RmsNorm,
 }
 
 /// A loaded `gemma3` model.
@@ -101,20 +99,8 @@ pub struct Gemma3 {
     /// Token embeddings, also the output head (tied).
     token_embd: Linear,
     blocks: Vec<Block>,
-    output_norm: Vec<f32>,
-    output: Linear,
-}
-
-fn usize_key(g: &Gguf, key: &str) -> Result<usize> {
-    usize::try_from(g.get_u64(key)?).map_err(|_| Error::GgufCorrupt(format!("{key} is too large")))
-}
-
-fn opt_usize(g: &Gguf, key: &str) -> Result<Option<usize>> {
-    g.get(key).map(|_| usize_key(g, key)).transpose()
-}
-
-fn opt_f32(g: &Gguf, key: &str) -> Result<Option<f32>> {
-    g.get(key).map(|_| g.get_f32(key)).transpose()
+    output_norm: RmsNorm,
+    output: Proj,
 }
 
 impl Gemma3Config {
@@ -125,54 +111,35 @@ impl Gemma3Config {
     /// `1/sqrt(head_dim)` (`1/sqrt(n_embd / n_heads)` for the 62-layer 27B,
     /// whose `query_pre_attn_scalar` differs).
     pub fn from_gguf(g: &Gguf) -> Result<Gemma3Config> {
-        let n_layers = usize_key(g, "gemma3.block_count")?;
-        let n_embd = usize_key(g, "gemma3.embedding_length")?;
-        let n_heads = usize_key(g, "gemma3.attention.head_count")?;
-        let n_kv_heads = opt_usize(g, "gemma3.attention.head_count_kv")?.unwrap_or(n_heads);
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(Error::GgufCorrupt(format!(
-                "{n_heads} query heads cannot share {n_kv_heads} KV heads"
-            )));
-        }
-        let head_dim = opt_usize(g, "gemma3.attention.key_length")?.unwrap_or(n_embd / n_heads);
-        let v_dim = opt_usize(g, "gemma3.attention.value_length")?.unwrap_or(head_dim);
-        if head_dim == 0 || v_dim != head_dim {
-            return Err(Error::GgufCorrupt(format!("key length {head_dim} and value length {v_dim} differ")));
-        }
-        let n_rot = opt_usize(g, "gemma3.rope.dimension_count")?.unwrap_or(head_dim).min(head_dim);
-        let rope_scale = match opt_f32(g, "gemma3.rope.scaling.factor")? {
-            Some(f) if f > 0.0 && g.get_str("gemma3.rope.scaling.type").unwrap_or("linear") == "linear" => {
-                1.0 / f
-            }
-            _ => 1.0,
-        };
-        let window = opt_usize(g, "gemma3.attention.sliding_window")?.filter(|&w| w > 0);
-        let swa_period = opt_usize(g, "gemma3.attention.sliding_window_pattern")?.unwrap_or(6).max(1);
+        let n_layers = g.get_usize("gemma3.block_count")?;
+        let n_embd = g.get_usize("gemma3.embedding_length")?;
+        let (n_heads, n_kv_heads, head_dim) = attention_heads(g, "gemma3", n_embd)?;
+        let n_rot = g.opt_usize("gemma3.rope.dimension_count")?.unwrap_or(head_dim).min(head_dim);
+        let window = g.opt_usize("gemma3.attention.sliding_window")?.filter(|&w| w > 0);
+        let swa_period = g.opt_usize("gemma3.attention.sliding_window_pattern")?.unwrap_or(6).max(1);
         let attn_scale = if n_layers == 62 {
             1.0 / ((n_embd / n_heads) as f32).sqrt()
         } else {
             1.0 / (head_dim as f32).sqrt()
         };
-        let token_embd =
-            g.tensor("token_embd.weight").ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
         Ok(Gemma3Config {
             n_layers,
             n_embd,
-            n_ff: usize_key(g, "gemma3.feed_forward_length")?,
+            n_ff: g.get_usize("gemma3.feed_forward_length")?,
             n_heads,
             n_kv_heads,
             head_dim,
             n_rot: n_rot & !1,
-            rope_base: opt_f32(g, "gemma3.rope.freq_base")?.unwrap_or(1_000_000.0),
-            rope_scale,
-            rope_base_local: opt_f32(g, "gemma3.rope.freq_base_swa")?.unwrap_or(10_000.0),
+            rope_base: g.opt_f32("gemma3.rope.freq_base")?.unwrap_or(1_000_000.0),
+            rope_scale: layers::rope_scale(g, "gemma3")?,
+            rope_base_local: g.opt_f32("gemma3.rope.freq_base_swa")?.unwrap_or(10_000.0),
             window,
             swa_period,
             attn_scale,
-            final_softcap: opt_f32(g, "gemma3.final_logit_softcapping")?.filter(|&c| c > 0.0),
+            final_softcap: g.opt_f32("gemma3.final_logit_softcapping")?.filter(|&c| c > 0.0),
             eps: g.get_f32("gemma3.attention.layer_norm_rms_epsilon")?,
-            n_ctx_train: usize_key(g, "gemma3.context_length")?,
-            n_vocab: token_embd.dims.get(1).copied().unwrap_or(0) as usize,
+            n_ctx_train: g.get_usize("gemma3.context_length")?,
+            n_vocab: vocab_size(g)?,
         })
     }
 
@@ -187,32 +154,30 @@ impl Gemma3 {
     pub fn load(gguf: Arc<Gguf>) -> Result<Gemma3> {
         let c = Gemma3Config::from_gguf(&gguf)?;
         let g = &*gguf;
-        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let token_embd = Linear::load(g, "token_embd.weight", c.n_embd, c.n_vocab)?;
+        let (d, hd, eps) = (c.n_embd, c.head_dim, c.eps);
+        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let token_embd = Linear::load(g, "token_embd.weight", d, c.n_vocab)?;
         let blocks = (0..c.n_layers)
             .map(|i| {
-                let t = |s: &str| format!("blk.{i}.{s}.weight");
+                let p = format!("blk.{i}.");
+                let norm = |s: &str, n: usize| RmsNorm::load(g, &format!("{p}{s}.weight"), n, eps);
                 Ok(Block {
-                    attn_norm: load_vector(g, &t("attn_norm"), c.n_embd)?,
-                    wq: Linear::load(g, &t("attn_q"), c.n_embd, qd)?,
-                    wk: Linear::load(g, &t("attn_k"), c.n_embd, kvd)?,
-                    wv: Linear::load(g, &t("attn_v"), c.n_embd, kvd)?,
-                    q_norm: load_vector(g, &t("attn_q_norm"), c.head_dim)?,
-                    k_norm: load_vector(g, &t("attn_k_norm"), c.head_dim)?,
-                    wo: Linear::load(g, &t("attn_output"), qd, c.n_embd)?,
-                    post_attn_norm: load_vector(g, &t("post_attention_norm"), c.n_embd)?,
-                    ffn_norm: load_vector(g, &t("ffn_norm"), c.n_embd)?,
-                    w_gate: Linear::load(g, &t("ffn_gate"), c.n_embd, c.n_ff)?,
-                    w_up: Linear::load(g, &t("ffn_up"), c.n_embd, c.n_ff)?,
-                    w_down: Linear::load(g, &t("ffn_down"), c.n_ff, c.n_embd)?,
-                    post_ffn_norm: load_vector(g, &t("post_ffw_norm"), c.n_embd)?,
+                    attn_norm: norm("attn_norm", d)?,
+                    qkv: Qkv::load(g, &p, d, qd, kvd)?,
+                    q_norm: norm("attn_q_norm", hd)?,
+                    k_norm: norm("attn_k_norm", hd)?,
+                    wo: Proj::load(g, &format!("{p}attn_output"), qd, d)?,
+                    post_attn_norm: norm("post_attention_norm", d)?,
+                    ffn_norm: norm("ffn_norm", d)?,
+                    mlp: Mlp::load(g, &p, d, c.n_ff, false)?,
+                    post_ffn_norm: norm("post_ffw_norm", d)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output_norm = load_vector(g, "output_norm.weight", c.n_embd)?;
+        let output_norm = RmsNorm::load(g, "output_norm.weight", d, eps)?;
         let output = match g.tensor("output.weight") {
-            Some(_) => Linear::load(g, "output.weight", c.n_embd, c.n_vocab)?,
-            None => token_embd.clone(),
+            Some(_) => Proj::load(g, "output", d, c.n_vocab)?,
+            None => Proj { w: token_embd.clone(), b: None },
         };
         Ok(Gemma3 { gguf, config: c, token_embd, blocks, output_norm, output })
     }
@@ -239,57 +204,36 @@ impl Architecture for Gemma3 {
         KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim, rt.kv_dtype()).with_window(window)
     }
 
-    fn forward(
-        &self,
-        rt: &mut Runtime,
-        tokens: &[u32],
-        kv: &mut KvCache,
-        want: LogitsFor,
-        logits: &mut Vec<f32>,
-    ) -> Result<()> {
+    fn forward(&self, rt: &mut Runtime, batch: &mut [Sequence<'_>], logits: &mut Vec<f32>) -> Result<()> {
         let c = &self.config;
         let file = self.gguf.bytes();
-        let m = tokens.len();
-        let start = kv.len();
-        let (d, hd, qd, kvd) = (c.n_embd, c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(Error::TokenOutOfRange { id: bad, vocab: c.n_vocab });
+        let mut a = std::mem::take(&mut rt.act);
+        if let Err(e) = a.plan.build(batch, c.n_vocab) {
+            rt.act = a;
+            return Err(e);
         }
-        kv.reserve(start, m)?;
+        let m = a.plan.rows();
+        let (d, hd, nr) = (c.n_embd, c.head_dim, c.n_rot);
+        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
         // llama.cpp's stock GELU reads an f16 table; the precise path computes it exactly.
         let geglu = match rt.precision {
             Precision::Fast => gelu_mul_f16_table,
             Precision::Precise => kernels::gelu_mul,
         };
-        let mut a = std::mem::take(&mut rt.act);
 
-        // Token embeddings, scaled by sqrt(n_embd).
-        let x = fit(&mut a.x, m * d);
-        let embd_scale = (d as f32).sqrt();
-        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
-            self.token_embd.dequantize_row(file, tok as usize, row);
-            kernels::scale_inplace(row, embd_scale);
-        }
-
-        // RoPE angles for every new position, built as ggml builds them
-        // (theta multiplied in f32, pair by pair): global, then local.
-        let nr = c.n_rot;
-        // Buffers kept in the runtime between calls: steady decoding does not allocate.
-        let mut rope = std::mem::take(&mut a.rope);
-        rope.resize(2 * m * nr, 0.0);
-        let (rope_global, rope_local) = rope.split_at_mut(m * nr);
-        for t in 0..m {
-            let pos = start + t;
-            let at = t * nr..(t + 1) * nr;
-            kernels::rope_cache(pos, nr, c.rope_base, c.rope_scale, &mut rope_global[at.clone()]);
-            kernels::rope_cache(pos, nr, c.rope_base_local, 1.0, &mut rope_local[at]);
-        }
-
-        let mut head = std::mem::take(&mut a.head);
-        head.resize(hd, 0.0);
+        // x = embed(token) * sqrt(n_embd).
+        layers::embed(&self.token_embd, file, &a.plan.tokens, d, &mut a.x);
+        kernels::scale_inplace(&mut a.x, (d as f32).sqrt());
+        // RoPE angles of every row, built as ggml builds them: global, then local.
+        layers::rope_table(&a.plan.positions, nr, &mut a.rope, |pos, angles| {
+            kernels::rope_cache(pos, nr, c.rope_base, c.rope_scale, angles)
+        });
+        layers::rope_table(&a.plan.positions, nr, &mut a.rope_local, |pos, angles| {
+            kernels::rope_cache(pos, nr, c.rope_base_local, 1.0, angles)
+        });
+        a.head.resize(hd, 0.0);
         for (l, b) in self.blocks.iter().enumerate() {
             let local = c.is_local(l);
-            let rope = if local { &*rope_local } else { &*rope_global };
             let spec = AttentionSpec {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
@@ -298,70 +242,61 @@ impl Architecture for Gemma3 {
                 window: if local { c.window } else { None },
             };
 
-            // Attention: h = RMSNorm(x); q, k, v = h·W; per-head RMSNorm and RoPE of q, k.
-            rms_norm_rows(&a.x, &b.attn_norm, c.eps, fit(&mut a.h, m * d));
-            rt.matmul_many(
-                file,
-                &a.h,
-                &mut [
-                    (&b.wq, fit(&mut a.q, m * qd)),
-                    (&b.wk, fit(&mut a.k, m * kvd)),
-                    (&b.wv, fit(&mut a.v, m * kvd)),
-                ],
-            );
-            for t in 0..m {
-                let angles = &rope[t * nr..(t + 1) * nr];
+            // h = RMSNorm(x); q, k, v = h·W; q, k = RoPE(RMSNorm_head(q), RMSNorm_head(k)).
+            b.attn_norm.forward(&a.x, fit(&mut a.h, m * d));
+            let out = QkvOut {
+                q: fit(&mut a.q, m * qd),
+                k: fit(&mut a.k, m * kvd),
+                v: fit(&mut a.v, m * kvd),
+                scratch: &mut a.att,
+            };
+            b.qkv.project(rt, file, &a.h, m, out);
+            let rope = if local { &a.rope_local } else { &a.rope };
+            for (t, angles) in rope.chunks_exact(nr.max(1)).enumerate().take(m) {
                 for q in a.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                    head.copy_from_slice(q);
-                    kernels::rms_norm(&head, &b.q_norm, c.eps, q);
+                    b.q_norm.forward_inplace(q, &mut a.head);
                     kernels::rope_neox_cached(q, angles);
                     // Scaling the queries (not the scores) as llama.cpp does keeps the
                     // f16 rounding of the fast path's attention products the same.
                     kernels::scale_inplace(q, c.attn_scale);
                 }
                 for k in a.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd) {
-                    head.copy_from_slice(k);
-                    kernels::rms_norm(&head, &b.k_norm, c.eps, k);
+                    b.k_norm.forward_inplace(k, &mut a.head);
                     kernels::rope_neox_cached(k, angles);
                 }
-                kv.write(l, start + t, &a.k[t * kvd..(t + 1) * kvd], &a.v[t * kvd..(t + 1) * kvd]);
             }
-            rt.attention(&spec, kv, l, start, &a.q, fit(&mut a.att, m * qd));
+            layers::attend(rt, &spec, batch, &a.plan, l, (&a.q, &a.k, &a.v), fit(&mut a.att, m * qd));
 
             // x += RMSNorm(att·Wo) * post_attention_norm.
-            rt.matmul(file, &b.wo, &a.att, fit(&mut a.proj, m * d));
-            rms_norm_rows(&a.proj, &b.post_attn_norm, c.eps, fit(&mut a.h, m * d));
+            b.wo.forward(rt, file, &a.att, fit(&mut a.proj, m * d));
+            b.post_attn_norm.forward(&a.proj, fit(&mut a.h, m * d));
             kernels::add_inplace(&mut a.x, &a.h);
 
-            // Feed-forward: x += RMSNorm((GELU(h·Wg) ⊙ h·Wu)·Wd) * post_ffw_norm, h = RMSNorm(x).
-            rms_norm_rows(&a.x, &b.ffn_norm, c.eps, fit(&mut a.h, m * d));
-            rt.matmul_many(
-                file,
-                &a.h,
-                &mut [(&b.w_gate, fit(&mut a.gate, m * c.n_ff)), (&b.w_up, fit(&mut a.up, m * c.n_ff))],
-            );
-            geglu(&mut a.gate, &a.up);
-            rt.matmul(file, &b.w_down, &a.gate, fit(&mut a.proj, m * d));
-            rms_norm_rows(&a.proj, &b.post_ffn_norm, c.eps, fit(&mut a.h, m * d));
+            // x += RMSNorm((GELU(h·Wg) ⊙ h·Wu)·Wd) * post_ffw_norm, with h = RMSNorm(x).
+            b.ffn_norm.forward(&a.x, fit(&mut a.h, m * d));
+            b.mlp.forward(rt, file, &a.h, m, geglu, (&mut a.gate, &mut a.up), fit(&mut a.proj, m * d));
+            b.post_ffn_norm.forward(&a.proj, fit(&mut a.h, m * d));
             kernels::add_inplace(&mut a.x, &a.h);
         }
-        kv.set_len(start + m);
+        layers::commit(batch);
 
-        // Final norm and the output head, only for the rows that are wanted.
-        let rows = want.rows(m);
-        logits.resize(rows.len() * c.n_vocab, 0.0);
-        if !rows.is_empty() {
-            let h = fit(&mut a.h, rows.len() * d);
-            rms_norm_rows(&a.x[rows.start * d..rows.end * d], &self.output_norm, c.eps, h);
-            rt.matmul(file, &self.output, &a.h, logits);
-            if let Some(cap) = c.final_softcap {
-                for v in logits.iter_mut() {
-                    *v = (*v / cap).tanh() * cap;
-                }
+        // logits = RMSNorm(x)·Eᵀ, soft-capped, only for the rows that are wanted.
+        let head = (&mut a.proj, &mut a.h);
+        layers::output_logits(
+            rt,
+            file,
+            &self.output_norm,
+            &self.output,
+            (&a.x, d),
+            &a.plan.wanted,
+            head,
+            logits,
+        );
+        if let Some(cap) = c.final_softcap {
+            for v in logits.iter_mut() {
+                *v = (*v / cap).tanh() * cap;
             }
         }
-        a.rope = rope;
-        a.head = head;
         rt.act = a;
         Ok(())
     }

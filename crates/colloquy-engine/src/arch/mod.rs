@@ -8,14 +8,18 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::kv::{KvCache, KvLayout};
+use crate::kv::KvLayout;
 use crate::runtime::Runtime;
 
+pub mod batch;
 pub mod gemma3;
+pub(crate) mod layers;
 pub mod llama;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+
+pub use batch::{BatchPlan, Sequence};
 
 /// Which positions of a forward pass need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +43,6 @@ impl LogitsFor {
     }
 }
 
-/// RMSNorm of each `w.len()`-wide row of `x`, scaled by `w`.
-pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        crate::kernels::rms_norm(xr, w, eps, or);
-    }
-}
-
 /// A model family's forward pass.
 pub trait Architecture: Send + Sync + std::fmt::Debug {
     /// The GGUF `general.architecture` name.
@@ -56,16 +53,11 @@ pub trait Architecture: Send + Sync + std::fmt::Debug {
     fn n_ctx_train(&self) -> usize;
     /// The KV cache shape, for the runtime's precision.
     fn kv_layout(&self, rt: &Runtime) -> KvLayout;
-    /// Runs `tokens` at positions `kv.len()..`, appends their K/V to `kv`, and
-    /// writes the requested logits (`[rows][n_vocab]`) into `logits`.
-    fn forward(
-        &self,
-        rt: &mut Runtime,
-        tokens: &[u32],
-        kv: &mut KvCache,
-        want: LogitsFor,
-        logits: &mut Vec<f32>,
-    ) -> Result<()>;
+    /// Runs a batch: each sequence's tokens at positions `kv.len()..` of its
+    /// own cache, which gets their K/V. Writes the requested logits of every
+    /// sequence, in batch order (`[rows][n_vocab]`), into `logits`. A row's
+    /// logits have the same bits whatever else is in the batch.
+    fn forward(&self, rt: &mut Runtime, batch: &mut [Sequence<'_>], logits: &mut Vec<f32>) -> Result<()>;
 }
 
 /// Loads one architecture from a GGUF file.
