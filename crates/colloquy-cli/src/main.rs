@@ -13,6 +13,7 @@ use colloquy_engine::model::{Model, ModelOptions};
 use colloquy_engine::sampler::{Sampler, SamplerParams};
 
 mod bench;
+mod bench_batch;
 mod bench_sessions;
 mod chat;
 mod progress;
@@ -47,6 +48,8 @@ enum Cmd {
     },
     /// Chat with a model: one turn (with MESSAGE) or an interactive session.
     Chat(chat::ChatArgs),
+    /// Aggregate decode tokens/s of 1, 2, 4, 8 sequences decoded together, optionally beside llama.cpp.
+    BenchBatch(bench_batch::BatchBenchArgs),
     /// Benchmark sessions: fork, incremental save, load against re-processing, bytes per token.
     BenchSessions(bench_sessions::SessionBenchArgs),
     /// Serve chat sessions over HTTP (JSON; see `serve.rs` for the endpoints).
@@ -245,6 +248,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Chat(args) => chat::run(args)?,
         Cmd::Serve(args) => serve::run(args)?,
         Cmd::BenchSessions(args) => bench_sessions::run(args)?,
+        Cmd::BenchBatch(args) => bench_batch::run(args)?,
         Cmd::Sessions(args) => sessions::run(args)?,
         Cmd::Bench(args) => bench::run(args)?,
         Cmd::Logits { model, input, ids, top, precise, threads, ctx_size } => {
