@@ -85,6 +85,7 @@
 #![warn(missing_docs)]
 
 mod chat;
+mod context;
 pub mod error;
 pub mod files;
 mod llama;
@@ -98,14 +99,15 @@ mod turn;
 
 pub use chat::{Chat, ChatResponseBuilder};
 pub use colloquy_engine::linear::Precision;
+pub use context::ContextPolicy;
 pub use error::{Error, Result};
-pub use llama::{ContextPolicy, Llama, LlamaBuilder, LlamaSource, DEFAULT_CONTEXT_MEMORY};
+pub use llama::{Llama, LlamaBuilder, LlamaSource, DEFAULT_CONTEXT_MEMORY};
 pub use message::{ChatMessage, MessageType};
 pub use params::GenerationParameters;
 pub use session::LlamaChatSession;
+pub use session::TurnStats;
 pub use store::SessionStore;
 pub use traits::{ChatModel, ChatSession};
-pub use turn::TurnStats;
 
 /// Everything a chat application needs, in one `use`.
 ///

@@ -13,6 +13,7 @@ use colloquy_engine::sampler::RngState;
 use futures_channel::oneshot;
 
 use crate::chat::Chat;
+use crate::context::{ContextPolicy, Job, ModelContext};
 use crate::error::{Error, Result};
 use crate::message::ChatMessage;
 use crate::params::GenerationParameters;
@@ -90,29 +91,6 @@ impl LlamaSource {
             LlamaSource::Gguf(p) => p.clone(),
         })
     }
-}
-
-/// What to do when a conversation no longer fits in the context.
-///
-/// ```
-/// use colloquy::language::*;
-/// assert_eq!(ContextPolicy::default(), ContextPolicy::Error);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ContextPolicy {
-    /// Fail the turn with [`Error::ContextOverflow`], which names the options
-    /// that fix it. The session is left as it was.
-    #[default]
-    Error,
-    /// Keep the system prompt and the newest message, and drop the oldest
-    /// messages until the conversation takes at most half of the context, so
-    /// that the re-read this costs is paid once per half a context of new
-    /// text, not on every turn. The model re-reads what is kept (exactly, as a
-    /// fresh session would). Each drop is reported
-    /// ([`TurnStats::dropped_messages`](crate::TurnStats::dropped_messages)),
-    /// and the dropped messages stay in the session
-    /// ([`LlamaChatSession::dropped_messages`](crate::LlamaChatSession::dropped_messages)).
-    DropOldest,
 }
 
 /// Builds a [`Llama`].
@@ -352,7 +330,7 @@ impl LlamaBuilder {
         let prefix =
             Mutex::new(PrefixCache::new(self.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES)));
         let progress = self.progress.unwrap_or(true);
-        let inner = Inner {
+        let inner = ModelContext {
             model,
             template,
             fingerprint,
@@ -375,25 +353,6 @@ fn model_template(model: &Model) -> String {
     if arch.starts_with("gemma") { GEMMA } else { CHATML }.to_string()
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-pub(crate) struct Inner {
-    pub model: Model,
-    pub template: ChatTemplate,
-    pub fingerprint: Fingerprint,
-    pub policy: ContextPolicy,
-    /// Draw a progress bar while reading long prompts (on a terminal).
-    pub progress: bool,
-    prefix: Mutex<PrefixCache>,
-    jobs: Mutex<mpsc::Sender<Job>>,
-}
-
-impl Inner {
-    pub fn prefix(&self) -> std::sync::MutexGuard<'_, PrefixCache> {
-        self.prefix.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// A chat model loaded from a GGUF file. Cloning is cheap and shares the model.
 ///
 /// Inference runs on a dedicated thread, so awaiting never blocks the async runtime.
@@ -409,7 +368,7 @@ impl Inner {
 /// ```
 #[derive(Clone)]
 pub struct Llama {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<ModelContext>,
 }
 
 impl std::fmt::Debug for Llama {
@@ -516,7 +475,7 @@ impl Llama {
     /// Runs `f` on the model thread and awaits its result.
     pub(crate) async fn on_worker<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&ModelContext) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let inner = Arc::clone(&self.inner);

@@ -1,52 +1,21 @@
 //! One chat turn: render the conversation, feed only what the model has not
 //! read yet, and generate the answer.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use colloquy_engine::arch::LogitsFor;
 use colloquy_engine::model::UBATCH;
 use colloquy_engine::sampler::{RngState, Sampler};
 use colloquy_engine::tokenizer::Utf8Stream;
 
+use crate::context::{ContextPolicy, ModelContext};
 use crate::error::{Error, Result};
-use crate::llama::{ContextPolicy, Inner};
 use crate::message::{ChatMessage, MessageType};
 use crate::params::GenerationParameters;
-use crate::session::SessionState;
-
-/// What a turn cost. Read it with
-/// [`LlamaChatSession::last_turn`](crate::LlamaChatSession::last_turn).
-///
-/// ```no_run
-/// # use colloquy::language::*;
-/// # #[tokio::main] async fn main() {
-/// let llm = Llama::new_chat().await.unwrap();
-/// let mut chat = llm.chat();
-/// chat("Hi").await.unwrap();
-/// let stats: TurnStats = chat.session().unwrap().last_turn().unwrap();
-/// assert!(stats.prompt_tokens > 0);
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TurnStats {
-    /// Prompt tokens the model processed this turn (the new suffix only).
-    pub prompt_tokens: usize,
-    /// Prompt tokens whose K/V was reused: from the session itself, or from
-    /// blocks another session of the same model computed (the prefix cache).
-    pub reused_tokens: usize,
-    /// Tokens generated.
-    pub generated_tokens: usize,
-    /// Messages dropped from the context before this turn to make room
-    /// ([`ContextPolicy::DropOldest`]); 0 on most turns.
-    pub dropped_messages: usize,
-    /// From the start of the turn to the first generated token.
-    pub time_to_first_token: Duration,
-    /// The whole turn.
-    pub total_time: Duration,
-}
+use crate::session::{SessionState, TurnStats};
 
 pub(crate) fn run(
-    inner: &Inner,
+    inner: &ModelContext,
     st: &mut SessionState,
     messages: &[ChatMessage],
     params: &GenerationParameters,
@@ -183,7 +152,7 @@ fn prompt_bar(enabled: bool, tokens: usize) -> indicatif::ProgressBar {
 }
 
 /// Renders and tokenizes a conversation, ending where the answer starts.
-pub(crate) fn render(inner: &Inner, conversation: &[ChatMessage]) -> Result<Vec<u32>> {
+pub(crate) fn render(inner: &ModelContext, conversation: &[ChatMessage]) -> Result<Vec<u32>> {
     let text = inner.template.render(conversation, true)?;
     let tok = inner.model.tokenizer();
     let mut ids = Vec::new();
@@ -203,7 +172,7 @@ pub(crate) fn render(inner: &Inner, conversation: &[ChatMessage]) -> Result<Vec<
 /// quarter of the context (or `max_answer` tokens, if fewer) loses its oldest
 /// messages, moved to `dropped`, until it takes at most half the context.
 fn fit_context(
-    inner: &Inner,
+    inner: &ModelContext,
     conversation: &mut Vec<ChatMessage>,
     dropped: &mut Vec<ChatMessage>,
     max_answer: usize,

@@ -3,105 +3,18 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use colloquy_engine::kv::{KvCache, BLOCK_TOKENS};
-use colloquy_engine::model::Model;
-use colloquy_engine::sampler::RngState;
+use colloquy_engine::kv::BLOCK_TOKENS;
 
 use crate::error::{Error, Result};
 use crate::files::{self, FileLock, TempFile};
 use crate::message::ChatMessage;
 use crate::traits::ChatSession;
-use crate::turn::TurnStats;
 
 pub mod format;
+mod state;
 
-/// Identifies a model by its weights and tokenizer: 128 bits of xxh3 over every
-/// tensor's name, shape, type and data, and every token's text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 16]);
-
-impl Fingerprint {
-    /// Hashes a loaded model (about 10 ms per 100 MB of weights).
-    pub fn of(model: &Model) -> Fingerprint {
-        let g = model.gguf();
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for t in g.tensors() {
-            h.update(t.name.as_bytes());
-            for d in &t.dims {
-                h.update(&d.to_le_bytes());
-            }
-            h.update(&t.ty.id().to_le_bytes());
-            // The weights live in packed copies (fast path) or are read back on
-            // demand (precise path): each piece's pages are dropped once hashed,
-            // so resident memory keeps to one copy.
-            const PIECE: usize = 8 << 20;
-            for (i, piece) in g.tensor_data(t).chunks(PIECE).enumerate() {
-                h.update(piece);
-                g.release_range(t.offset as usize + i * PIECE, piece.len());
-            }
-        }
-        let tok = model.tokenizer();
-        for id in 0..tok.vocab_size() as u32 {
-            h.update(tok.token_text(id).unwrap_or_default().as_bytes());
-            h.update(&[0xff]);
-        }
-        Fingerprint(h.digest128().to_le_bytes())
-    }
-}
-
-impl std::fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Everything a session holds.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionState {
-    /// The model this state belongs to.
-    pub fingerprint: Fingerprint,
-    /// K/V of `tokens`.
-    pub kv: KvCache,
-    /// The tokens whose K/V is in `kv`, in order.
-    pub tokens: Vec<u32>,
-    /// Messages fed to the model.
-    pub history: Vec<ChatMessage>,
-    /// The latest answer: generated, but fed only when the next turn begins.
-    pub pending: Option<String>,
-    /// The session's random stream.
-    pub rng: RngState,
-    /// Messages dropped from the context to make room, oldest first.
-    pub dropped: Vec<ChatMessage>,
-    /// What the latest turn cost (not saved).
-    pub last_turn: Option<TurnStats>,
-    /// The saved versions this state was loaded from or saved as (not saved).
-    pub versions: Versions,
-}
-
-/// The versions of the places a session was loaded from or saved to: a
-/// session in a store (its folder and id) or a session file. A save to a
-/// place succeeds only while the place still holds the version recorded here
-/// (or, for a place not recorded, holds nothing): compare-and-set.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Versions(Vec<(String, u64)>);
-
-impl Versions {
-    /// The version recorded for `place`.
-    pub fn get(&self, place: &str) -> Option<u64> {
-        self.0.iter().find(|(p, _)| p == place).map(|&(_, v)| v)
-    }
-
-    /// Records `version` for `place`.
-    pub fn set(&mut self, place: String, version: u64) {
-        match self.0.iter_mut().find(|(p, _)| *p == place) {
-            Some(entry) => entry.1 = version,
-            None => self.0.push((place, version)),
-        }
-    }
-}
+pub use state::{Fingerprint, TurnStats};
+pub(crate) use state::{SessionState, Versions};
 
 /// The place key of a session file (its path after symlinks, folder canonical).
 fn file_place(target: &Path) -> String {
