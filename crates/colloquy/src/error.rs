@@ -60,9 +60,14 @@ pub enum Error {
         /// The session's layout.
         found: String,
     },
-    /// The chat template failed.
-    #[error("chat template: {0}")]
-    Template(String),
+    /// The chat template (the GGUF's, or one given to
+    /// `LlamaBuilder::with_chat_template`) is not valid Jinja.
+    #[error("the chat template does not compile; pass a working one with LlamaBuilder::with_chat_template")]
+    TemplateSyntax(#[source] minijinja::Error),
+    /// Rendering the chat template failed (for example it raised an exception
+    /// about the order of the messages).
+    #[error("rendering the chat template failed")]
+    TemplateRender(#[source] minijinja::Error),
     /// The model's worker thread is gone.
     #[error("the model's worker thread stopped; create the model again")]
     WorkerStopped,

@@ -48,8 +48,7 @@ impl ChatTemplate {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| chrono::Local::now().format(&fmt).to_string());
-        env.add_template_owned("chat", source.to_string())
-            .map_err(|e| Error::Template(format!("the chat template does not compile: {e}")))?;
+        env.add_template_owned("chat", source.to_string()).map_err(Error::TemplateSyntax)?;
         Ok(ChatTemplate { env, bos: bos.to_string(), eos: eos.to_string() })
     }
 
@@ -60,13 +59,13 @@ impl ChatTemplate {
             .iter()
             .map(|m| context! { role => m.role().as_role(), content => m.content() })
             .collect();
-        let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = self.env.get_template("chat").map_err(Error::TemplateSyntax)?;
         tmpl.render(context! {
             messages => msgs,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos,
             eos_token => self.eos,
         })
-        .map_err(|e| Error::Template(format!("rendering the chat template failed: {e}")))
+        .map_err(Error::TemplateRender)
     }
 }
