@@ -11,6 +11,9 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq python3-pip) >&2
 fi
 
+# The module layering has no cycles (docs/architecture.md).
+python3 scripts/module-graph.py crates/colloquy/src crates/colloquy-engine/src crates/colloquy-cli/src >/dev/null
+
 # One build of everything the tests need (the dev profile optimizes the engine).
 # The default workspace members only: the llama.cpp peer is for benchmarks.
 cargo build -j"$JOBS" --all-targets

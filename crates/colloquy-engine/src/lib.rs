@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod attention;
+pub mod batch;
 pub mod error;
 pub mod fetch;
 pub mod gguf;

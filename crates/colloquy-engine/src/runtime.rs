@@ -32,7 +32,7 @@ pub struct Activations {
     /// The same for the sliding-window layers, where their base differs.
     pub rope_local: Vec<f32>,
     /// Where each row of the batch comes from.
-    pub plan: crate::arch::BatchPlan,
+    pub plan: crate::batch::BatchPlan,
     /// One head, for per-head norms.
     pub head: Vec<f32>,
 }

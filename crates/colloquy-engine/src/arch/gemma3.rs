@@ -26,11 +26,11 @@
 
 use std::sync::Arc;
 
-use crate::arch::batch::Sequence;
 use crate::arch::layers::{self, Mlp, Proj, Qkv, QkvOut, RmsNorm};
 use crate::arch::llama::{attention_heads, vocab_size};
 use crate::arch::Architecture;
 use crate::attention::AttentionSpec;
+use crate::batch::Sequence;
 use crate::error::Result;
 use crate::gguf::Gguf;
 use crate::kernels;

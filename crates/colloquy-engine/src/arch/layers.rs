@@ -6,8 +6,8 @@
 //! Every block works on the rows of a whole [`Batch`](super::batch): the
 //! projections see all rows at once, attention runs per sequence.
 
-use crate::arch::batch::{BatchPlan, Sequence};
 use crate::attention::AttentionSpec;
+use crate::batch::{BatchPlan, Sequence};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::{self, GgmlType};

@@ -25,10 +25,10 @@
 
 use std::sync::Arc;
 
-use crate::arch::batch::Sequence;
 use crate::arch::layers::{self, opt_vector, Mlp, Proj, Qkv, QkvOut, RmsNorm};
 use crate::arch::Architecture;
 use crate::attention::AttentionSpec;
+use crate::batch::Sequence;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels;

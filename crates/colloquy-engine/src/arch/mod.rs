@@ -11,7 +11,6 @@ use crate::gguf::Gguf;
 use crate::kv::KvLayout;
 use crate::runtime::Runtime;
 
-pub mod batch;
 pub mod gemma3;
 pub(crate) mod layers;
 pub mod llama;
@@ -19,29 +18,7 @@ pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 
-pub use batch::{BatchPlan, Sequence};
-
-/// Which positions of a forward pass need logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogitsFor {
-    /// Only the last position (decoding and ordinary prefill).
-    Last,
-    /// Every position (teacher-forced evaluation).
-    All,
-    /// None (prefill whose continuation comes later).
-    None,
-}
-
-impl LogitsFor {
-    /// The rows of an `m`-token forward pass that get logits.
-    pub fn rows(self, m: usize) -> std::ops::Range<usize> {
-        match self {
-            LogitsFor::None => 0..0,
-            LogitsFor::Last => m.saturating_sub(1)..m,
-            LogitsFor::All => 0..m,
-        }
-    }
-}
+pub use crate::batch::{BatchPlan, LogitsFor, Sequence};
 
 /// A model family's forward pass.
 pub trait Architecture: Send + Sync + std::fmt::Debug {

@@ -6,7 +6,7 @@
 //! operation sequence as a 1 x 1 tile, so tiling never changes a result.
 
 use super::dot_scalar;
-use super::packed::XPrep;
+use super::prep::XPrep;
 use super::types::GgmlType;
 use super::Backend;
 

@@ -33,6 +33,7 @@ mod dot_scalar;
 mod ops;
 mod packed;
 mod packed_k;
+mod prep;
 mod quantize;
 mod types;
 

@@ -6,7 +6,7 @@
 //! `acc + sumi * (d_w * d_x)` or `acc + ((d_w * d_x) * sumi + m_w * s_x)`.
 
 use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
-use super::packed::XPrep;
+use super::prep::XPrep;
 use std::arch::x86_64::*;
 
 /// Bytes ahead of the current group-block to prefetch.

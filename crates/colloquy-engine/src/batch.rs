@@ -9,12 +9,32 @@
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
 
-use super::LogitsFor;
+/// Which positions of a forward pass need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last position (decoding and ordinary prefill).
+    Last,
+    /// Every position (teacher-forced evaluation).
+    All,
+    /// None (prefill whose continuation comes later).
+    None,
+}
+
+impl LogitsFor {
+    /// The rows of an `m`-token forward pass that get logits.
+    pub fn rows(self, m: usize) -> std::ops::Range<usize> {
+        match self {
+            LogitsFor::None => 0..0,
+            LogitsFor::Last => m.saturating_sub(1)..m,
+            LogitsFor::All => 0..m,
+        }
+    }
+}
 
 /// One sequence's part of a [`Batch`]: `tokens` at positions `kv.len()..`.
 ///
 /// ```
-/// use colloquy_engine::arch::{LogitsFor, Sequence};
+/// use colloquy_engine::batch::{LogitsFor, Sequence};
 /// use colloquy_engine::kv::{KvCache, KvDtype, KvLayout};
 /// let mut kv = KvCache::new(KvLayout::new(2, 1, 32, KvDtype::F32), 64);
 /// let seq = Sequence { tokens: &[1, 2, 3], kv: &mut kv, logits: LogitsFor::Last };
