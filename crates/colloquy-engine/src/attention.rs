@@ -140,6 +140,76 @@ pub fn attention(
     });
 }
 
+/// One sequence's queries for [`attention_batch`]: `q` holds its queries at
+/// positions `start..`, over its own cache.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqQueries<'a> {
+    /// The sequence's cache (K/V of every position up to its last query).
+    pub kv: &'a KvCache,
+    /// The position of its first query.
+    pub start: usize,
+    /// Its queries, `[m][n_heads * head_dim]`.
+    pub q: &'a [f32],
+}
+
+/// [`attention`] for several sequences at once, each over its own cache;
+/// `out` holds their outputs one after another. With f16 caches every
+/// (query, head) task of every sequence goes to the threads in one parallel
+/// section, instead of one section per sequence; each output is the one
+/// [`attention`] computes for that sequence alone.
+pub fn attention_batch(
+    pool: &ThreadPool,
+    scratch: &mut AttentionScratch,
+    spec: &AttentionSpec,
+    layer: usize,
+    seqs: &[SeqQueries<'_>],
+    out: &mut [f32],
+) {
+    let qd = spec.n_heads * spec.head_dim;
+    let half = seqs.iter().all(|s| s.kv.layout().dtype == KvDtype::F16);
+    if !half || seqs.len() < 2 {
+        let mut at = 0;
+        for s in seqs {
+            attention(pool, scratch, spec, s.kv, layer, s.start, s.q, &mut out[at..at + s.q.len()]);
+            at += s.q.len();
+        }
+        return;
+    }
+    let m: usize = seqs.iter().map(|s| s.q.len() / qd).sum();
+    let group = spec.n_heads / spec.n_kv_heads;
+    let per_task = if m * spec.n_kv_heads >= 2 * pool.n_threads() { group } else { 1 };
+    let per_pos = spec.n_heads / per_task;
+    scratch.ensure(pool.n_threads());
+    let scratch = &*scratch;
+    let out = DisjointSlice::new(out);
+    pool.run(&|thread| {
+        let range = split_range(m * per_pos, pool.n_threads(), thread);
+        if range.is_empty() {
+            return;
+        }
+        let mut s = scratch.threads[thread].lock().unwrap_or_else(|e| e.into_inner());
+        // Walk the sequences alongside the tasks (both in order).
+        let (mut seq, mut first_task, mut first_row) = (0, 0, 0);
+        for task in range {
+            while task >= first_task + seqs[seq].q.len() / qd * per_pos {
+                first_task += seqs[seq].q.len() / qd * per_pos;
+                first_row += seqs[seq].q.len() / qd;
+                seq += 1;
+            }
+            let sq = &seqs[seq];
+            let local = task - first_task;
+            let (t, first_head) = (local / per_pos, local % per_pos * per_task);
+            let g = first_head / group;
+            let at = t * qd + first_head * spec.head_dim;
+            let len = per_task * spec.head_dim;
+            let rows = Rows::Half { kv: sq.kv, layer, row: sq.kv.layout().row() };
+            // SAFETY: task (sequence, t, g) owns exactly these output elements.
+            let o = unsafe { out.slice(first_row * qd + at, len) };
+            attend_one(&mut s, spec, &rows, sq.start + t, g, &sq.q[at..at + len], o);
+        }
+    });
+}
+
 /// Where a layer's keys and values are read from.
 enum Rows<'a> {
     /// The f16 cache itself, block by block.

@@ -102,6 +102,20 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Causal attention of several sequences, each over its own cache (see
+    /// [`attention::attention_batch`]).
+    pub fn attention_batch(
+        &mut self,
+        spec: &AttentionSpec,
+        layer: usize,
+        seqs: &[attention::SeqQueries<'_>],
+        out: &mut [f32],
+    ) {
+        attention::attention_batch(&self.pool, &mut self.attn, spec, layer, seqs, out);
+    }
+}
+
 /// Resizes `v` to `n` elements without shrinking its capacity.
 pub fn fit(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);

@@ -6,7 +6,7 @@
 //! Every block works on the rows of a whole [`Batch`](super::batch): the
 //! projections see all rows at once, attention runs per sequence.
 
-use crate::attention::AttentionSpec;
+use crate::attention::{AttentionSpec, SeqQueries};
 use crate::batch::{BatchPlan, Sequence};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -292,14 +292,25 @@ pub(crate) fn attend(
 ) {
     let (qd, kvd) = (spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim);
     for (i, seq) in batch.iter_mut().enumerate() {
-        let rows = plan.rows_of(i);
         let start = plan.seqs[i].1;
-        for (t, row) in rows.clone().enumerate() {
+        for (t, row) in plan.rows_of(i).enumerate() {
             seq.kv.write(layer, start + t, &k[row * kvd..(row + 1) * kvd], &v[row * kvd..(row + 1) * kvd]);
         }
-        let (q, out) = (&q[rows.start * qd..rows.end * qd], &mut out[rows.start * qd..rows.end * qd]);
-        rt.attention(spec, seq.kv, layer, start, q, out);
     }
+    if let [seq] = batch {
+        // One sequence (decoding alone, prefill): no list to build.
+        rt.attention(spec, seq.kv, layer, plan.seqs[0].1, q, out);
+        return;
+    }
+    let seqs: Vec<SeqQueries<'_>> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, seq)| {
+            let rows = plan.rows_of(i);
+            SeqQueries { kv: &*seq.kv, start: plan.seqs[i].1, q: &q[rows.start * qd..rows.end * qd] }
+        })
+        .collect();
+    rt.attention_batch(spec, layer, &seqs, out);
 }
 
 /// Gives every sequence its new positions, once all layers have written them.
