@@ -69,24 +69,7 @@ pub const PEER_ENV: &str = "COLLOQUY_PEER_LLAMACPP";
 /// The file name of the llama.cpp peer binary.
 const PEER_BIN: &str = "colloquy-peer-llamacpp";
 
-/// Seed of the prompt and context tokens; the peer uses the same.
-const PROMPT_SEED: u64 = 0x636f_6c6c_6f71_7579;
-
-/// Fixed pseudo-random token ids in `0..n_vocab` (SplitMix64 from `seed`). The peer
-/// binary computes the same sequence.
-pub fn bench_tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z % n_vocab.max(1) as u64) as u32
-        })
-        .collect()
-}
+pub use colloquy_engine::bench_input::{bench_tokens, PROMPT_SEED};
 
 /// One measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 pub mod arch;
 pub mod attention;
 pub mod batch;
+pub mod bench_input;
 pub mod error;
 pub mod fetch;
 pub mod gguf;

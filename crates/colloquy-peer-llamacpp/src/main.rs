@@ -34,6 +34,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+// The same tokens as `colloquy bench` (one definition for both engines).
+use colloquy_engine::bench_input::{bench_tokens, PROMPT_SEED};
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -85,25 +87,6 @@ fn main() {
         std::process::exit(1);
     }
 }
-
-/// Fixed pseudo-random token ids in `0..n_vocab` (SplitMix64 from a fixed seed), the
-/// same sequence `colloquy bench` uses.
-fn bench_tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z % n_vocab.max(1) as u64) as u32
-        })
-        .collect()
-}
-
-/// Seed of the prompt and depth tokens; `colloquy bench` uses the same.
-const PROMPT_SEED: u64 = 0x636f_6c6c_6f71_7579;
 
 /// The peak resident set size of this process in MiB (`VmHWM` in /proc/self/status).
 fn peak_rss_mb() -> Option<f64> {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::{self, GgmlType};
 use crate::linear::Linear;
-use crate::runtime::{fit, Runtime};
+use crate::runtime::{fit, Activations, Runtime};
 
 /// Reads an F32 (or F16/BF16) vector tensor of length `n`: norm weights, biases.
 pub(crate) fn load_vector(g: &Gguf, name: &str, n: usize) -> Result<Vec<f32>> {
@@ -321,28 +321,38 @@ pub(crate) fn commit(batch: &mut [Sequence<'_>]) {
     }
 }
 
+/// Takes the runtime's activation buffers and lays out `batch` in them (see
+/// [`BatchPlan::build`]); on an error the buffers go back untouched.
+pub(crate) fn begin(rt: &mut Runtime, batch: &mut [Sequence<'_>], n_vocab: usize) -> Result<Activations> {
+    let mut a = std::mem::take(&mut rt.act);
+    match a.plan.build(batch, n_vocab) {
+        Ok(()) => Ok(a),
+        Err(e) => {
+            rt.act = a;
+            Err(e)
+        }
+    }
+}
+
 /// The output head over the rows that want logits: `logits = norm(x)·Wᵀ`,
-/// `[wanted rows][n_vocab]`.
-#[allow(clippy::too_many_arguments)]
+/// `[wanted rows][n_vocab]` (`x` is `a.x`, rows of width `d`).
 pub(crate) fn output_logits(
     rt: &mut Runtime,
     file: &[u8],
-    norm: &RmsNorm,
-    output: &Proj,
-    (x, d): (&[f32], usize),
-    wanted: &[usize],
-    (gathered, h): (&mut Vec<f32>, &mut Vec<f32>),
+    (norm, output): (&RmsNorm, &Proj),
+    a: &mut Activations,
+    d: usize,
     logits: &mut Vec<f32>,
 ) {
-    let n_vocab = output.w.n_out;
-    logits.resize(wanted.len() * n_vocab, 0.0);
+    let wanted = &a.plan.wanted;
+    logits.resize(wanted.len() * output.w.n_out, 0.0);
     if wanted.is_empty() {
         return;
     }
-    let g = fit(gathered, wanted.len() * d);
+    let g = fit(&mut a.proj, wanted.len() * d);
     for (dst, &r) in g.chunks_exact_mut(d).zip(wanted) {
-        dst.copy_from_slice(&x[r * d..(r + 1) * d]);
+        dst.copy_from_slice(&a.x[r * d..(r + 1) * d]);
     }
-    norm.forward(g, fit(h, wanted.len() * d));
-    output.forward(rt, file, h, logits);
+    norm.forward(g, fit(&mut a.h, wanted.len() * d));
+    output.forward(rt, file, &a.h, logits);
 }

@@ -258,11 +258,7 @@ impl Architecture for Llama {
     fn forward(&self, rt: &mut Runtime, batch: &mut [Sequence<'_>], logits: &mut Vec<f32>) -> Result<()> {
         let (c, f) = (&self.config, self.family);
         let file = self.gguf.bytes();
-        let mut a = std::mem::take(&mut rt.act);
-        if let Err(e) = a.plan.build(batch, c.n_vocab) {
-            rt.act = a;
-            return Err(e);
-        }
+        let mut a = layers::begin(rt, batch, c.n_vocab)?;
         let m = a.plan.rows();
         let (d, hd, nr) = (c.n_embd, c.head_dim, c.n_rot);
         let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
@@ -336,17 +332,7 @@ impl Architecture for Llama {
         layers::commit(batch);
 
         // logits = RMSNorm(x)·Wout, only for the rows that are wanted.
-        let head = (&mut a.proj, &mut a.h);
-        layers::output_logits(
-            rt,
-            file,
-            &self.output_norm,
-            &self.output,
-            (&a.x, d),
-            &a.plan.wanted,
-            head,
-            logits,
-        );
+        layers::output_logits(rt, file, (&self.output_norm, &self.output), &mut a, d, logits);
         rt.act = a;
         Ok(())
     }
