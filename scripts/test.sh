@@ -11,12 +11,26 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq python3-pip) >&2
 fi
 
+# Formatting of every crate, the bench-only peer and the fuzz targets included
+# (rustfmt and clippy come with the toolchain's default profile).
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all --check
+  cargo fmt --manifest-path fuzz/Cargo.toml --check
+else
+  echo "warning: rustfmt is not installed; the formatting check is skipped" >&2
+fi
+
 # The module layering has no cycles (docs/architecture.md).
 python3 scripts/module-graph.py crates/colloquy/src crates/colloquy-engine/src crates/colloquy-cli/src >/dev/null
 
 # One build of everything the tests need (the dev profile optimizes the engine).
 # The default workspace members only: the llama.cpp peer is for benchmarks.
 cargo build -j"$JOBS" --all-targets
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy -q -j"$JOBS" --all-targets -- -D warnings
+else
+  echo "warning: clippy is not installed; the lint check is skipped" >&2
+fi
 
 # Models the real-model tests use (a no-op when they are cached).
 cargo run -q -j"$JOBS" -p colloquy-cli -- pull smollm2
