@@ -13,7 +13,7 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::kernels;
 use crate::kv::{KvCache, KvDtype, KvRows, BLOCK_TOKENS};
-use crate::pool::{split_range, DisjointSlice, ThreadPool};
+use crate::pool::{chunk_size, DisjointSlice, ThreadPool};
 
 /// The shape and masking rules of one attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -99,8 +99,7 @@ pub fn attention(
         let keys = DisjointSlice::new(&mut scratch.keys);
         let values = DisjointSlice::new(&mut scratch.values);
         let blocks = lo / BLOCK_TOKENS..end.div_ceil(BLOCK_TOKENS);
-        pool.run(&|thread| {
-            let mine = split_range(blocks.len(), pool.n_threads(), thread);
+        pool.for_chunks(blocks.len(), chunk_size(blocks.len(), pool.n_threads()), &|_, mine| {
             for b in blocks.start + mine.start..blocks.start + mine.end {
                 let p0 = lo.max(b * BLOCK_TOKENS);
                 let p1 = end.min((b + 1) * BLOCK_TOKENS);
@@ -121,11 +120,7 @@ pub fn attention(
         Rows::F32 { keys: &scratch.keys, values: &scratch.values, lo, row }
     };
     let out = DisjointSlice::new(out);
-    pool.run(&|thread| {
-        let range = split_range(tasks, pool.n_threads(), thread);
-        if range.is_empty() {
-            return;
-        }
+    pool.for_chunks(tasks, chunk_size(tasks, pool.n_threads()), &|thread, range| {
         let mut s = scratch.threads[thread].lock().unwrap_or_else(|e| e.into_inner());
         for task in range {
             let per_pos = spec.n_heads / per_task;
@@ -182,11 +177,8 @@ pub fn attention_batch(
     scratch.ensure(pool.n_threads());
     let scratch = &*scratch;
     let out = DisjointSlice::new(out);
-    pool.run(&|thread| {
-        let range = split_range(m * per_pos, pool.n_threads(), thread);
-        if range.is_empty() {
-            return;
-        }
+    let tasks = m * per_pos;
+    pool.for_chunks(tasks, chunk_size(tasks, pool.n_threads()), &|thread, range| {
         let mut s = scratch.threads[thread].lock().unwrap_or_else(|e| e.into_inner());
         // Walk the sequences alongside the tasks (both in order).
         let (mut seq, mut first_task, mut first_row) = (0, 0, 0);

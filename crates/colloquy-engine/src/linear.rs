@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::kernels::{self, GgmlType, PackedWeights, PACK_ROWS};
-use crate::pool::{DisjointSlice, ThreadPool};
+use crate::pool::{chunk_size, DisjointSlice, ThreadPool};
 
 /// How matmuls and the KV cache compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -161,9 +161,9 @@ fn quantize_input(pool: &ThreadPool, xq: &mut Vec<u8>, w: &Linear, x: &[f32]) {
         return;
     }
     let out = DisjointSlice::new(xq);
-    pool.run(&|thread| {
-        for t in crate::pool::split_range(m, pool.n_threads(), thread) {
-            // SAFETY: each thread writes the rows of its own range.
+    pool.for_chunks(m, chunk_size(m, pool.n_threads()), &|_, rows| {
+        for t in rows {
+            // SAFETY: each chunk writes the rows of its own range.
             let q = unsafe { out.slice(t * stride, stride) };
             checked(kernels::quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in], q));
         }
@@ -182,9 +182,9 @@ fn matmul_fast(
 ) {
     let n_out = w.n_out;
     let out = DisjointSlice::new(out);
-    pool.run(&|thread| {
-        // Whole groups of packed rows per thread.
-        let groups = crate::pool::split_range(n_out.div_ceil(PACK_ROWS), pool.n_threads(), thread);
+    let n_groups = n_out.div_ceil(PACK_ROWS);
+    pool.for_chunks(n_groups, chunk_size(n_groups, pool.n_threads()), &|thread, groups| {
+        // Whole groups of packed rows per chunk.
         let range = (groups.start * PACK_ROWS).min(n_out)..(groups.end * PACK_ROWS).min(n_out);
         if range.is_empty() {
             return;
@@ -230,8 +230,7 @@ fn matmul_precise(
 ) {
     let n_out = w.n_out;
     let out = DisjointSlice::new(out);
-    pool.run(&|thread| {
-        let range = crate::pool::split_range(n_out, pool.n_threads(), thread);
+    pool.for_chunks(n_out, chunk_size(n_out, pool.n_threads()), &|thread, range| {
         let mut buf = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
         buf.resize(w.n_in, 0.0);
         for i in range {

@@ -4,6 +4,13 @@
 //! threads are started once and woken per section. Workers spin briefly before
 //! sleeping, which keeps the wake-up latency of back-to-back sections low.
 //!
+//! [`ThreadPool::for_chunks`] hands work out in chunks that threads claim as
+//! they come: the caller takes chunks too, and the section ends when every
+//! chunk is done, not when every thread has checked in. So a worker that the
+//! OS has descheduled (a busy machine, the server's own threads) delays only
+//! the chunk it holds, not every section; the others take its share. The
+//! caller spins briefly, then sleeps until the last chunk is done.
+//!
 //! The pool only splits *independent outputs* across threads (rows of a
 //! matmul, heads of attention). A reduction is never split, so the thread
 //! count cannot change any result (see the batch-invariance design rule).
@@ -15,20 +22,37 @@ use std::thread::JoinHandle;
 /// A job: called once per thread with the thread's index.
 type Job<'a> = dyn Fn(usize) + Sync + 'a;
 
+/// A chunked job: called with the thread's index and a range of items.
+type ChunkJob<'a> = dyn Fn(usize, std::ops::Range<usize>) + Sync + 'a;
+
 struct Shared {
     /// Bumped for every new job; workers watch it.
     epoch: AtomicU64,
-    /// Workers that finished the current job.
+    /// Workers that finished the current per-thread job.
     done: AtomicUsize,
-    /// The current job, lifetime-erased. Only valid while `run` is executing.
+    /// The current job, lifetime-erased. Only valid while `run` or
+    /// `for_chunks` is executing.
     job: Mutex<Option<JobPtr>>,
     wake: Condvar,
     shutdown: AtomicBool,
+    /// A chunked job's next chunk, tagged with its job's epoch in the high 32
+    /// bits: a worker holding an older job can never claim a newer job's chunk.
+    claim: AtomicU64,
+    /// Chunks of the current chunked job that are done.
+    finished: AtomicUsize,
+    /// The thread waiting in `for_chunks`, woken by the last chunk.
+    caller: Mutex<Option<std::thread::Thread>>,
 }
 
 #[derive(Clone, Copy)]
-struct JobPtr(*const Job<'static>);
-// SAFETY: the pointee is `Sync` and outlives every use (see `ThreadPool::run`).
+enum JobPtr {
+    /// `run`: every thread once.
+    PerThread(*const Job<'static>),
+    /// `for_chunks`: `n_chunks` chunks of `chunk` items out of `n`.
+    Chunks { f: *const ChunkJob<'static>, n: usize, chunk: usize, n_chunks: usize, tag: u32 },
+}
+// SAFETY: the pointees are `Sync` and outlive every use (see `ThreadPool::run`
+// and `ThreadPool::for_chunks`).
 unsafe impl Send for JobPtr {}
 
 /// A fixed set of worker threads that run one job at a time.
@@ -71,6 +95,9 @@ impl ThreadPool {
             job: Mutex::new(None),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            claim: AtomicU64::new(0),
+            finished: AtomicUsize::new(0),
+            caller: Mutex::new(None),
         });
         let workers = (1..n_threads)
             .map(|index| {
@@ -103,7 +130,7 @@ impl ThreadPool {
         let ptr: *const Job<'static> = unsafe { std::mem::transmute(job as *const Job<'_>) };
         {
             let mut slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
-            *slot = Some(JobPtr(ptr));
+            *slot = Some(JobPtr::PerThread(ptr));
             self.shared.done.store(0, Ordering::Relaxed);
             self.shared.epoch.fetch_add(1, Ordering::Release);
         }
@@ -137,6 +164,119 @@ impl ThreadPool {
             }
         });
     }
+
+    /// Runs `f(thread, range)` over `0..n` in chunks of `chunk` items (the
+    /// last may be shorter) that the threads claim as they come, the caller
+    /// included; returns when every chunk is done. `thread` is the index of
+    /// the thread running the chunk (for per-thread scratch). Which thread runs
+    /// which chunk varies; the chunks themselves are a pure function of `n`
+    /// and `chunk`.
+    ///
+    /// ```
+    /// use colloquy_engine::pool::ThreadPool;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// let pool = ThreadPool::new(2);
+    /// let sum = AtomicUsize::new(0);
+    /// pool.for_chunks(1000, 64, &|_thread, range| {
+    ///     sum.fetch_add(range.sum::<usize>(), Ordering::Relaxed);
+    /// });
+    /// assert_eq!(sum.load(Ordering::Relaxed), 999 * 1000 / 2);
+    /// ```
+    pub fn for_chunks(&self, n: usize, chunk: usize, f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync)) {
+        let chunk = chunk.max(1);
+        let n_chunks = n.div_ceil(chunk);
+        if n_chunks == 0 {
+            return;
+        }
+        if self.n_threads == 1 || n_chunks == 1 {
+            for c in 0..n_chunks {
+                f(0, c * chunk..((c + 1) * chunk).min(n));
+            }
+            return;
+        }
+        let _guard = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = &*self.shared;
+        // SAFETY: as in `run`: the job is used only while this call runs. A
+        // worker calls it only after claiming a chunk of this job (the claim
+        // word carries this job's tag), and this call returns only once every
+        // chunk is done.
+        let ptr: *const ChunkJob<'static> = unsafe { std::mem::transmute(f as *const ChunkJob<'_>) };
+        let tag = {
+            let mut slot = shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            *shared.caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
+            let epoch = shared.epoch.load(Ordering::Relaxed) + 1;
+            let tag = epoch as u32;
+            shared.finished.store(0, Ordering::Relaxed);
+            shared.claim.store(u64::from(tag) << 32, Ordering::Release);
+            *slot = Some(JobPtr::Chunks { f: ptr, n, chunk, n_chunks, tag });
+            shared.epoch.store(epoch, Ordering::Release);
+            tag
+        };
+        shared.wake.notify_all();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_chunks(shared, ptr, 0, (n, chunk, n_chunks, tag));
+        }));
+        // Wait for chunks other threads hold: spin briefly, then sleep (the
+        // thread that finishes the last chunk wakes this one).
+        let mut spins = 0u32;
+        while shared.finished.load(Ordering::Acquire) < n_chunks {
+            if spins < SPIN_ITERS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::park_timeout(std::time::Duration::from_millis(1));
+            }
+        }
+        *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Claims chunks of the job tagged `tag` until none is left, running each.
+fn run_chunks(
+    shared: &Shared,
+    f: *const ChunkJob<'static>,
+    thread: usize,
+    (n, chunk, n_chunks, tag): (usize, usize, usize, u32),
+) {
+    loop {
+        let word = shared.claim.load(Ordering::Acquire);
+        let (t, c) = ((word >> 32) as u32, (word & 0xFFFF_FFFF) as usize);
+        if t != tag || c >= n_chunks {
+            return;
+        }
+        if shared.claim.compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            continue;
+        }
+        // SAFETY: this thread claimed chunk `c` of the job tagged `tag`, which
+        // is not done yet, so `for_chunks` has not returned and `f` is alive.
+        let f = unsafe { &*f };
+        // A panic must still count the chunk as done, or the caller would wait
+        // forever; the caller's own panic is re-raised by `for_chunks`.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(thread, c * chunk..((c + 1) * chunk).min(n))
+        }));
+        if shared.finished.fetch_add(1, Ordering::AcqRel) + 1 == n_chunks {
+            if let Some(caller) = shared.caller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                caller.unpark();
+            }
+        }
+        if let Err(panic) = r {
+            if thread == 0 {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+/// A chunk size for [`ThreadPool::for_chunks`] over `n` items: about four
+/// chunks per thread, so that a slow thread's share is small and others can
+/// take the rest.
+pub fn chunk_size(n: usize, threads: usize) -> usize {
+    n.div_ceil(threads.max(1) * 4).max(1)
 }
 
 /// The `i`-th of `parts` near-equal contiguous pieces of `0..n`.
@@ -175,11 +315,19 @@ fn worker_loop(shared: &Shared, index: usize) {
             }
         };
         seen = epoch;
-        // SAFETY: `run` keeps the job alive until `done` reaches the worker count.
-        let f = unsafe { &*job.0 };
-        // A panicking job must still count as done, or `run` would wait forever.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index)));
-        shared.done.fetch_add(1, Ordering::Release);
+        match job {
+            JobPtr::PerThread(ptr) => {
+                // SAFETY: `run` keeps the job alive until `done` reaches the worker count.
+                let f = unsafe { &*ptr };
+                // A panicking job must still count as done, or `run` would wait forever.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index)));
+                shared.done.fetch_add(1, Ordering::Release);
+            }
+            // `run_chunks` touches the job only after claiming one of its chunks.
+            JobPtr::Chunks { f, n, chunk, n_chunks, tag } => {
+                run_chunks(shared, f, index, (n, chunk, n_chunks, tag))
+            }
+        }
     }
 }
 
@@ -251,6 +399,52 @@ mod tests {
                 }
                 assert!(covered.iter().all(|&c| c == 1), "n={n} parts={parts}");
             }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_item_once_across_interleaved_jobs() {
+        let pool = ThreadPool::new(3);
+        let hits: Vec<AtomicUsize> = (0..257).map(|_| AtomicUsize::new(0)).collect();
+        let per_thread = AtomicUsize::new(0);
+        for round in 0..300 {
+            let n = round % hits.len() + 1;
+            pool.for_chunks(n, chunk_size(n, 3), &|thread, range| {
+                assert!(thread < 3);
+                for i in range {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // Per-thread jobs in between: stale chunk workers must not disturb them.
+            pool.run(&|_| {
+                per_thread.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let expected: Vec<usize> = (0..hits.len()).map(|i| (0..300).filter(|r| r % 257 >= i).count()).collect();
+        let got: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        assert_eq!(got, expected);
+        assert_eq!(per_thread.load(Ordering::Relaxed), 300 * 3);
+    }
+
+    /// A thread stuck in its chunk (as a descheduled one is) holds back only
+    /// that chunk: the others take every other chunk, which a static split
+    /// would have left to it (this test would then never finish).
+    #[test]
+    fn a_stuck_thread_holds_only_its_own_chunk() {
+        let pool = ThreadPool::new(2);
+        for _ in 0..20 {
+            let done = AtomicUsize::new(0);
+            let n_chunks = 16;
+            pool.for_chunks(n_chunks, 1, &|thread, _| {
+                if thread != 0 {
+                    // Stay in this chunk until every other chunk is done.
+                    while done.load(Ordering::Acquire) < n_chunks - 1 {
+                        std::hint::spin_loop();
+                    }
+                }
+                done.fetch_add(1, Ordering::AcqRel);
+            });
+            assert_eq!(done.load(Ordering::Relaxed), n_chunks);
         }
     }
 
