@@ -25,6 +25,29 @@ type Job<'a> = dyn Fn(usize) + Sync + 'a;
 /// A chunked job: called with the thread's index and a range of items.
 type ChunkJob<'a> = dyn Fn(usize, std::ops::Range<usize>) + Sync + 'a;
 
+/// How a chunked job is cut: `n` items in `n_chunks` chunks of `chunk`,
+/// `per` chunks to each thread's region; `tag` names the job.
+#[derive(Clone, Copy)]
+struct ChunkShape {
+    n: usize,
+    chunk: usize,
+    n_chunks: usize,
+    per: usize,
+    tag: u32,
+}
+
+impl ChunkShape {
+    /// The items of chunk `c`.
+    fn items(&self, c: usize) -> std::ops::Range<usize> {
+        c * self.chunk..((c + 1) * self.chunk).min(self.n)
+    }
+
+    /// The chunks of thread `t`'s region.
+    fn region(&self, t: usize) -> std::ops::Range<usize> {
+        (t * self.per).min(self.n_chunks)..((t + 1) * self.per).min(self.n_chunks)
+    }
+}
+
 struct Shared {
     /// Bumped for every new job; workers watch it.
     epoch: AtomicU64,
@@ -35,9 +58,13 @@ struct Shared {
     job: Mutex<Option<JobPtr>>,
     wake: Condvar,
     shutdown: AtomicBool,
-    /// A chunked job's next chunk, tagged with its job's epoch in the high 32
-    /// bits: a worker holding an older job can never claim a newer job's chunk.
-    claim: AtomicU64,
+    /// For each thread, the chunks of its region of the current chunked job
+    /// that nobody has claimed: `tag << 32 | front << 16 | back`. The owner
+    /// claims from the front (so that it streams its region in order); a
+    /// thread that has run out steals from the back of another region. The
+    /// tag is the job's epoch: a worker holding an older job can never claim
+    /// a newer job's chunk.
+    claims: Vec<AtomicU64>,
     /// Chunks of the current chunked job that are done.
     finished: AtomicUsize,
     /// The thread waiting in `for_chunks`, woken by the last chunk.
@@ -49,7 +76,7 @@ enum JobPtr {
     /// `run`: every thread once.
     PerThread(*const Job<'static>),
     /// `for_chunks`: `n_chunks` chunks of `chunk` items out of `n`.
-    Chunks { f: *const ChunkJob<'static>, n: usize, chunk: usize, n_chunks: usize, tag: u32 },
+    Chunks { f: *const ChunkJob<'static>, job: ChunkShape },
 }
 // SAFETY: the pointees are `Sync` and outlive every use (see `ThreadPool::run`
 // and `ThreadPool::for_chunks`).
@@ -95,7 +122,7 @@ impl ThreadPool {
             job: Mutex::new(None),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
-            claim: AtomicU64::new(0),
+            claims: (0..n_threads).map(|_| AtomicU64::new(0)).collect(),
             finished: AtomicUsize::new(0),
             caller: Mutex::new(None),
         });
@@ -199,24 +226,26 @@ impl ThreadPool {
         let shared = &*self.shared;
         // SAFETY: as in `run`: the job is used only while this call runs. A
         // worker calls it only after claiming a chunk of this job (the claim
-        // word carries this job's tag), and this call returns only once every
+        // words carry this job's tag), and this call returns only once every
         // chunk is done.
         let ptr: *const ChunkJob<'static> = unsafe { std::mem::transmute(f as *const ChunkJob<'_>) };
-        let tag = {
+        let per = n_chunks.div_ceil(self.n_threads).min(0xFFFF);
+        let job = {
             let mut slot = shared.job.lock().unwrap_or_else(|e| e.into_inner());
             *shared.caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
             let epoch = shared.epoch.load(Ordering::Relaxed) + 1;
-            let tag = epoch as u32;
+            let job = ChunkShape { n, chunk, n_chunks, per, tag: epoch as u32 };
             shared.finished.store(0, Ordering::Relaxed);
-            shared.claim.store(u64::from(tag) << 32, Ordering::Release);
-            *slot = Some(JobPtr::Chunks { f: ptr, n, chunk, n_chunks, tag });
+            for (t, word) in shared.claims.iter().enumerate() {
+                word.store(u64::from(job.tag) << 32 | job.region(t).len() as u64, Ordering::Release);
+            }
+            *slot = Some(JobPtr::Chunks { f: ptr, job });
             shared.epoch.store(epoch, Ordering::Release);
-            tag
+            job
         };
         shared.wake.notify_all();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_chunks(shared, ptr, 0, (n, chunk, n_chunks, tag));
-        }));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_chunks(shared, ptr, 0, job)));
         // Wait for chunks other threads hold: spin briefly, then sleep (the
         // thread that finishes the last chunk wakes this one).
         let mut spins = 0u32;
@@ -235,38 +264,46 @@ impl ThreadPool {
     }
 }
 
-/// Claims chunks of the job tagged `tag` until none is left, running each.
-fn run_chunks(
-    shared: &Shared,
-    f: *const ChunkJob<'static>,
-    thread: usize,
-    (n, chunk, n_chunks, tag): (usize, usize, usize, u32),
-) {
+/// Claims a chunk of thread `owner`'s region of the job tagged `tag`: from
+/// the front for its owner, from the back for anyone else.
+fn claim(shared: &Shared, owner: usize, thread: usize, job: &ChunkShape) -> Option<usize> {
+    let word = &shared.claims[owner];
+    let mut w = word.load(Ordering::Acquire);
     loop {
-        let word = shared.claim.load(Ordering::Acquire);
-        let (t, c) = ((word >> 32) as u32, (word & 0xFFFF_FFFF) as usize);
-        if t != tag || c >= n_chunks {
-            return;
+        let (tag, front, back) = ((w >> 32) as u32, (w >> 16 & 0xFFFF) as usize, (w & 0xFFFF) as usize);
+        if tag != job.tag || front >= back {
+            return None;
         }
-        if shared.claim.compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            continue;
+        let (next, c) = if owner == thread { (w + (1 << 16), front) } else { (w - 1, back - 1) };
+        match word.compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(job.region(owner).start + c),
+            Err(now) => w = now,
         }
-        // SAFETY: this thread claimed chunk `c` of the job tagged `tag`, which
-        // is not done yet, so `for_chunks` has not returned and `f` is alive.
-        let f = unsafe { &*f };
-        // A panic must still count the chunk as done, or the caller would wait
-        // forever; the caller's own panic is re-raised by `for_chunks`.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            f(thread, c * chunk..((c + 1) * chunk).min(n))
-        }));
-        if shared.finished.fetch_add(1, Ordering::AcqRel) + 1 == n_chunks {
-            if let Some(caller) = shared.caller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                caller.unpark();
+    }
+}
+
+/// Runs chunks of the job until none is left: this thread's region first,
+/// front to back, then what is left of the others', from their backs.
+fn run_chunks(shared: &Shared, f: *const ChunkJob<'static>, thread: usize, job: ChunkShape) {
+    let n_threads = shared.claims.len();
+    for k in 0..n_threads {
+        let owner = (thread + k) % n_threads;
+        while let Some(c) = claim(shared, owner, thread, &job) {
+            // SAFETY: this thread claimed chunk `c` of the job tagged `tag`, which
+            // is not done yet, so `for_chunks` has not returned and `f` is alive.
+            let f = unsafe { &*f };
+            // A panic must still count the chunk as done, or the caller would
+            // wait forever; the caller's own panic is re-raised by `for_chunks`.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(thread, job.items(c))));
+            if shared.finished.fetch_add(1, Ordering::AcqRel) + 1 == job.n_chunks {
+                if let Some(caller) = shared.caller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    caller.unpark();
+                }
             }
-        }
-        if let Err(panic) = r {
-            if thread == 0 {
-                std::panic::resume_unwind(panic);
+            if let Err(panic) = r {
+                if thread == 0 {
+                    std::panic::resume_unwind(panic);
+                }
             }
         }
     }
@@ -324,9 +361,7 @@ fn worker_loop(shared: &Shared, index: usize) {
                 shared.done.fetch_add(1, Ordering::Release);
             }
             // `run_chunks` touches the job only after claiming one of its chunks.
-            JobPtr::Chunks { f, n, chunk, n_chunks, tag } => {
-                run_chunks(shared, f, index, (n, chunk, n_chunks, tag))
-            }
+            JobPtr::Chunks { f, job } => run_chunks(shared, f, index, job),
         }
     }
 }
@@ -420,7 +455,8 @@ mod tests {
                 per_thread.fetch_add(1, Ordering::Relaxed);
             });
         }
-        let expected: Vec<usize> = (0..hits.len()).map(|i| (0..300).filter(|r| r % 257 >= i).count()).collect();
+        let expected: Vec<usize> =
+            (0..hits.len()).map(|i| (0..300).filter(|r| r % 257 >= i).count()).collect();
         let got: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
         assert_eq!(got, expected);
         assert_eq!(per_thread.load(Ordering::Relaxed), 300 * 3);
