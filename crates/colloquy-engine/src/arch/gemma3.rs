@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use crate::arch::layers::{self, Mlp, Proj, Qkv, QkvOut, RmsNorm};
+use crate::arch::layers::{self, Mlp, Proj, Qkv, RmsNorm};
 use crate::arch::llama::{attention_heads, vocab_size};
 use crate::arch::Architecture;
 use crate::attention::AttentionSpec;
@@ -240,13 +240,7 @@ impl Architecture for Gemma3 {
 
             // h = RMSNorm(x); q, k, v = h·W; q, k = RoPE(RMSNorm_head(q), RMSNorm_head(k)).
             b.attn_norm.forward(&a.x, fit(&mut a.h, m * d));
-            let out = QkvOut {
-                q: fit(&mut a.q, m * qd),
-                k: fit(&mut a.k, m * kvd),
-                v: fit(&mut a.v, m * kvd),
-                scratch: &mut a.att,
-            };
-            b.qkv.project(rt, file, &a.h, m, out);
+            b.qkv.project(rt, file, &mut a, m, (qd, kvd));
             let rope = if local { &a.rope_local } else { &a.rope };
             for (t, angles) in rope.chunks_exact(nr.max(1)).enumerate().take(m) {
                 for q in a.q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {

@@ -163,11 +163,19 @@ impl Qkv {
         Ok(Qkv::Fused(fused))
     }
 
-    /// `q, k, v = h·W (+ b)` for the `m` rows of `h`; `scratch` holds the
-    /// fused projection's interleaved rows.
-    pub fn project(&self, rt: &mut Runtime, file: &[u8], h: &[f32], m: usize, out: QkvOut<'_>) {
-        let QkvOut { q, k, v, scratch } = out;
-        let (qd, kvd) = (q.len() / m.max(1), k.len() / m.max(1));
+    /// `q, k, v = h·W (+ b)` for the `m` rows of `a.h`, into `a.q`, `a.k`
+    /// and `a.v` (`qd` and `kvd` wide); `a.att` holds the fused projection's
+    /// interleaved rows.
+    pub fn project(
+        &self,
+        rt: &mut Runtime,
+        file: &[u8],
+        a: &mut Activations,
+        m: usize,
+        (qd, kvd): (usize, usize),
+    ) {
+        let (h, scratch) = (&a.h, &mut a.att);
+        let (q, k, v) = (fit(&mut a.q, m * qd), fit(&mut a.k, m * kvd), fit(&mut a.v, m * kvd));
         match self {
             Qkv::Separate { q: wq, k: wk, v: wv } => {
                 Proj::forward_many(rt, file, h, [(wq, q), (wk, k), (wv, v)])
@@ -182,14 +190,6 @@ impl Qkv {
             }
         }
     }
-}
-
-/// Where [`Qkv::project`] writes.
-pub(crate) struct QkvOut<'a> {
-    pub q: &'a mut [f32],
-    pub k: &'a mut [f32],
-    pub v: &'a mut [f32],
-    pub scratch: &'a mut Vec<f32>,
 }
 
 /// The gated feed-forward network `(act(h·Wg) ⊙ h·Wu)·Wd`, with the gate and

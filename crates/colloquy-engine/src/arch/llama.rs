@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use crate::arch::layers::{self, opt_vector, Mlp, Proj, Qkv, QkvOut, RmsNorm};
+use crate::arch::layers::{self, opt_vector, Mlp, Proj, Qkv, RmsNorm};
 use crate::arch::Architecture;
 use crate::attention::AttentionSpec;
 use crate::batch::Sequence;
@@ -284,13 +284,7 @@ impl Architecture for Llama {
         for (l, b) in self.blocks.iter().enumerate() {
             // h = RMSNorm(x); q, k, v = h·W (+ b).
             b.attn_norm.forward(&a.x, fit(&mut a.h, m * d));
-            let out = QkvOut {
-                q: fit(&mut a.q, m * qd),
-                k: fit(&mut a.k, m * kvd),
-                v: fit(&mut a.v, m * kvd),
-                scratch: &mut a.att,
-            };
-            b.qkv.project(rt, file, &a.h, m, out);
+            b.qkv.project(rt, file, &mut a, m, (qd, kvd));
 
             // q, k = RoPE(RMSNorm_head(q), RMSNorm_head(k)) (the head norms: Qwen3).
             for (t, angles) in a.rope.chunks_exact(nr.max(1)).enumerate().take(m) {
