@@ -33,8 +33,8 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
     (status, serde_json::from_str(json).unwrap_or(Value::Null))
 }
 
-#[test]
-fn serves_completions_sessions_and_forks() {
+/// Starts `colloquy serve` on a free loopback port; returns it and its address.
+fn start() -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
         .args(["serve", "--port", "0", "--threads", "2"])
         .stdout(Stdio::piped())
@@ -43,8 +43,13 @@ fn serves_completions_sessions_and_forks() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Server(child);
     let addr = line.trim().strip_prefix("listening on http://").expect("the address line").to_string();
+    (Server(child), addr)
+}
+
+#[test]
+fn serves_completions_sessions_and_forks() {
+    let (_server, addr) = start();
 
     let (status, body) = request(&addr, "GET", "/health", "");
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
@@ -76,4 +81,50 @@ fn serves_completions_sessions_and_forks() {
     assert_eq!(status, 404);
     let (status, _) = request(&addr, "POST", "/v1/chat/completions", r#"{"messages":[]}"#);
     assert_eq!(status, 400);
+}
+
+/// Turns sent at the same time to one session are all kept (they wait for
+/// each other), and a session deleted while a turn runs stays deleted.
+#[test]
+fn parallel_turns_on_one_session_are_all_kept_and_deletes_stick() {
+    let (_server, addr) = start();
+    let (_, s) = request(&addr, "POST", "/sessions", "");
+    let id = s["id"].as_str().unwrap().to_string();
+    let turns: Vec<_> = (0..8)
+        .map(|k| {
+            let (addr, id) = (addr.clone(), id.clone());
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"content":"Turn {k}: say hi.","temperature":0,"max_tokens":4}}"#);
+                request(&addr, "POST", &format!("/sessions/{id}/messages"), &body).0
+            })
+        })
+        .collect();
+    for t in turns {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let (_, shown) = request(&addr, "GET", &format!("/sessions/{id}"), "");
+    let mut users: Vec<String> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect();
+    users.sort();
+    assert_eq!(users, (0..8).map(|k| format!("Turn {k}: say hi.")).collect::<Vec<_>>());
+
+    // A long turn, and a delete while it runs.
+    let running = {
+        let (addr, id) = (addr.clone(), id.clone());
+        std::thread::spawn(move || {
+            let body = r#"{"content":"Tell me a long story.","temperature":0,"max_tokens":200}"#;
+            request(&addr, "POST", &format!("/sessions/{id}/messages"), body).0
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, _) = request(&addr, "DELETE", &format!("/sessions/{id}"), "");
+    assert_eq!(status, 200);
+    running.join().unwrap();
+    let (status, _) = request(&addr, "GET", &format!("/sessions/{id}"), "");
+    assert_eq!(status, 404, "a deleted session came back");
 }
