@@ -155,6 +155,22 @@ pub enum Error {
         /// The context length.
         n_ctx: usize,
     },
+    /// A completion was asked for with a prompt of no tokens.
+    #[error("the prompt is empty: give at least one token of text")]
+    EmptyPrompt,
+    /// A [`RunningTurn`](crate::running::RunningTurn) was committed before it
+    /// finished: keep calling [`Llama::step`](crate::Llama::step) until
+    /// `is_finished()`.
+    #[error("the turn has not finished; step it until is_finished() before committing")]
+    TurnNotFinished,
+    /// A fork was asked for at a message the session does not have.
+    #[error("cannot fork at message {at}: the session has {len} messages (0..={len})")]
+    ForkOutOfRange {
+        /// The requested number of messages to keep.
+        at: usize,
+        /// Messages in the session's transcript.
+        len: usize,
+    },
     /// A save waited too long for a gc of the same store, or a gc for saves.
     #[error("the session store is busy: {0}")]
     StoreBusy(String),

@@ -91,6 +91,7 @@ pub mod files;
 mod llama;
 mod message;
 mod params;
+pub mod running;
 pub mod session;
 pub mod store;
 pub mod template;
@@ -104,6 +105,7 @@ pub use error::{Error, Result};
 pub use llama::{Llama, LlamaBuilder, LlamaSource, DEFAULT_CONTEXT_MEMORY};
 pub use message::{ChatMessage, MessageType};
 pub use params::GenerationParameters;
+pub use running::{FinishReason, RunningTurn};
 pub use session::LlamaChatSession;
 pub use session::TurnStats;
 pub use store::SessionStore;
@@ -118,8 +120,8 @@ pub use traits::{ChatModel, ChatSession};
 pub mod language {
     pub use crate::{
         Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, ContextPolicy, Error,
-        GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType, Precision,
-        SessionStore, TurnStats,
+        FinishReason, GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType,
+        Precision, RunningTurn, SessionStore, TurnStats,
     };
     pub use futures_util::StreamExt;
 }

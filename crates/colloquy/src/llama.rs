@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use colloquy_engine::fetch::{self, PullOptions};
 use colloquy_engine::kv::KvDtype;
 use colloquy_engine::linear::Precision;
-use colloquy_engine::model::{Model, ModelOptions};
+use colloquy_engine::model::{Model, ModelOptions, UBATCH};
 use colloquy_engine::prefix::{PrefixCache, PrefixCacheStats};
 use colloquy_engine::sampler::RngState;
 use futures_channel::oneshot;
@@ -20,6 +20,7 @@ use crate::params::GenerationParameters;
 use crate::session::{Fingerprint, LlamaChatSession, SessionState};
 use crate::template::{ChatTemplate, CHATML, GEMMA};
 use crate::traits::ChatModel;
+use crate::running::{self, RunningTurn, StepStats};
 use crate::turn;
 
 /// Where a model comes from.
@@ -472,10 +473,131 @@ impl Llama {
         turn::render(&self.inner, messages)
     }
 
+    /// Starts a turn on `session` that appends `messages` (see [`RunningTurn`]),
+    /// for a scheduler that steps many turns in one batch with
+    /// [`step`](Self::step). This renders the conversation and adopts the KV
+    /// the session or the prefix cache already holds, on the calling thread;
+    /// the session is unchanged until the turn is committed.
+    ///
+    /// Errors: [`Error::ContextOverflow`], [`Error::SessionModelMismatch`],
+    /// template errors.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let session = llm.new_chat_session().unwrap();
+    /// let hi = [ChatMessage::new(MessageType::UserMessage, "Hi!")];
+    /// let mut turn = llm.begin_turn(&session, &hi, &GenerationParameters::new()).unwrap();
+    /// while !turn.is_finished() {
+    ///     llm.step(&mut [&mut turn], 512).unwrap();
+    ///     print!("{}", turn.take_text());
+    /// }
+    /// turn.commit().unwrap();
+    /// # }
+    /// ```
+    pub fn begin_turn(
+        &self,
+        session: &LlamaChatSession,
+        messages: &[ChatMessage],
+        params: &GenerationParameters,
+    ) -> Result<RunningTurn> {
+        let st = session.lock().clone();
+        Ok(RunningTurn::chat(&self.inner, st, messages, params)?.with_target(Arc::clone(&session.state)))
+    }
+
+    /// Starts a plain completion of `prompt` (no chat template; a BOS token is
+    /// added where the model wants one). Commit it to let the prefix cache
+    /// keep its blocks.
+    ///
+    /// Errors: [`Error::EmptyPrompt`], [`Error::ContextOverflow`].
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let params = GenerationParameters::new().with_max_length(8);
+    /// let mut turn = llm.begin_completion("The capital of France is", &params).unwrap();
+    /// while !turn.is_finished() {
+    ///     llm.step(&mut [&mut turn], 512).unwrap();
+    /// }
+    /// println!("{}", turn.answer());
+    /// # }
+    /// ```
+    pub fn begin_completion(&self, prompt: &str, params: &GenerationParameters) -> Result<RunningTurn> {
+        let tok = self.inner.model.tokenizer();
+        let mut ids = Vec::new();
+        if let Some(bos) = tok.bos().filter(|_| tok.add_bos()) {
+            ids.push(bos);
+        }
+        ids.extend(tok.encode(prompt, false));
+        if ids.len() <= usize::from(tok.bos().is_some() && tok.add_bos()) {
+            return Err(Error::EmptyPrompt);
+        }
+        let st = self.new_chat_session()?.lock().clone();
+        RunningTurn::completion(&self.inner, st, ids, params)
+    }
+
+    /// Advances every unfinished turn by one forward pass, all in one batch:
+    /// a decoding turn feeds its newest token, and turns still reading their
+    /// prompts share `prompt_budget` tokens, so a long prompt does not stall
+    /// the others. Each turn gets exactly the tokens it would get alone.
+    /// Blocks the calling thread for the pass.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let mut turn = llm.begin_completion("Once upon a time", &GenerationParameters::new()).unwrap();
+    /// let ran = llm.step(&mut [&mut turn], 512).unwrap();
+    /// assert_eq!(ran.sequences, 1);
+    /// # }
+    /// ```
+    pub fn step(&self, turns: &mut [&mut RunningTurn], prompt_budget: usize) -> Result<StepStats> {
+        running::step(&self.inner, turns, prompt_budget)
+    }
+
+    /// A new session holding the first `at` messages of `session`'s
+    /// transcript, and the KV of the tokens they share with it. Its next turn
+    /// gives exactly what a fresh conversation of those messages would.
+    ///
+    /// Errors: [`Error::ForkOutOfRange`].
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let mut chat = llm.chat();
+    /// chat("Hi!").await.unwrap();
+    /// let session = chat.session().unwrap();
+    /// let before_answer = llm.fork_at(&session, 1).unwrap();
+    /// assert_eq!(before_answer.transcript().len(), 1);
+    /// # }
+    /// ```
+    pub fn fork_at(&self, session: &LlamaChatSession, at: usize) -> Result<LlamaChatSession> {
+        let transcript = session.transcript();
+        if at > transcript.len() {
+            return Err(Error::ForkOutOfRange { at, len: transcript.len() });
+        }
+        let mut st = session.lock().clone();
+        let kept = &transcript[..at];
+        // The tokens the kept messages render to, up to where they diverge
+        // from what the session read: their KV is the same, position by position.
+        let rendered = if kept.is_empty() { Vec::new() } else { turn::render(&self.inner, kept)? };
+        let common = st.tokens.iter().zip(&rendered).take_while(|(a, b)| a == b).count();
+        st.kv.truncate(common);
+        st.tokens.truncate(st.kv.len());
+        st.history = kept.to_vec();
+        st.pending = None;
+        st.last_turn = None;
+        st.versions = Default::default();
+        Ok(LlamaChatSession::from_state(st))
+    }
+
     /// Runs `f` on the model thread and awaits its result.
     pub(crate) async fn on_worker<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&ModelContext) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Arc<ModelContext>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
@@ -525,13 +647,19 @@ impl ChatModel for Llama {
         let messages = messages.to_vec();
         let this = self.clone();
         async move {
-            this.on_worker(move |inner| {
+            this.on_worker(move |inner: &Arc<ModelContext>| {
                 let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
                 // Work on a copy (its KV blocks are shared copy-on-write) and commit
                 // it only when the turn succeeds, so a failed turn changes nothing.
-                let mut st = guard.clone();
-                turn::run(inner, &mut st, &messages, &sampler, &mut *on_token)?;
-                *guard = st;
+                let mut turn = RunningTurn::chat(inner, guard.clone(), &messages, &sampler)?;
+                while !turn.is_finished() {
+                    running::step(inner, &mut [&mut turn], UBATCH)?;
+                    let text = turn.take_text();
+                    if !text.is_empty() {
+                        on_token(text);
+                    }
+                }
+                *guard = turn.into_state()?.0;
                 Ok(())
             })
             .await

@@ -26,7 +26,10 @@ pub struct GenerationParameters {
     pub(crate) repetition_penalty: f32,
     pub(crate) seed: Option<u64>,
     pub(crate) max_length: u32,
-    pub(crate) stop_on: Option<String>,
+    pub(crate) stop_on: Vec<String>,
+    pub(crate) presence_penalty: f32,
+    pub(crate) frequency_penalty: f32,
+    pub(crate) top_logprobs: Option<usize>,
 }
 
 impl Default for GenerationParameters {
@@ -39,7 +42,10 @@ impl Default for GenerationParameters {
             repetition_penalty: 1.1,
             seed: None,
             max_length: 1024,
-            stop_on: None,
+            stop_on: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            top_logprobs: None,
         }
     }
 }
@@ -139,7 +145,55 @@ impl GenerationParameters {
     /// let p = GenerationParameters::new().with_stop_on("\n\n");
     /// ```
     pub fn with_stop_on(mut self, stop: impl Into<String>) -> Self {
-        self.stop_on = Some(stop.into());
+        self.stop_on = vec![stop.into()];
+        self
+    }
+
+    /// Stop the answer when any of these texts appears (it is not included).
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let p = GenerationParameters::new().with_stop_sequences(["\n\n", "User:"]);
+    /// ```
+    pub fn with_stop_sequences<S: Into<String>>(mut self, stops: impl IntoIterator<Item = S>) -> Self {
+        self.stop_on = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
+        self
+    }
+
+    /// Subtract `p` from the logit of every token seen in the last 64 (OpenAI's
+    /// `presence_penalty`; 0 = off).
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let p = GenerationParameters::new().with_presence_penalty(0.5);
+    /// ```
+    pub fn with_presence_penalty(mut self, p: f32) -> Self {
+        self.presence_penalty = p;
+        self
+    }
+
+    /// Subtract `p` times its count from the logit of every token seen in the
+    /// last 64 (OpenAI's `frequency_penalty`; 0 = off).
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let p = GenerationParameters::new().with_frequency_penalty(0.5);
+    /// ```
+    pub fn with_frequency_penalty(mut self, p: f32) -> Self {
+        self.frequency_penalty = p;
+        self
+    }
+
+    /// Record the log-probability of each generated token and of the `n` most
+    /// likely alternatives at its position (read them with
+    /// [`RunningTurn::take_logprobs`](crate::running::RunningTurn::take_logprobs)).
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let p = GenerationParameters::new().with_logprobs(3);
+    /// ```
+    pub fn with_logprobs(mut self, n: usize) -> Self {
+        self.top_logprobs = Some(n);
         self
     }
 
@@ -161,6 +215,8 @@ impl GenerationParameters {
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             seed,
             ..SamplerParams::default()
         }

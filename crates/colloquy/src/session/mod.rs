@@ -216,6 +216,20 @@ impl LlamaChatSession {
         self.lock().tokens.len()
     }
 
+    /// The fingerprint of the model the session belongs to (compare it with
+    /// [`Llama::fingerprint`](crate::Llama::fingerprint)).
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// assert_eq!(llm.new_chat_session().unwrap().fingerprint(), llm.fingerprint());
+    /// # }
+    /// ```
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.lock().fingerprint
+    }
+
     /// Bytes of K/V memory the session holds. With a sliding-window model
     /// (Gemma 3) the windowed layers hold only the positions a next token can
     /// still see, so this grows with the conversation only for the other layers.
