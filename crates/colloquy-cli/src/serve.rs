@@ -61,8 +61,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let llm = builder.build().await.with_context(|| format!("loading model {}", args.model))?;
     let dir = args.store.unwrap_or_else(|| colloquy::engine::fetch::cache_dir().join("sessions"));
-    let store = SessionStore::open(&dir)
-        .with_context(|| format!("opening the session store {} (choose another with --store DIR)", dir.display()))?;
+    let store = SessionStore::open(&dir).with_context(|| {
+        format!("opening the session store {} (choose another with --store DIR)", dir.display())
+    })?;
     let file_stem = llm.model().path().file_stem().map(|s| s.to_string_lossy().into_owned());
     let config = ServerConfig {
         model_id: args.model.clone(),

@@ -1,14 +1,18 @@
-//! `colloquy serve` on loopback: completions, sessions, forks. Every request
-//! goes to 127.0.0.1, is bounded in time, and the server is killed at the end.
+//! `colloquy serve` on loopback, on the real model: the wire shapes, durable
+//! sessions across `kill -9`, exactness under concurrent load, forks at a
+//! message, parallel turns on one session, and cancellation of a request
+//! whose client left. Every request goes to 127.0.0.1 with a timeout, and
+//! every server is killed at the end.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-struct Server(Child);
+struct Server(Child, String);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -17,26 +21,51 @@ impl Drop for Server {
     }
 }
 
-fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+fn send(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let json = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+    s
 }
 
-/// Starts `colloquy serve` on a free loopback port; returns it and its address.
-fn start() -> (Server, String) {
+/// One request; its status, headers and body.
+fn exchange(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String, String) {
+    let mut s = send(addr, method, path, headers, body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, _, body) = exchange(addr, method, path, "", body);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn chat(addr: &str, body: Value) -> Value {
+    let (status, v) = request(addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// The `data:` payloads of a streamed reply.
+fn events(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+}
+
+/// Starts `colloquy serve` on a free loopback port with its sessions in `store`.
+fn start(store: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
-        .args(["serve", "--port", "0", "--threads", "2"])
+        .args(["serve", "--port", "0", "--threads", "2", "--store"])
+        .arg(store)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -44,65 +73,319 @@ fn start() -> (Server, String) {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on http://").expect("the address line").to_string();
-    (Server(child), addr)
+    Server(child, addr)
+}
+
+/// The greedy tokens and their log-probabilities, bit for bit as the
+/// server printed them.
+fn tokens_of(reply: &Value) -> Vec<(String, String)> {
+    reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["token"].as_str().unwrap().to_string(), t["logprob"].to_string()))
+        .collect()
+}
+
+fn greedy(messages: Value, max: u32) -> Value {
+    json!({"messages": messages, "temperature": 0, "max_tokens": max, "logprobs": true})
+}
+
+fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+fn create_session(addr: &str) -> String {
+    let (status, s) = request(addr, "POST", "/v1/sessions", "");
+    assert_eq!(status, 201, "{s}");
+    s["id"].as_str().unwrap().to_string()
 }
 
 #[test]
-fn serves_completions_sessions_and_forks() {
-    let (_server, addr) = start();
+fn wire_shapes_errors_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--max-body-bytes", "100000"]);
+    let addr = &server.1;
 
-    let (status, body) = request(&addr, "GET", "/health", "");
+    let (status, body) = request(addr, "GET", "/health", "");
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (_, models) = request(addr, "GET", "/v1/models", "");
+    assert_eq!(models["data"][0]["id"], "smollm2");
+    assert_eq!(models["data"][0]["object"], "model");
 
-    let req = r#"{"messages":[{"role":"user","content":"Name a color."}],"temperature":0,"max_tokens":8}"#;
-    let (status, a) = request(&addr, "POST", "/v1/chat/completions", req);
-    assert_eq!(status, 200, "{a}");
-    let first = a["choices"][0]["message"]["content"].as_str().unwrap().to_string();
-    assert!(!first.is_empty());
-    // The same request again: the prefix cache reuses the shared start, same answer.
-    let (_, b) = request(&addr, "POST", "/v1/chat/completions", req);
-    assert_eq!(b["choices"][0]["message"]["content"].as_str().unwrap(), first);
-    assert!(b["usage"]["reused_tokens"].as_u64().unwrap() >= 32, "{b}");
+    let a = chat(addr, greedy(json!([user("Name a color.")]), 8));
+    assert!(a["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(a["object"], "chat.completion");
+    assert_eq!(a["model"], "smollm2");
+    assert!(a["created"].as_u64().unwrap() > 1_700_000_000);
+    let u = &a["usage"];
+    assert_eq!(
+        u["total_tokens"],
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(u["completion_tokens"], 8);
+    assert_eq!(a["choices"][0]["finish_reason"], "length");
+    // The same request again: the prefix cache serves all but the last prompt token.
+    let b = chat(addr, greedy(json!([user("Name a color.")]), 8));
+    assert_eq!(tokens_of(&a), tokens_of(&b));
+    assert!(b["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() >= 16, "{b}");
 
-    let (status, s) = request(&addr, "POST", "/sessions", "");
-    assert_eq!(status, 201);
-    let id = s["id"].as_str().unwrap().to_string();
-    let turn = r#"{"content":"Name a color.","temperature":0,"max_tokens":8}"#;
-    let (status, t) = request(&addr, "POST", &format!("/sessions/{id}/messages"), turn);
-    assert_eq!(status, 200, "{t}");
-    assert_eq!(t["answer"].as_str().unwrap(), first);
+    // Streamed: the role first, then content, then the finish chunk, the usage, [DONE].
+    let mut body = greedy(json!([user("Name a color.")]), 8);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, head, raw) = exchange(addr, "POST", "/v1/chat/completions", "", &body.to_string());
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+    let ev = events(&raw);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = ev[..ev.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, a["choices"][0]["message"]["content"].as_str().unwrap());
+    let fin = &chunks[chunks.len() - 2];
+    assert_eq!(
+        (fin["choices"][0]["delta"].clone(), fin["choices"][0]["finish_reason"].clone()),
+        (json!({}), json!("length"))
+    );
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 8);
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"] && c["created"] == chunks[0]["created"]));
 
-    let (_, f) = request(&addr, "POST", &format!("/sessions/{id}/fork"), "");
-    let fork = f["id"].as_str().unwrap().to_string();
-    let (_, shown) = request(&addr, "GET", &format!("/sessions/{fork}"), "");
-    assert_eq!(shown["messages"].as_array().unwrap().len(), 2);
+    // Plain completions.
+    let (status, c) = request(
+        addr,
+        "POST",
+        "/v1/completions",
+        r#"{"prompt":"The capital of France is","max_tokens":4,"temperature":0}"#,
+    );
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["object"], "text_completion");
+    assert!(!c["choices"][0]["text"].as_str().unwrap().is_empty());
 
-    let (status, _) = request(&addr, "GET", "/sessions/nope", "");
-    assert_eq!(status, 404);
-    let (status, _) = request(&addr, "POST", "/v1/chat/completions", r#"{"messages":[]}"#);
-    assert_eq!(status, 400);
+    // Errors: OpenAI's shape and the right status.
+    let bad = |body: &str, status: u16, param: Value| {
+        let (s, v) = request(addr, "POST", "/v1/chat/completions", body);
+        assert_eq!(s, status, "{body} -> {v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+        v
+    };
+    let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+    bad(&format!("{{{m},\"n\":2}}"), 400, json!("n"));
+    bad(&format!("{{{m},\"temperature\":-1}}"), 400, json!("temperature"));
+    bad(&format!("{{{m},\"top_p\":0}}"), 400, json!("top_p"));
+    bad(&format!("{{{m},\"top_p\":1.5}}"), 400, json!("top_p"));
+    bad(r#"{"messages":[]}"#, 400, json!("messages"));
+    bad("{not json", 400, Value::Null);
+    let v = bad(&format!("{{{m},\"model\":\"gpt-4\"}}"), 404, Value::Null);
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let long = "word ".repeat(9000);
+    let v = bad(
+        &format!("{{\"messages\":[{{\"role\":\"user\",\"content\":\"{long}\"}}]}}"),
+        400,
+        json!("messages"),
+    );
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert_eq!(v["error"]["n_ctx"], 8192);
+    assert!(v["error"]["n_prompt_tokens"].as_u64().unwrap() > 8192);
+    let huge = "x".repeat(200_000);
+    let v =
+        bad(&format!("{{\"messages\":[{{\"role\":\"user\",\"content\":\"{huge}\"}}]}}"), 413, Value::Null);
+    assert!(v["error"]["message"].as_str().unwrap().contains("--max-body-bytes"));
+    // Unknown fields are ignored.
+    let (s, _) = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &format!("{{{m},\"max_tokens\":2,\"frobnicate\":[1]}}"),
+    );
+    assert_eq!(s, 200);
+    let (s, v) = request(addr, "GET", "/v1/nothing", "");
+    assert_eq!((s, v["error"]["type"].as_str()), (404, Some("invalid_request_error")));
+
+    let (_, metrics, text) = exchange(addr, "GET", "/metrics", "", "");
+    assert!(metrics.contains("text/plain"));
+    for name in [
+        "colloquy_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}",
+        "colloquy_cached_tokens_total",
+        "colloquy_queue_depth",
+        "colloquy_batch_size",
+        "colloquy_time_to_first_token_seconds_count",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
 }
 
-/// Turns sent at the same time to one session are all kept (they wait for
-/// each other), and a session deleted while a turn runs stays deleted.
+#[test]
+fn api_key_is_required_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--api-key", "sesame"]);
+    let addr = &server.1;
+    let (s, _, body) = exchange(addr, "GET", "/v1/models", "Authorization: Bearer wrong\r\n", "");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((s, v["error"]["type"].as_str()), (401, Some("authentication_error")));
+    let (s, _, _) = exchange(addr, "GET", "/v1/models", "", "");
+    assert_eq!(s, 401);
+    let (s, _, _) = exchange(addr, "GET", "/v1/models", "Authorization: Bearer sesame\r\n", "");
+    assert_eq!(s, 200);
+    let (s, _, _) = exchange(addr, "GET", "/health", "", "");
+    assert_eq!(s, 200);
+}
+
+/// A session's turns survive `kill -9` of the server (an unacknowledged
+/// turn is simply not there), and the session continues after a restart
+/// exactly as one that never stopped.
+#[test]
+fn sessions_survive_kill_9_and_continue_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let q1 = "Name a fruit.";
+    let q2 = "Why do people like it?";
+    let server = start(dir.path(), &[]);
+    let id = create_session(&server.1);
+    let first = chat(
+        &server.1,
+        json!({"session_id": id, "messages": [user(q1)], "temperature": 0, "max_tokens": 12}),
+    );
+    // A second turn, killed while it streams: not acknowledged, so not kept.
+    let body = json!({"session_id": id, "messages": [user(q2)], "temperature": 0, "max_tokens": 400, "stream": true});
+    let mut s = send(&server.1, "POST", "/v1/chat/completions", "", &body.to_string());
+    let mut buf = [0u8; 512];
+    let _ = s.read(&mut buf).unwrap();
+    let mut server = server;
+    server.0.kill().unwrap(); // SIGKILL
+    server.0.wait().unwrap();
+
+    let server = start(dir.path(), &[]);
+    let (status, shown) = request(&server.1, "GET", &format!("/v1/sessions/{id}"), "");
+    assert_eq!(status, 200, "{shown}");
+    let msgs = shown["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{shown}");
+    assert_eq!(msgs[1]["content"], first["choices"][0]["message"]["content"]);
+
+    let resumed = chat(
+        &server.1,
+        json!({"session_id": id, "messages": [user(q2)], "temperature": 0, "max_tokens": 24, "logprobs": true}),
+    );
+    // The uninterrupted run: both turns on one server, in memory.
+    let other = create_session(&server.1);
+    chat(&server.1, json!({"session_id": other, "messages": [user(q1)], "temperature": 0, "max_tokens": 12}));
+    let straight = chat(
+        &server.1,
+        json!({"session_id": other, "messages": [user(q2)], "temperature": 0, "max_tokens": 24, "logprobs": true}),
+    );
+    assert_eq!(tokens_of(&resumed), tokens_of(&straight));
+    // The resumed turn read only its new messages.
+    assert!(resumed["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() > 20, "{resumed}");
+}
+
+/// The greedy tokens (and their log-probabilities, bit for bit) of a request
+/// are the same alone and among 8 concurrent requests of different lengths.
+#[test]
+fn outputs_are_exact_among_concurrent_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--prompt-budget", "64"]);
+    let addr = server.1.clone();
+    let prompts: Vec<(String, u32)> = (0..8)
+        .map(|k| (format!("Request {k}: {}", "tell me about the sea. ".repeat(1 + 3 * k)), 8 + 6 * k as u32))
+        .collect();
+    let alone: Vec<_> =
+        prompts.iter().map(|(p, n)| tokens_of(&chat(&addr, greedy(json!([user(p)]), *n)))).collect();
+    let metric = |name: &str| -> f64 {
+        let (_, _, m) = exchange(&addr, "GET", "/metrics", "", "");
+        m.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let (steps0, seqs0) = (metric("colloquy_steps_total "), metric("colloquy_step_sequences_total "));
+    // Twice together (their prompts now come from the prefix cache, which
+    // gives the same bits as a fresh read).
+    for _ in 0..2 {
+        let together: Vec<_> = prompts
+            .iter()
+            .cloned()
+            .map(|(p, n)| {
+                let addr = addr.clone();
+                std::thread::spawn(move || tokens_of(&chat(&addr, greedy(json!([user(&p)]), n))))
+            })
+            .collect();
+        for (k, t) in together.into_iter().enumerate() {
+            assert_eq!(t.join().unwrap(), alone[k], "request {k} changed in a batch");
+        }
+    }
+    // The concurrent requests really shared passes (a mean batch above 2).
+    let (steps, seqs) =
+        (metric("colloquy_steps_total ") - steps0, metric("colloquy_step_sequences_total ") - seqs0);
+    assert!(seqs > 2.0 * steps, "{seqs} sequences in {steps} passes");
+}
+
+/// A fork at message k answers as a fresh conversation of those k messages.
+#[test]
+fn fork_at_a_message_answers_like_a_fresh_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let addr = &server.1;
+    let id = create_session(addr);
+    let a1 = chat(
+        addr,
+        json!({"session_id": id, "messages": [user("Name an animal.")], "temperature": 0, "max_tokens": 10}),
+    );
+    chat(
+        addr,
+        json!({"session_id": id, "messages": [user("Where does it live?")], "temperature": 0, "max_tokens": 10}),
+    );
+    let (status, f) = request(addr, "POST", &format!("/v1/sessions/{id}/fork"), r#"{"at":3}"#);
+    assert_eq!(status, 201, "{f}");
+    let fork = f["id"].as_str().unwrap();
+    let (_, shown) = request(addr, "GET", &format!("/v1/sessions/{fork}"), "");
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 3);
+    let from_fork = chat(
+        addr,
+        json!({"session_id": fork, "messages": [], "temperature": 0, "max_tokens": 16, "logprobs": true}),
+    );
+    let answer = a1["choices"][0]["message"]["content"].as_str().unwrap();
+    let fresh = chat(
+        addr,
+        greedy(
+            json!([user("Name an animal."), {"role": "assistant", "content": answer}, user("Where does it live?")]),
+            16,
+        ),
+    );
+    assert_eq!(tokens_of(&from_fork), tokens_of(&fresh));
+    // A whole-session fork is independent: the original keeps its 4 messages.
+    let (_, f2) = request(addr, "POST", &format!("/v1/sessions/{id}/fork"), "");
+    let whole = f2["id"].as_str().unwrap();
+    chat(addr, json!({"session_id": whole, "messages": [user("And what does it eat?")], "max_tokens": 4}));
+    let (_, orig) = request(addr, "GET", &format!("/v1/sessions/{id}"), "");
+    assert_eq!(orig["messages"].as_array().unwrap().len(), 4);
+    let (status, _) = request(addr, "POST", &format!("/v1/sessions/{id}/fork"), r#"{"at":9}"#);
+    assert_eq!(status, 400);
+    // Export and import round-trip.
+    let (status, _, bytes) = exchange(addr, "GET", &format!("/v1/sessions/{id}/export"), "", "");
+    assert_eq!(status, 200);
+    assert!(bytes.len() > 1000);
+}
+
+/// 20 turns sent at once to one session are all kept; a session deleted
+/// while a turn runs stays deleted; `session_wait: false` gets 409.
 #[test]
 fn parallel_turns_on_one_session_are_all_kept_and_deletes_stick() {
-    let (_server, addr) = start();
-    let (_, s) = request(&addr, "POST", "/sessions", "");
-    let id = s["id"].as_str().unwrap().to_string();
-    let turns: Vec<_> = (0..8)
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let addr = server.1.clone();
+    let id = create_session(&addr);
+    let turns: Vec<_> = (0..20)
         .map(|k| {
             let (addr, id) = (addr.clone(), id.clone());
             std::thread::spawn(move || {
-                let body = format!(r#"{{"content":"Turn {k}: say hi.","temperature":0,"max_tokens":4}}"#);
-                request(&addr, "POST", &format!("/sessions/{id}/messages"), &body).0
+                let body = json!({"session_id": id, "messages": [user(&format!("Turn {k}: say hi."))], "temperature": 0, "max_tokens": 3});
+                request(&addr, "POST", "/v1/chat/completions", &body.to_string()).0
             })
         })
         .collect();
     for t in turns {
         assert_eq!(t.join().unwrap(), 200);
     }
-    let (_, shown) = request(&addr, "GET", &format!("/sessions/{id}"), "");
+    let (_, shown) = request(&addr, "GET", &format!("/v1/sessions/{id}"), "");
     let mut users: Vec<String> = shown["messages"]
         .as_array()
         .unwrap()
@@ -111,20 +394,80 @@ fn parallel_turns_on_one_session_are_all_kept_and_deletes_stick() {
         .map(|m| m["content"].as_str().unwrap().to_string())
         .collect();
     users.sort();
-    assert_eq!(users, (0..8).map(|k| format!("Turn {k}: say hi.")).collect::<Vec<_>>());
+    let mut want: Vec<String> = (0..20).map(|k| format!("Turn {k}: say hi.")).collect();
+    want.sort();
+    assert_eq!(users, want);
 
-    // A long turn, and a delete while it runs.
+    // A long turn; a second one that will not wait; a delete while it runs.
     let running = {
         let (addr, id) = (addr.clone(), id.clone());
         std::thread::spawn(move || {
-            let body = r#"{"content":"Tell me a long story.","temperature":0,"max_tokens":200}"#;
-            request(&addr, "POST", &format!("/sessions/{id}/messages"), body).0
+            // A long prompt keeps it running for a while, whatever it answers.
+            let long = format!("{} Now tell me a long story.", "The sea is wide. ".repeat(600));
+            let body =
+                json!({"session_id": id, "messages": [user(&long)], "temperature": 0, "max_tokens": 300});
+            request(&addr, "POST", "/v1/chat/completions", &body.to_string()).0
         })
     };
-    std::thread::sleep(Duration::from_millis(100));
-    let (status, _) = request(&addr, "DELETE", &format!("/sessions/{id}"), "");
+    std::thread::sleep(Duration::from_millis(300));
+    let body = json!({"session_id": id, "messages": [user("Hi")], "session_wait": false, "max_tokens": 2});
+    let (status, v) = request(&addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_busy")), "{v}");
+    let (status, _) = request(&addr, "DELETE", &format!("/v1/sessions/{id}"), "");
     assert_eq!(status, 200);
-    running.join().unwrap();
-    let (status, _) = request(&addr, "GET", &format!("/sessions/{id}"), "");
+    assert_eq!(running.join().unwrap(), 404, "the turn on a deleted session was acknowledged");
+    let (status, _) = request(&addr, "GET", &format!("/v1/sessions/{id}"), "");
     assert_eq!(status, 404, "a deleted session came back");
+}
+
+/// A client that leaves during a 10⁹-token request frees the server: the
+/// turn is cancelled, and a short request gets its first token within 2 s.
+#[test]
+fn a_client_that_leaves_is_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--max-tokens", "1000000000"]);
+    let addr = server.1.clone();
+    for stream in [false, true] {
+        let body = json!({"messages": [user("Write a very long story.")], "max_tokens": 1_000_000_000u64, "stream": stream});
+        let mut s = send(&addr, "POST", "/v1/chat/completions", "", &body.to_string());
+        if stream {
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).unwrap();
+        } else {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        drop(s);
+        let t = Instant::now();
+        let body = json!({"messages": [user("Hi")], "max_tokens": 4, "stream": true});
+        let mut s = send(&addr, "POST", "/v1/chat/completions", "", &body.to_string());
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while !got.contains("\"content\":\"") || got.matches("data: ").count() < 2 {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the stream ended early: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let ttft = t.elapsed();
+        assert!(ttft < Duration::from_secs(2), "first token after {ttft:?}");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+    }
+    // Both long turns were cancelled, not left running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, m) = exchange(&addr, "GET", "/metrics", "", "");
+        let cancelled = m
+            .lines()
+            .find_map(|l| l.strip_prefix("colloquy_cancelled_total "))
+            .unwrap_or("0")
+            .trim()
+            .to_string();
+        let running =
+            m.lines().find_map(|l| l.strip_prefix("colloquy_running ")).unwrap_or("?").trim().to_string();
+        if cancelled == "2" && running == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cancelled {cancelled}, running {running}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -46,7 +46,9 @@ fn now() -> u64 {
 
 /// The request's session id: the `session_id` field, or the `X-Session-Id` header.
 fn session_id(req: &ChatRequest, headers: &HeaderMap) -> Option<String> {
-    req.session_id.clone().or_else(|| headers.get("x-session-id").and_then(|v| v.to_str().ok()).map(str::to_string))
+    req.session_id
+        .clone()
+        .or_else(|| headers.get("x-session-id").and_then(|v| v.to_str().ok()).map(str::to_string))
 }
 
 /// The messages a request adds to a stored session: those after its
@@ -63,7 +65,11 @@ fn new_messages(transcript: &[ChatMessage], sent: Vec<ChatMessage>) -> Vec<ChatM
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat(State(app): State<App>, headers: HeaderMap, ApiJson(req): ApiJson<ChatRequest>) -> Response {
+pub async fn chat(
+    State(app): State<App>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Response {
     let r = chat_reply(app.clone(), headers, req).await;
     app.finish_request("/v1/chat/completions", r)
 }
@@ -203,7 +209,11 @@ fn session_headers(held: &Option<Held>) -> HeaderMap {
 
 /// The non-streamed reply: one JSON body once the turn is saved. A client
 /// that goes away drops this future, and with it the turn.
-async fn whole_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply: Reply) -> Result<Response, ApiError> {
+async fn whole_reply(
+    app: App,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    mut reply: Reply,
+) -> Result<Response, ApiError> {
     let mut text = reply.echo.take().unwrap_or_default();
     let mut lps: Vec<TokenLogprob> = Vec::new();
     let turn = loop {
@@ -222,7 +232,9 @@ async fn whole_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut r
     let choice = match reply.kind {
         Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
                               "logprobs": logprobs, "finish_reason": done.finish_reason}),
-        Kind::Text => json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": done.finish_reason}),
+        Kind::Text => {
+            json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": done.finish_reason})
+        }
     };
     let object = if reply.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
     let mut body = json!({"id": reply.id, "object": object, "created": reply.created, "model": reply.model,
@@ -235,7 +247,14 @@ async fn whole_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut r
 }
 
 /// One chunk of a stream.
-fn chunk(reply: &Reply, fp: &str, delta: Option<Value>, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
+fn chunk(
+    reply: &Reply,
+    fp: &str,
+    delta: Option<Value>,
+    text: &str,
+    logprobs: Value,
+    finish: Option<&str>,
+) -> Value {
     let choice = match reply.kind {
         Kind::Chat => json!({"index": 0, "delta": delta.unwrap_or_else(|| json!({})), "logprobs": logprobs,
                               "finish_reason": finish}),
@@ -260,7 +279,9 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
     tokio::spawn(async move {
         let fp = app.system_fingerprint();
         let first = match reply.kind {
-            Kind::Chat => chunk(&reply, &fp, Some(json!({"role": "assistant", "content": ""})), "", Value::Null, None),
+            Kind::Chat => {
+                chunk(&reply, &fp, Some(json!({"role": "assistant", "content": ""})), "", Value::Null, None)
+            }
             Kind::Text => {
                 let echo = reply.echo.take().unwrap_or_default();
                 chunk(&reply, &fp, None, &echo, Value::Null, None)
@@ -316,6 +337,7 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
             None => Some((Ok(SseEvent::default().data("[DONE]")), (rx, true))),
         }
     });
-    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)).text("keep-alive"));
+    let sse =
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)).text("keep-alive"));
     (headers, sse).into_response()
 }

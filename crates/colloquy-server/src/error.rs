@@ -117,7 +117,8 @@ impl ApiError {
             ApiError::ContextLength { .. } => Some("messages".to_string()),
             _ => None,
         };
-        let mut body = json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
+        let mut body =
+            json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}});
         if let ApiError::ContextLength { needed, n_ctx } = self {
             body["error"]["n_prompt_tokens"] = json!(needed);
             body["error"]["n_ctx"] = json!(n_ctx);

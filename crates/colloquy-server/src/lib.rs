@@ -123,8 +123,16 @@ impl Server {
         };
         let scheduler = scheduler::Scheduler::start(llm.clone(), sched, Arc::clone(&metrics))
             .map_err(|e| ApiError::Internal(format!("starting the scheduler thread: {e}")))?;
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(Arc::new(Server { llm, config, scheduler, sessions: sessions::Sessions::new(store), metrics, created }))
+        let created =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(Arc::new(Server {
+            llm,
+            config,
+            scheduler,
+            sessions: sessions::Sessions::new(store),
+            metrics,
+            created,
+        }))
     }
 
     /// The counters `/metrics` shows.
@@ -162,8 +170,13 @@ impl Server {
 }
 
 /// Runs blocking library work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> colloquy::Result<T> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("a worker thread failed: {e}")))?.map_err(ApiError::from)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> colloquy::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("a worker thread failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// A JSON body whose rejections are OpenAI-shaped: 400 for bad JSON, 413 for
@@ -195,7 +208,9 @@ async fn guard(State(app): State<App>, mut req: Request, next: Next) -> Response
     req.extensions_mut().insert(BodyLimit(app.config.max_body_bytes));
     if let Some(key) = &app.config.api_key {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let ok = given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|k| constant_time_eq(k.as_bytes(), key.as_bytes()));
+        let ok = given
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|k| constant_time_eq(k.as_bytes(), key.as_bytes()));
         if !ok && req.uri().path() != "/health" {
             let resp = ApiError::Unauthorized.into_response();
             app.metrics.record_request(req.uri().path(), resp.status().as_u16());
@@ -218,7 +233,8 @@ async fn models(State(app): State<App>) -> Json<serde_json::Value> {
 }
 
 async fn metrics_text(State(app): State<App>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render(app.scheduler.depth())).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render(app.scheduler.depth()))
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -95,17 +95,37 @@ impl Metrics {
             let _ = writeln!(out, "colloquy_requests_total{{endpoint=\"{e}\",status=\"{s}\"}} {n}");
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut out, "colloquy_prompt_tokens_total", "Prompt tokens of admitted turns.", load(&self.prompt_tokens));
+        counter(
+            &mut out,
+            "colloquy_prompt_tokens_total",
+            "Prompt tokens of admitted turns.",
+            load(&self.prompt_tokens),
+        );
         counter(
             &mut out,
             "colloquy_cached_tokens_total",
             "Prompt tokens whose KV was reused (prefix cache and session hits).",
             load(&self.cached_tokens),
         );
-        counter(&mut out, "colloquy_completion_tokens_total", "Tokens generated.", load(&self.completion_tokens));
+        counter(
+            &mut out,
+            "colloquy_completion_tokens_total",
+            "Tokens generated.",
+            load(&self.completion_tokens),
+        );
         counter(&mut out, "colloquy_turns_total", "Turns finished.", load(&self.turns));
-        counter(&mut out, "colloquy_cancelled_total", "Turns cancelled because the client left.", load(&self.cancelled));
-        counter(&mut out, "colloquy_rejected_total", "Turns refused with 429 (queue full).", load(&self.rejected));
+        counter(
+            &mut out,
+            "colloquy_cancelled_total",
+            "Turns cancelled because the client left.",
+            load(&self.cancelled),
+        );
+        counter(
+            &mut out,
+            "colloquy_rejected_total",
+            "Turns refused with 429 (queue full).",
+            load(&self.rejected),
+        );
         counter(&mut out, "colloquy_steps_total", "Batched forward passes.", load(&self.steps));
         counter(&mut out, "colloquy_step_rows_total", "Token rows over all passes.", load(&self.step_rows));
         counter(
@@ -119,16 +139,28 @@ impl Metrics {
             "# HELP colloquy_step_seconds_total Time in forward passes.\n# TYPE colloquy_step_seconds_total counter\ncolloquy_step_seconds_total {}",
             load(&self.step_micros) as f64 / 1e6
         );
-        gauge(&mut out, "colloquy_queue_depth", "Turns waiting for a place in the batch.", self.queue_depth.load(Ordering::Relaxed));
+        gauge(
+            &mut out,
+            "colloquy_queue_depth",
+            "Turns waiting for a place in the batch.",
+            self.queue_depth.load(Ordering::Relaxed),
+        );
         gauge(&mut out, "colloquy_running", "Turns admitted (running or waiting).", running);
-        gauge(&mut out, "colloquy_batch_size", "Sequences in the latest forward pass.", self.batch_size.load(Ordering::Relaxed));
+        gauge(
+            &mut out,
+            "colloquy_batch_size",
+            "Sequences in the latest forward pass.",
+            self.batch_size.load(Ordering::Relaxed),
+        );
         let h = self.ttft.lock().unwrap_or_else(|e| e.into_inner());
         let name = "colloquy_time_to_first_token_seconds";
-        let _ = writeln!(out, "# HELP {name} From a turn's start to its first token.\n# TYPE {name} histogram");
+        let _ =
+            writeln!(out, "# HELP {name} From a turn's start to its first token.\n# TYPE {name} histogram");
         for (b, n) in TTFT_BUCKETS.iter().zip(h.0) {
             let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {n}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", h.1, h.2, h.1);
+        let _ =
+            writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", h.1, h.2, h.1);
         out
     }
 }

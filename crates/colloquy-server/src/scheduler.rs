@@ -59,7 +59,9 @@ impl Scheduler {
         let (jobs, rx) = mpsc::channel();
         let admitted = Arc::new(AtomicUsize::new(0));
         let (a, m) = (Arc::clone(&admitted), Arc::clone(&metrics));
-        std::thread::Builder::new().name("colloquy-scheduler".into()).spawn(move || run(llm, rx, config, a, m))?;
+        std::thread::Builder::new()
+            .name("colloquy-scheduler".into())
+            .spawn(move || run(llm, rx, config, a, m))?;
         Ok(Scheduler { jobs, admitted, config, metrics })
     }
 

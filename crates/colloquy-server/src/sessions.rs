@@ -55,7 +55,8 @@ pub struct Sessions {
 /// A new session id: 128 random bits, in hex (never a path).
 pub fn new_id() -> Result<String, ApiError> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("no randomness for a session id: {e}")))?;
+    getrandom::fill(&mut b)
+        .map_err(|e| ApiError::Internal(format!("no randomness for a session id: {e}")))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
@@ -123,7 +124,9 @@ impl Sessions {
             Err(e) => {
                 *held.guard = None;
                 Err(match e {
-                    colloquy::Error::SessionConflict { found: None, .. } => ApiError::SessionNotFound(held.id.clone()),
+                    colloquy::Error::SessionConflict { found: None, .. } => {
+                        ApiError::SessionNotFound(held.id.clone())
+                    }
                     e => ApiError::from(e),
                 })
             }
@@ -168,7 +171,8 @@ fn message_json(m: &colloquy::ChatMessage) -> Value {
 pub async fn create(State(app): State<App>) -> Result<Response, ApiError> {
     let session = app.llm.new_chat_session()?;
     let held = app.sessions.create(session).await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": held.id, "object": "session"})).into_response()).into_response())
+    Ok((StatusCode::CREATED, Json(json!({"id": held.id, "object": "session"})).into_response())
+        .into_response())
 }
 
 /// `GET /v1/sessions`.
@@ -207,11 +211,7 @@ pub struct ForkRequest {
 
 /// `POST /v1/sessions/{id}/fork`: an independent copy, of all of it or of its
 /// first `at` messages.
-pub async fn fork(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn fork(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     colloquy::store::validate_id(&id)?;
     // The body is optional: none (or `{}`) forks the whole session.
     let at = if body.iter().all(u8::is_ascii_whitespace) {
@@ -231,7 +231,8 @@ pub async fn fork(
         }
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": new, "object": "session", "forked_from": id}))).into_response())
+    Ok((StatusCode::CREATED, Json(json!({"id": new, "object": "session", "forked_from": id})))
+        .into_response())
 }
 
 /// `DELETE /v1/sessions/{id}`.
@@ -254,7 +255,10 @@ pub async fn import(State(app): State<App>, body: Bytes) -> Result<Response, Api
         .await
         .map_err(|e| ApiError::invalid("body", format!("not a session: {e}")))?;
     if session.fingerprint() != app.llm.fingerprint() {
-        return Err(ApiError::invalid("body", "the session belongs to another model than the one this server runs"));
+        return Err(ApiError::invalid(
+            "body",
+            "the session belongs to another model than the one this server runs",
+        ));
     }
     let held = app.sessions.create(session).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": held.id, "object": "session"}))).into_response())

@@ -128,7 +128,10 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, open_lo: bool) -> Result
     let below = if open_lo { x <= lo } else { x < lo };
     if !x.is_finite() || below || x > hi {
         let lo_s = if open_lo { "(" } else { "[" };
-        return Err(ApiError::invalid(param, format!("{param} must be a number in {lo_s}{lo}, {hi}], not {x}")));
+        return Err(ApiError::invalid(
+            param,
+            format!("{param} must be a number in {lo_s}{lo}, {hi}], not {x}"),
+        ));
     }
     Ok(Some(x as f32))
 }
@@ -136,9 +139,16 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, open_lo: bool) -> Result
 impl Sampling {
     /// The generation parameters these fields ask for, capped at `ceiling`
     /// new tokens, and the stream flags; or a 400 naming the bad field.
-    pub fn params(&self, ceiling: u32, top_logprobs: Option<usize>) -> Result<GenerationParameters, ApiError> {
+    pub fn params(
+        &self,
+        ceiling: u32,
+        top_logprobs: Option<usize>,
+    ) -> Result<GenerationParameters, ApiError> {
         if let Some(n) = self.n.filter(|&n| n != 1) {
-            return Err(ApiError::invalid("n", format!("n must be 1 (colloquy returns one choice), not {n}")));
+            return Err(ApiError::invalid(
+                "n",
+                format!("n must be 1 (colloquy returns one choice), not {n}"),
+            ));
         }
         // Penalties are OpenAI's (presence, frequency); no repetition penalty,
         // as llama-server's default.
@@ -155,7 +165,9 @@ impl Sampling {
         if let Some(x) = range("frequency_penalty", self.frequency_penalty, -2.0, 2.0, false)? {
             p = p.with_frequency_penalty(x);
         }
-        for (name, v) in [("max_tokens", self.max_tokens), ("max_completion_tokens", self.max_completion_tokens)] {
+        for (name, v) in
+            [("max_tokens", self.max_tokens), ("max_completion_tokens", self.max_completion_tokens)]
+        {
             if let Some(v) = v {
                 if v < 1 {
                     return Err(ApiError::invalid(name, format!("{name} must be at least 1, not {v}")));
@@ -211,14 +223,15 @@ impl ChatRequest {
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
                     for part in parts {
-                        match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                        match (
+                            part.get("type").and_then(Value::as_str),
+                            part.get("text").and_then(Value::as_str),
+                        ) {
                             (Some("text"), Some(t)) => text.push_str(t),
-                            _ => {
-                                return Err(ApiError::invalid(
-                                    &format!("{param}.content"),
-                                    "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported",
-                                ))
-                            }
+                            _ => return Err(ApiError::invalid(
+                                &format!("{param}.content"),
+                                "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported",
+                            )),
                         }
                     }
                     text
@@ -233,7 +246,10 @@ impl ChatRequest {
     /// fields that need structured output.
     pub fn params(&self, ceiling: u32) -> Result<GenerationParameters, ApiError> {
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::invalid("tools", "tool calls are not supported yet; send the request without tools"));
+            return Err(ApiError::invalid(
+                "tools",
+                "tool calls are not supported yet; send the request without tools",
+            ));
         }
         if let Some(f) = &self.response_format {
             if f.get("type").and_then(Value::as_str) != Some("text") {
@@ -245,7 +261,10 @@ impl ChatRequest {
         }
         let top = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (_, Some(n)) if !(0..=20).contains(&n) => {
-                return Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be 0 to 20, not {n}")))
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("top_logprobs must be 0 to 20, not {n}"),
+                ))
             }
             (false, Some(_)) => {
                 return Err(ApiError::invalid("top_logprobs", "top_logprobs needs \"logprobs\": true"))
@@ -262,7 +281,9 @@ impl CompletionRequest {
     pub fn prompt_text(&self) -> Result<String, ApiError> {
         match &self.prompt {
             Value::String(s) => Ok(s.clone()),
-            Value::Array(a) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_string()),
+            Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+                Ok(a[0].as_str().unwrap_or_default().to_string())
+            }
             _ => Err(ApiError::invalid("prompt", "prompt must be a string (or a list of one string)")),
         }
     }

@@ -119,9 +119,9 @@ pub use traits::{ChatModel, ChatSession};
 /// ```
 pub mod language {
     pub use crate::{
-        Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, ContextPolicy, Error,
-        FinishReason, GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType,
-        Precision, RunningTurn, SessionStore, TurnStats,
+        Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, ContextPolicy, Error, FinishReason,
+        GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType, Precision,
+        RunningTurn, SessionStore, TurnStats,
     };
     pub use futures_util::StreamExt;
 }

@@ -17,10 +17,10 @@ use crate::context::{ContextPolicy, Job, ModelContext};
 use crate::error::{Error, Result};
 use crate::message::ChatMessage;
 use crate::params::GenerationParameters;
+use crate::running::{self, RunningTurn, StepStats};
 use crate::session::{Fingerprint, LlamaChatSession, SessionState};
 use crate::template::{ChatTemplate, CHATML, GEMMA};
 use crate::traits::ChatModel;
-use crate::running::{self, RunningTurn, StepStats};
 use crate::turn;
 
 /// Where a model comes from.

@@ -148,7 +148,8 @@ impl RunningTurn {
         }
         conversation.extend_from_slice(messages);
         let before = st.dropped.len();
-        let prompt = turn::fit_context(inner, &mut conversation, &mut st.dropped, params.max_length as usize)?;
+        let prompt =
+            turn::fit_context(inner, &mut conversation, &mut st.dropped, params.max_length as usize)?;
         let dropped = st.dropped.len() - before;
         let mut t = RunningTurn::prepare(inner, st, prompt, params, t0);
         t.conversation = Some(conversation);
@@ -442,8 +443,11 @@ fn logprob_of(inner: &ModelContext, logits: &[f32], id: u32, n: usize) -> TokenL
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
     let tok = inner.model.tokenizer();
-    let entry =
-        |id: u32| TopLogprob { id, bytes: tok.token_to_piece(id).unwrap_or_default(), logprob: logits[id as usize] - lse };
+    let entry = |id: u32| TopLogprob {
+        id,
+        bytes: tok.token_to_piece(id).unwrap_or_default(),
+        logprob: logits[id as usize] - lse,
+    };
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     let n = n.min(ids.len());
     let by = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
@@ -468,8 +472,13 @@ pub struct StepStats {
 /// its last token, a turn still reading its prompt feeds up to its share of
 /// `prompt_budget` tokens. Returns what the pass ran (nothing when every turn
 /// has finished).
-pub(crate) fn step(inner: &ModelContext, turns: &mut [&mut RunningTurn], prompt_budget: usize) -> Result<StepStats> {
-    let reading = turns.iter().filter(|t| !t.is_finished() && t.next.is_none() && t.prompt_left() > 0).count();
+pub(crate) fn step(
+    inner: &ModelContext,
+    turns: &mut [&mut RunningTurn],
+    prompt_budget: usize,
+) -> Result<StepStats> {
+    let reading =
+        turns.iter().filter(|t| !t.is_finished() && t.next.is_none() && t.prompt_left() > 0).count();
     // Prompts share the budget, so a long one does not hold up a short one.
     let share = prompt_budget.div_ceil(reading.max(1)).max(1);
     let mut wants = Vec::with_capacity(turns.len());
