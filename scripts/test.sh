@@ -36,6 +36,9 @@ fi
 cargo run -q -j"$JOBS" -p colloquy-cli -- pull smollm2
 cargo run -q -j"$JOBS" -p colloquy-cli -- pull gemma3
 
+# The official openai client, pinned, in a venv (its test also runs this).
+bash scripts/openai-venv.sh
+
 cargo test -j"$JOBS" -- --test-threads=1
 
 if [ "${COLLOQUY_SKIP_FUZZ:-0}" != 1 ]; then

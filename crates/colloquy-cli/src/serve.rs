@@ -1,6 +1,7 @@
 //! `colloquy serve`: the OpenAI-compatible server of `colloquy-server`, on
 //! one loaded model, with its sessions in a session store.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -79,8 +80,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{} (is the port in use? try --port 0)", args.host, args.port))?;
-    println!("listening on http://{}", listener.local_addr()?);
-    println!("sessions in {}", dir.display());
+    // The address line is what scripts wait for; stdout may be closed after
+    // it (a parent that read it and left), which must not stop the server.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on http://{}", listener.local_addr()?);
+    let _ = writeln!(out, "sessions in {}", dir.display());
+    let _ = out.flush();
     colloquy_server::serve(listener, router(server)).await?;
     eprintln!("stopped");
     Ok(())

@@ -11,7 +11,11 @@ fn model(source: LlamaSource) -> Llama {
 }
 
 fn questions() -> Vec<(String, u32)> {
-    (0..8).map(|k| (format!("Question {k}: {}", "what is the weather like? ".repeat(1 + 4 * k)), 6 + 5 * k as u32)).collect()
+    (0..8)
+        .map(|k| {
+            (format!("Question {k}: {}", "what is the weather like? ".repeat(1 + 4 * k)), 6 + 5 * k as u32)
+        })
+        .collect()
 }
 
 /// Runs every question's turn on a fresh session, all together (`budget`
