@@ -51,7 +51,7 @@ pub struct BatchBenchArgs {
 }
 
 /// Where `scripts/bench/build-llama-cpp.sh` puts llama.cpp's tools.
-const LLAMA_CPP_BIN: &str = "target/llama.cpp/bin";
+pub(crate) const LLAMA_CPP_BIN: &str = "target/llama.cpp/bin";
 
 pub fn run(args: BatchBenchArgs) -> Result<()> {
     let path = fetch::resolve_model(&args.model, &fetch::PullOptions::default())?;

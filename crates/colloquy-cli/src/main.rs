@@ -14,6 +14,7 @@ use colloquy_engine::sampler::{Sampler, SamplerParams};
 
 mod bench;
 mod bench_batch;
+mod bench_serve;
 mod bench_sessions;
 mod chat;
 mod progress;
@@ -50,9 +51,11 @@ enum Cmd {
     Chat(chat::ChatArgs),
     /// Aggregate decode tokens/s of 1, 2, 4, 8 sequences decoded together, optionally beside llama.cpp.
     BenchBatch(bench_batch::BatchBenchArgs),
+    /// Loopback load at several concurrencies against colloquy serve, optionally beside llama-server.
+    BenchServe(bench_serve::ServeBenchArgs),
     /// Benchmark sessions: fork, incremental save, load against re-processing, bytes per token.
     BenchSessions(bench_sessions::SessionBenchArgs),
-    /// Serve chat sessions over HTTP (JSON; see `serve.rs` for the endpoints).
+    /// An OpenAI-compatible HTTP server with durable sessions and continuous batching.
     Serve(serve::ServeArgs),
     /// List, show, fork, delete and garbage-collect the sessions of a session store.
     Sessions(sessions::SessionsArgs),
@@ -249,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Serve(args) => serve::run(args)?,
         Cmd::BenchSessions(args) => bench_sessions::run(args)?,
         Cmd::BenchBatch(args) => bench_batch::run(args)?,
+        Cmd::BenchServe(args) => bench_serve::run(args)?,
         Cmd::Sessions(args) => sessions::run(args)?,
         Cmd::Bench(args) => bench::run(args)?,
         Cmd::Logits { model, input, ids, top, precise, threads, ctx_size } => {
