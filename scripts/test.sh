@@ -21,7 +21,7 @@ else
 fi
 
 # The module layering has no cycles (docs/architecture.md).
-python3 scripts/module-graph.py crates/colloquy/src crates/colloquy-engine/src crates/colloquy-cli/src >/dev/null
+python3 scripts/module-graph.py crates/colloquy/src crates/colloquy-engine/src crates/colloquy-server/src crates/colloquy-cli/src >/dev/null
 
 # One build of everything the tests need (the dev profile optimizes the engine).
 # The default workspace members only: the llama.cpp peer is for benchmarks.
