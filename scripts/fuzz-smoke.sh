@@ -20,6 +20,11 @@ for target in $(cargo fuzz list); do
       [ -e "$f" ] && head -c 65536 "$f" > "$corpus/seed-$(basename "$f").bin"
     done
   fi
+  if [ "$target" = openai_request ]; then
+    # Seeds: requests as clients send them.
+    printf '%s' '{"model":"smollm2","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"hi"}]}],"temperature":0.7,"top_p":0.9,"max_tokens":16,"stop":["\n"],"seed":1,"logprobs":true,"top_logprobs":2,"stream":true,"stream_options":{"include_usage":true},"session_id":"abc"}' > "$corpus/seed-chat.json"
+    printf '%s' '{"prompt":["Once upon"],"max_tokens":8,"logprobs":2,"echo":true,"presence_penalty":0.5}' > "$corpus/seed-text.json"
+  fi
   echo "fuzzing $target for ${SECONDS_PER_TARGET}s"
   # -timeout: an input that takes seconds to refuse is a bug too (a fuzzer once
   # found a header that took 22 s).

@@ -471,3 +471,36 @@ fn a_client_that_leaves_is_cancelled() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// SIGTERM stops the server gracefully: a running turn on a session
+/// finishes, is saved and answered, and then the process exits.
+#[test]
+fn sigterm_finishes_and_saves_the_running_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[]);
+    let addr = server.1.clone();
+    let id = create_session(&addr);
+    let running = {
+        let (addr, id) = (addr.clone(), id.clone());
+        std::thread::spawn(move || {
+            let long = format!("{} Now say something.", "The sea is wide. ".repeat(400));
+            let body =
+                json!({"session_id": id, "messages": [user(&long)], "temperature": 0, "max_tokens": 40});
+            request(&addr, "POST", "/v1/chat/completions", &body.to_string())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (status, reply) = running.join().unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server2 = start(dir.path(), &[]);
+    let (_, shown) = request(&server2.1, "GET", &format!("/v1/sessions/{id}"), "");
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 2, "{shown}");
+    assert_eq!(shown["messages"][1]["content"], reply["choices"][0]["message"]["content"]);
+}
