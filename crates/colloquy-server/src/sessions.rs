@@ -52,6 +52,9 @@ pub struct Sessions {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
+/// Sessions kept loaded in memory between their turns.
+pub const LOADED: usize = 64;
+
 /// A new session id: 128 random bits, in hex (never a path).
 pub fn new_id() -> Result<String, ApiError> {
     let mut b = [0u8; 16];
@@ -120,7 +123,10 @@ impl Sessions {
         let (r, back) = blocking_keep(held, move |h| store.save(&h.id, h.session()).map(|_| ())).await;
         held = back;
         match r {
-            Ok(()) => Ok(held),
+            Ok(()) => {
+                self.trim(&held.id);
+                Ok(held)
+            }
             Err(e) => {
                 *held.guard = None;
                 Err(match e {
@@ -129,6 +135,28 @@ impl Sessions {
                     }
                     e => ApiError::from(e),
                 })
+            }
+        }
+    }
+
+    /// Keeps at most [`LOADED`] sessions in memory: the others' KV is dropped
+    /// (their next turn loads them from the store; the prefix cache still
+    /// holds their recent blocks). The slots stay, so turns on one session
+    /// keep waiting for each other.
+    fn trim(&self, keep: &str) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = 0;
+        for (id, slot) in slots.iter() {
+            if id == keep {
+                continue;
+            }
+            if let Ok(mut guard) = slot.session.try_lock() {
+                if guard.is_some() {
+                    loaded += 1;
+                    if loaded >= LOADED {
+                        *guard = None;
+                    }
+                }
             }
         }
     }
