@@ -49,8 +49,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    // Two async threads are plenty: the model runs on the scheduler's thread.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One async thread: the model runs on the scheduler's thread, and on two
+    // cores a second HTTP thread only takes time from the forward pass.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(serve(args))
 }
 
