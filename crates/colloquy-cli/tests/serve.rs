@@ -504,3 +504,39 @@ fn sigterm_finishes_and_saves_the_running_turn() {
     assert_eq!(shown["messages"].as_array().unwrap().len(), 2, "{shown}");
     assert_eq!(shown["messages"][1]["content"], reply["choices"][0]["message"]["content"]);
 }
+
+/// A long prompt does not hold up a short request: prompts are read in
+/// chunks that share each pass, so the short one is answered while the
+/// long one is still reading.
+#[test]
+fn a_long_prompt_does_not_stall_a_short_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let addr = server.1.clone();
+    let t0 = Instant::now();
+    let long = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let text = format!("{} Summarize.", "The sea is wide. ".repeat(600));
+            let body = json!({"messages": [user(&text)], "temperature": 0, "max_tokens": 2});
+            let (status, v) = request(&addr, "POST", "/v1/chat/completions", &body.to_string());
+            assert_eq!(status, 200, "{v}");
+            (t0.elapsed(), v["usage"]["prompt_tokens"].as_u64().unwrap())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let body = json!({"messages": [user("Hi")], "temperature": 0, "max_tokens": 4});
+    let (status, _) = request(&addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200);
+    let (short_done, short_took) = (t0.elapsed(), t.elapsed());
+    let (long_done, long_prompt) = long.join().unwrap();
+    assert!(long_prompt > 2500, "the long prompt has {long_prompt} tokens");
+    assert!(
+        short_done < long_done,
+        "the short request ({short_done:?}) waited for the long one ({long_done:?})"
+    );
+    // Its passes carry a chunk of the long prompt each, so it is slower than
+    // alone, but it takes far less than the long prompt's whole read.
+    assert!(short_took * 2 < long_done, "the short request took {short_took:?}, the long one {long_done:?}");
+}
