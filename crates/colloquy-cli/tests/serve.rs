@@ -540,3 +540,69 @@ fn a_long_prompt_does_not_stall_a_short_request() {
     // alone, but it takes far less than the long prompt's whole read.
     assert!(short_took * 2 < long_done, "the short request took {short_took:?}, the long one {long_done:?}");
 }
+
+/// `kill -9` at varying points while turns run: every turn the server
+/// acknowledged (200) is in the session after a restart, exactly once.
+#[test]
+fn kill_9_at_varying_points_loses_no_acknowledged_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<String> = Vec::new();
+    let mut id: Option<String> = None;
+    for round in 0..5u64 {
+        let mut server = start(dir.path(), &[]);
+        let addr = server.1.clone();
+        if let Some(id) = &id {
+            assert_all_kept(&addr, id, &acked);
+        }
+        let sid = id.get_or_insert_with(|| create_session(&addr)).clone();
+        let turns = {
+            let (addr, sid) = (addr.clone(), sid.clone());
+            std::thread::spawn(move || {
+                let mut ok = Vec::new();
+                for k in 0.. {
+                    let text = format!("Round {round} turn {k}: say hi.");
+                    let body = json!({"session_id": sid, "messages": [user(&text)], "max_tokens": 6});
+                    let mut s = send(&addr, "POST", "/v1/chat/completions", "", &body.to_string());
+                    let mut raw = Vec::new();
+                    if s.read_to_end(&mut raw).is_err()
+                        || !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200")
+                    {
+                        return ok; // the server died mid-turn
+                    }
+                    ok.push(text);
+                }
+                ok
+            })
+        };
+        // A kill point that varies from round to round (300 ms to 2.3 s).
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        std::thread::sleep(Duration::from_millis(300 + u64::from(nanos) % 2000));
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+        acked.extend(turns.join().unwrap());
+    }
+    let server = start(dir.path(), &[]);
+    assert_all_kept(&server.1, id.as_deref().unwrap(), &acked);
+    assert!(acked.len() >= 5, "too few turns were acknowledged to test anything: {}", acked.len());
+}
+
+/// Every acknowledged user message is in session `id` exactly once.
+fn assert_all_kept(addr: &str, id: &str, acked: &[String]) {
+    let (status, shown) = request(addr, "GET", &format!("/v1/sessions/{id}"), "");
+    assert_eq!(status, 200, "{shown}");
+    let users: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    for a in acked {
+        assert_eq!(
+            users.iter().filter(|u| **u == a.as_str()).count(),
+            1,
+            "acknowledged turn {a:?} lost: {users:?}"
+        );
+    }
+}
