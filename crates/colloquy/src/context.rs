@@ -3,11 +3,13 @@
 //! [`Llama`](crate::Llama).
 
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use colloquy_engine::model::Model;
 use colloquy_engine::prefix::PrefixCache;
 
+use crate::constraint::Grammars;
+use crate::error::Result;
 use crate::session::Fingerprint;
 use crate::template::ChatTemplate;
 
@@ -47,10 +49,21 @@ pub(crate) struct ModelContext {
     pub progress: bool,
     pub prefix: Mutex<PrefixCache>,
     pub jobs: Mutex<mpsc::Sender<Job>>,
+    /// The grammar compiler, built on the first constrained turn.
+    pub grammars: OnceLock<Arc<Grammars>>,
 }
 
 impl ModelContext {
     pub fn prefix(&self) -> std::sync::MutexGuard<'_, PrefixCache> {
         self.prefix.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The grammar compiler (its token trie is built on first use).
+    pub fn grammars(&self) -> Result<Arc<Grammars>> {
+        if let Some(g) = self.grammars.get() {
+            return Ok(Arc::clone(g));
+        }
+        let g = Grammars::new(self.model.tokenizer())?;
+        Ok(Arc::clone(self.grammars.get_or_init(|| g)))
     }
 }

@@ -171,6 +171,23 @@ pub enum Error {
         /// Messages in the session's transcript.
         len: usize,
     },
+    /// A constraint (regex, JSON Schema or grammar) does not compile, or is
+    /// too large to compile within llguidance's limits.
+    #[error("the constraint does not compile: {0}; fix the regex, JSON Schema or grammar")]
+    ConstraintInvalid(String),
+    /// A constraint admits no answer (at its start, or after what the model
+    /// wrote so far).
+    #[error("the constraint cannot be satisfied: {0}; loosen the regex, JSON Schema or grammar")]
+    ConstraintUnsatisfiable(String),
+    /// A typed answer did not parse into its type (typically it was cut off
+    /// by the token limit).
+    #[error("the answer is not a valid {type_name}: {reason}; raise the token limit (GenerationParameters::with_max_length) if it was cut off")]
+    TypedAnswer {
+        /// The Rust type asked for.
+        type_name: &'static str,
+        /// Why it did not parse.
+        reason: String,
+    },
     /// A save waited too long for a gc of the same store, or a gc for saves.
     #[error("the session store is busy: {0}")]
     StoreBusy(String),

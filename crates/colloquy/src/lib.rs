@@ -85,6 +85,7 @@
 #![warn(missing_docs)]
 
 mod chat;
+pub mod constraint;
 mod context;
 pub mod error;
 pub mod files;
@@ -100,6 +101,7 @@ mod turn;
 
 pub use chat::{Chat, ChatResponseBuilder};
 pub use colloquy_engine::linear::Precision;
+pub use constraint::Constraint;
 pub use context::ContextPolicy;
 pub use error::{Error, Result};
 pub use llama::{Llama, LlamaBuilder, LlamaSource, DEFAULT_CONTEXT_MEMORY};
@@ -119,7 +121,7 @@ pub use traits::{ChatModel, ChatSession};
 /// ```
 pub mod language {
     pub use crate::{
-        Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, ContextPolicy, Error, FinishReason,
+        Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, Constraint, ContextPolicy, Error, FinishReason,
         GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType, Precision,
         RunningTurn, SessionStore, TurnStats,
     };

@@ -339,6 +339,7 @@ impl LlamaBuilder {
             progress,
             prefix,
             jobs: Mutex::new(jobs),
+            grammars: std::sync::OnceLock::new(),
         };
         Ok(Llama { inner: Arc::new(inner) })
     }

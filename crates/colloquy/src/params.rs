@@ -2,6 +2,8 @@
 
 use colloquy_engine::sampler::SamplerParams;
 
+use crate::constraint::Constraint;
+
 /// How the model picks each token of an answer.
 ///
 /// Defaults: temperature 0.8, top-k 40, top-p 0.95 and min-p 0.05 (llama.cpp's),
@@ -30,6 +32,7 @@ pub struct GenerationParameters {
     pub(crate) presence_penalty: f32,
     pub(crate) frequency_penalty: f32,
     pub(crate) top_logprobs: Option<usize>,
+    pub(crate) constraint: Option<Constraint>,
 }
 
 impl Default for GenerationParameters {
@@ -46,6 +49,7 @@ impl Default for GenerationParameters {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             top_logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -195,6 +199,24 @@ impl GenerationParameters {
     pub fn with_logprobs(mut self, n: usize) -> Self {
         self.top_logprobs = Some(n);
         self
+    }
+
+    /// Limits the answer to what `constraint` admits (a regex, a JSON Schema
+    /// or a grammar); see [`Constraint`].
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let p = GenerationParameters::new().with_constraints(Constraint::regex("[0-9]+"));
+    /// assert!(p.constraint().is_some());
+    /// ```
+    pub fn with_constraints(mut self, constraint: Constraint) -> Self {
+        self.constraint = Some(constraint);
+        self
+    }
+
+    /// The constraint set by [`with_constraints`](Self::with_constraints).
+    pub fn constraint(&self) -> Option<&Constraint> {
+        self.constraint.as_ref()
     }
 
     /// The most new tokens per answer.

@@ -13,6 +13,7 @@ use colloquy_engine::arch::{LogitsFor, Sequence};
 use colloquy_engine::sampler::{RngState, Sampler};
 use colloquy_engine::tokenizer::Utf8Stream;
 
+use crate::constraint::Guide;
 use crate::context::ModelContext;
 use crate::error::{Error, Result};
 use crate::message::ChatMessage;
@@ -117,6 +118,8 @@ pub struct RunningTurn {
     t0: Instant,
     ttft: Option<Duration>,
     bar: indicatif::ProgressBar,
+    guide: Option<Guide>,
+    failure: Option<Error>,
 }
 
 impl std::fmt::Debug for RunningTurn {
@@ -151,7 +154,7 @@ impl RunningTurn {
         let prompt =
             turn::fit_context(inner, &mut conversation, &mut st.dropped, params.max_length as usize)?;
         let dropped = st.dropped.len() - before;
-        let mut t = RunningTurn::prepare(inner, st, prompt, params, t0);
+        let mut t = RunningTurn::prepare(inner, st, prompt, params, t0)?;
         t.conversation = Some(conversation);
         t.dropped_messages = dropped;
         Ok(t)
@@ -171,7 +174,7 @@ impl RunningTurn {
         if prompt.len() >= n_ctx {
             return Err(Error::ContextOverflow { needed: prompt.len() + 1, n_ctx });
         }
-        Ok(RunningTurn::prepare(inner, st, prompt, params, Instant::now()))
+        RunningTurn::prepare(inner, st, prompt, params, Instant::now())
     }
 
     fn prepare(
@@ -180,7 +183,13 @@ impl RunningTurn {
         prompt: Vec<u32>,
         params: &GenerationParameters,
         t0: Instant,
-    ) -> RunningTurn {
+    ) -> Result<RunningTurn> {
+        // A constraint compiles (and its first mask is computed) before any
+        // work, so a bad one fails the turn at once.
+        let guide = match &params.constraint {
+            Some(c) => Some(inner.grammars()?.start(c)?),
+            None => None,
+        };
         // Reuse the longest common prefix; recompute the rest. At least the
         // last prompt token is run, for its logits.
         let common = st.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
@@ -198,7 +207,7 @@ impl RunningTurn {
         sampler.set_rng_state(rng);
         let room = inner.model.n_ctx().saturating_sub(prompt.len());
         let bar = turn::prompt_bar(inner.progress, prompt.len() - common);
-        RunningTurn {
+        Ok(RunningTurn {
             inner: Arc::clone(inner),
             target: None,
             history: prompt.clone(),
@@ -222,9 +231,11 @@ impl RunningTurn {
             t0,
             ttft: None,
             bar,
+            guide,
+            failure: None,
             prompt,
             st,
-        }
+        })
     }
 
     pub(crate) fn with_target(mut self, target: Arc<Mutex<SessionState>>) -> RunningTurn {
@@ -240,6 +251,13 @@ impl RunningTurn {
     /// Why it stopped, once it has.
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finish
+    }
+
+    /// The error that ended the turn, if one did (a constraint that could not
+    /// be met): [`commit`](Self::commit) returns it, and leaves the session
+    /// unchanged.
+    pub fn error(&self) -> Option<&Error> {
+        self.failure.as_ref()
     }
 
     /// The answer's text produced since the last call. Text that could be the
@@ -293,7 +311,7 @@ impl RunningTurn {
     /// completion, only the prefix cache learns its blocks) and returns what
     /// it cost.
     ///
-    /// Errors: [`Error::TurnNotFinished`].
+    /// Errors: [`Error::TurnNotFinished`], or the turn's own [`error`](Self::error).
     pub fn commit(self) -> Result<TurnStats> {
         let target = self.target.clone();
         let (st, stats) = self.into_state()?;
@@ -304,7 +322,10 @@ impl RunningTurn {
     }
 
     /// The finished turn's session state, and its cost.
-    pub(crate) fn into_state(self) -> Result<(SessionState, TurnStats)> {
+    pub(crate) fn into_state(mut self) -> Result<(SessionState, TurnStats)> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
         if self.finish.is_none() {
             return Err(Error::TurnNotFinished);
         }
@@ -373,6 +394,12 @@ impl RunningTurn {
             return self.end(FinishReason::Length);
         }
         let raw = self.top_logprobs.map(|_| logits.to_vec());
+        // The constraint's mask comes before every other sampling stage.
+        if let Some(guide) = &mut self.guide {
+            if let Err(e) = guide.apply(logits) {
+                return self.fail(e);
+            }
+        }
         let id = self.sampler.sample(logits, &self.history);
         self.ttft.get_or_insert_with(|| self.t0.elapsed());
         self.generated += 1;
@@ -381,6 +408,14 @@ impl RunningTurn {
         if tok.is_eog(id) {
             return self.end(FinishReason::Stop);
         }
+        // The grammar learns the token (its next mask is then computed while
+        // the next forward pass runs); a grammar that admits nothing more has
+        // a complete answer.
+        let complete = match self.guide.as_mut().map(|g| g.commit(id)) {
+            Some(Err(e)) => return self.fail(e),
+            Some(Ok(done)) => done,
+            None => false,
+        };
         let piece = tok.token_to_piece(id).unwrap_or_default();
         if let (Some(n), Some(raw)) = (self.top_logprobs, raw) {
             self.logprobs.push(logprob_of(&self.inner, &raw, id, n));
@@ -396,10 +431,19 @@ impl RunningTurn {
             self.finish = Some(FinishReason::Stop);
             return;
         }
+        if complete {
+            return self.end(FinishReason::Stop);
+        }
         if self.generated == self.max {
             return self.end(FinishReason::Length);
         }
         self.next = Some(id);
+    }
+
+    /// Ends the turn with an error; its session stays as it was.
+    fn fail(&mut self, e: Error) {
+        self.failure = Some(e);
+        self.finish = Some(FinishReason::Stop);
     }
 
     /// Ends the answer, flushing what was held back.

@@ -1,0 +1,164 @@
+//! Structured output: constraints that limit what the model may write to a
+//! regular expression, a JSON Schema, any JSON, or a Lark grammar.
+//!
+//! [llguidance](https://github.com/guidance-ai/llguidance) compiles the
+//! constraint against the model's vocabulary (read from the GGUF through our
+//! tokenizer) and gives, at each step, the set of tokens that keep the answer
+//! inside it. The sampler then only sees those tokens. The mask for the next
+//! token is computed on a thread of its own while the forward pass runs.
+//!
+//! ```no_run
+//! use colloquy::language::*;
+//! # #[tokio::main] async fn main() {
+//! let llm = Llama::new_chat().await.unwrap();
+//! let mut chat = llm.chat();
+//! let answer = chat("Pick a primary colour.")
+//!     .with_constraints(Constraint::regex("(red|green|blue)"))
+//!     .await
+//!     .unwrap();
+//! assert!(["red", "green", "blue"].contains(&answer.as_str()));
+//! # }
+//! ```
+
+mod guide;
+mod vocab;
+
+use std::sync::Arc;
+
+use llguidance::api::{ParserLimits, TopLevelGrammar};
+use llguidance::ParserFactory;
+
+use crate::error::{Error, Result};
+
+pub(crate) use guide::Guide;
+
+/// What an answer must look like.
+///
+/// ```
+/// use colloquy::constraint::Constraint;
+/// let digits = Constraint::regex(r"[0-9]{1,4}");
+/// let person = Constraint::json_schema(serde_json::json!({
+///     "type": "object",
+///     "properties": { "name": { "type": "string" }, "age": { "type": "integer", "minimum": 0 } },
+///     "required": ["name", "age"]
+/// }));
+/// assert_ne!(digits, person);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Constraint {
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Regex(String),
+    JsonSchema(serde_json::Value),
+    Lark(String),
+}
+
+impl Constraint {
+    /// The answer matches the regular expression as a whole (Rust `regex`
+    /// syntax, anchored at both ends).
+    ///
+    /// ```
+    /// let yes_no = colloquy::constraint::Constraint::regex("(yes|no)");
+    /// ```
+    pub fn regex(re: impl Into<String>) -> Constraint {
+        Constraint { kind: Kind::Regex(re.into()) }
+    }
+
+    /// The answer is JSON that validates against `schema` (JSON Schema, as
+    /// llguidance supports it: objects, arrays, enums, bounds, patterns,
+    /// `anyOf`, `$ref`).
+    ///
+    /// ```
+    /// let list = colloquy::constraint::Constraint::json_schema(
+    ///     serde_json::json!({ "type": "array", "items": { "type": "string" }, "maxItems": 3 }),
+    /// );
+    /// ```
+    pub fn json_schema(schema: serde_json::Value) -> Constraint {
+        Constraint { kind: Kind::JsonSchema(schema) }
+    }
+
+    /// The answer is any JSON value.
+    ///
+    /// ```
+    /// let any = colloquy::constraint::Constraint::json();
+    /// ```
+    pub fn json() -> Constraint {
+        Constraint::json_schema(serde_json::json!({}))
+    }
+
+    /// The answer is a JSON object (OpenAI's `{"type": "json_object"}`).
+    ///
+    /// ```
+    /// let object = colloquy::constraint::Constraint::json_object();
+    /// ```
+    pub fn json_object() -> Constraint {
+        Constraint::json_schema(serde_json::json!({ "type": "object" }))
+    }
+
+    /// The answer is JSON for a value of `T`: its schema comes from
+    /// `schemars`, as [`ChatResponseBuilder::typed`](crate::ChatResponseBuilder::typed) uses it.
+    ///
+    /// ```
+    /// #[derive(schemars::JsonSchema)]
+    /// struct Point { x: i32, y: i32 }
+    /// let point = colloquy::constraint::Constraint::for_type::<Point>();
+    /// ```
+    pub fn for_type<T: schemars::JsonSchema>() -> Constraint {
+        let schema = schemars::schema_for!(T);
+        Constraint::json_schema(schema.to_value())
+    }
+
+    /// The answer is a sentence of a Lark grammar, in llguidance's dialect
+    /// (`start` is the top rule; `%json { … }` embeds a JSON Schema; a
+    /// terminal can be a `/regex/`).
+    ///
+    /// ```
+    /// let sum = colloquy::constraint::Constraint::lark(r#"start: NUM ("+" NUM)*
+    /// NUM: /[0-9]+/"#);
+    /// ```
+    pub fn lark(grammar: impl Into<String>) -> Constraint {
+        Constraint { kind: Kind::Lark(grammar.into()) }
+    }
+
+    fn grammar(&self) -> TopLevelGrammar {
+        match &self.kind {
+            Kind::Regex(re) => TopLevelGrammar::from_regex(re),
+            Kind::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
+            Kind::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
+        }
+    }
+}
+
+/// One model's grammar compiler: its token trie and llguidance's limits.
+pub(crate) struct Grammars {
+    factory: ParserFactory,
+}
+
+impl Grammars {
+    /// Builds the token trie of `tokenizer`'s vocabulary.
+    pub(crate) fn new(tokenizer: &colloquy_engine::tokenizer::Tokenizer) -> Result<Arc<Grammars>> {
+        let env = vocab::VocabEnv::new(tokenizer);
+        let mut factory = ParserFactory::new_simple(&env)
+            .map_err(|e| Error::ConstraintInvalid(format!("building the token trie: {e}")))?;
+        factory.quiet();
+        // llguidance's defaults bound each step's work; the grammar's size and
+        // the lexer's start-up work are bounded tighter, so that a grammar too
+        // big to compile quickly is refused (well) within a second.
+        *factory.limits_mut() =
+            ParserLimits { max_grammar_size: 200_000, initial_lexer_fuel: 2_000_000, ..ParserLimits::default() };
+        Ok(Arc::new(Grammars { factory }))
+    }
+
+    /// Compiles `constraint` and starts its guide, whose first mask is ready
+    /// (so a constraint that cannot be met at all fails here, not mid-answer).
+    pub(crate) fn start(&self, constraint: &Constraint) -> Result<Guide> {
+        let parser = self
+            .factory
+            .create_parser(constraint.grammar())
+            .map_err(|e| Error::ConstraintInvalid(e.to_string()))?;
+        Guide::start(parser)
+    }
+}
