@@ -9,6 +9,7 @@ use futures_channel::mpsc;
 use futures_core::Stream;
 use futures_util::lock::Mutex;
 
+use crate::constraint::Constraint;
 use crate::error::Error;
 use crate::message::{ChatMessage, MessageType};
 use crate::params::GenerationParameters;
@@ -87,6 +88,7 @@ where
             shared: Arc::clone(&for_call),
             message: text.to_string(),
             sampler: None,
+            constraint: None,
             running: None,
         });
         Chat { shared, call }
@@ -177,6 +179,7 @@ pub struct ChatResponseBuilder<M: ChatModel> {
     shared: Arc<Shared<M>>,
     message: String,
     sampler: Option<GenerationParameters>,
+    constraint: Option<Constraint>,
     running: Option<(TurnFuture<M::Error>, mpsc::UnboundedReceiver<String>, bool)>,
 }
 
@@ -198,6 +201,52 @@ where
     pub fn with_sampler(mut self, sampler: GenerationParameters) -> Self {
         self.sampler = Some(sampler);
         self
+    }
+
+    /// Limits this turn's answer to `constraint` (a regex, a JSON Schema, any
+    /// JSON or a Lark grammar). The answer streams as usual; the turn ends when
+    /// the constraint is complete.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let mut chat = llm.chat();
+    /// let year = chat("When did Apollo 11 land?")
+    ///     .with_constraints(Constraint::regex("[0-9]{4}"))
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(year.len(), 4);
+    /// # }
+    /// ```
+    pub fn with_constraints(mut self, constraint: Constraint) -> Self {
+        self.constraint = Some(constraint);
+        self
+    }
+
+    /// The answer as a value of `T`: the model can only write JSON for `T`'s
+    /// schema (from `schemars`), which is then parsed with `serde_json`.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct City { name: String, country: String }
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// let mut chat = llm.chat();
+    /// let city: City = chat("Name a city in Japan.").typed().await.unwrap();
+    /// # }
+    /// ```
+    pub async fn typed<T>(mut self) -> Result<T, M::Error>
+    where
+        T: serde::de::DeserializeOwned + schemars::JsonSchema,
+    {
+        self.constraint = Some(Constraint::for_type::<T>());
+        let text = self.collect_with(|_| {}).await?;
+        serde_json::from_str(&text).map_err(|e| {
+            let reason = format!("{e}; the answer was {text:?}");
+            M::Error::from(Error::TypedAnswer { type_name: std::any::type_name::<T>(), reason })
+        })
     }
 
     /// Prints the answer to stdout as it is generated, and returns it.
@@ -250,6 +299,7 @@ where
         let shared = Arc::clone(&self.shared);
         let message = std::mem::take(&mut self.message);
         let sampler = self.sampler.take();
+        let constraint = self.constraint.take();
         let fut: TurnFuture<M::Error> = Box::pin(async move {
             let mut slot = shared.session.lock().await;
             let (sampler, system_prompt) = {
@@ -258,6 +308,10 @@ where
                     *slot = Some(s);
                 }
                 (sampler.unwrap_or_else(|| settings.sampler.clone()), settings.system_prompt.clone())
+            };
+            let sampler = match constraint {
+                Some(c) => sampler.with_constraints(c),
+                None => sampler,
             };
             let session = match slot.take() {
                 Some(s) => s,

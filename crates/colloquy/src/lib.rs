@@ -108,6 +108,9 @@ pub use llama::{Llama, LlamaBuilder, LlamaSource, DEFAULT_CONTEXT_MEMORY};
 pub use message::{ChatMessage, MessageType};
 pub use params::GenerationParameters;
 pub use running::{FinishReason, RunningTurn};
+/// The `schemars` this crate derives schemas with, for `#[derive(JsonSchema)]`
+/// on the types you ask [`ChatResponseBuilder::typed`] for.
+pub use schemars;
 pub use session::LlamaChatSession;
 pub use session::TurnStats;
 pub use store::SessionStore;
@@ -121,9 +124,9 @@ pub use traits::{ChatModel, ChatSession};
 /// ```
 pub mod language {
     pub use crate::{
-        Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, Constraint, ContextPolicy, Error, FinishReason,
-        GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType, Precision,
-        RunningTurn, SessionStore, TurnStats,
+        Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, Constraint, ContextPolicy, Error,
+        FinishReason, GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType,
+        Precision, RunningTurn, SessionStore, TurnStats,
     };
     pub use futures_util::StreamExt;
 }

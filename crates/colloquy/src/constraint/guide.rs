@@ -13,6 +13,13 @@ use llguidance::{Matcher, TokenParser};
 
 use crate::error::{Error, Result};
 
+/// The guide thread's stack: grammar compilation recurses over the grammar's
+/// nesting. Only the pages touched are ever committed.
+const GUIDE_STACK: usize = 256 << 20;
+
+/// The longest a constraint may take to compile and give its first mask.
+const COMPILE_DEADLINE: std::time::Duration = std::time::Duration::from_millis(750);
+
 enum Reply {
     /// The token was taken; `true` when the grammar admits nothing more.
     Consumed(std::result::Result<bool, String>),
@@ -31,21 +38,54 @@ pub(crate) struct Guide {
 }
 
 impl Guide {
-    /// Computes the first mask here (an unsatisfiable constraint fails now),
-    /// then hands the matcher to its worker.
-    pub(crate) fn start(parser: TokenParser) -> Result<Guide> {
-        let mut matcher = Matcher::new(Ok(parser));
-        let first = matcher.compute_mask().map_err(|e| Error::ConstraintInvalid(e.to_string()))?;
+    /// Compiles the grammar and computes the first mask on the guide's own
+    /// thread (an unsatisfiable constraint fails now, before any model work),
+    /// then leaves the matcher there. The thread has a deep stack: a deeply
+    /// nested grammar must get an error, not overflow the caller's stack.
+    pub(crate) fn start<F>(compile: F) -> Result<Guide>
+    where
+        F: FnOnce() -> Result<TokenParser> + Send + 'static,
+    {
+        let (tokens, rx) = mpsc::channel::<u32>();
+        let (tx, replies) = mpsc::channel();
+        let (started_tx, started) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("colloquy-guide".into())
+            .stack_size(GUIDE_STACK)
+            .spawn(move || {
+                let first = compile().and_then(|parser| {
+                    let mut matcher = Matcher::new(Ok(parser));
+                    let mask = matcher.compute_mask().map_err(|e| Error::ConstraintInvalid(e.to_string()))?;
+                    Ok((matcher, mask))
+                });
+                match first {
+                    Ok((matcher, mask)) => {
+                        if started_tx.send(Ok(mask)).is_ok() {
+                            worker(matcher, rx, tx);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| Error::ConstraintUnsatisfiable(format!("starting the mask thread: {e}")))?;
+        // Compiling is bounded by llguidance's limits, but some grammars under
+        // them still take long (many optional object properties); those are
+        // refused at the deadline, and the thread finishes on its own.
+        let first = match started.recv_timeout(COMPILE_DEADLINE) {
+            Ok(first) => first?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(Error::ConstraintInvalid(format!(
+                    "the constraint did not compile within {COMPILE_DEADLINE:?}; simplify it"
+                )))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(worker_gone()),
+        };
         if first.is_zero() {
             return Err(Error::ConstraintUnsatisfiable("no token can start the answer".into()));
         }
         let n_trie = first.len();
-        let (tokens, rx) = mpsc::channel::<u32>();
-        let (tx, replies) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("colloquy-guide".into())
-            .spawn(move || worker(matcher, rx, tx))
-            .map_err(|e| Error::ConstraintUnsatisfiable(format!("starting the mask thread: {e}")))?;
         Ok(Guide { tokens, replies, ready: Some(first), n_trie })
     }
 

@@ -123,6 +123,14 @@ impl Constraint {
         Constraint { kind: Kind::Lark(grammar.into()) }
     }
 
+    /// The size of the constraint's source text, in bytes.
+    fn source_len(&self) -> usize {
+        match &self.kind {
+            Kind::Regex(s) | Kind::Lark(s) => s.len(),
+            Kind::JsonSchema(schema) => schema.to_string().len(),
+        }
+    }
+
     fn grammar(&self) -> TopLevelGrammar {
         match &self.kind {
             Kind::Regex(re) => TopLevelGrammar::from_regex(re),
@@ -131,6 +139,10 @@ impl Constraint {
         }
     }
 }
+
+/// The largest constraint source accepted (a regex, a Lark grammar, or a
+/// schema's JSON text); larger ones are refused before compiling.
+const MAX_SOURCE_BYTES: usize = 256 << 10;
 
 /// One model's grammar compiler: its token trie and llguidance's limits.
 pub(crate) struct Grammars {
@@ -147,18 +159,27 @@ impl Grammars {
         // llguidance's defaults bound each step's work; the grammar's size and
         // the lexer's start-up work are bounded tighter, so that a grammar too
         // big to compile quickly is refused (well) within a second.
-        *factory.limits_mut() =
-            ParserLimits { max_grammar_size: 200_000, initial_lexer_fuel: 2_000_000, ..ParserLimits::default() };
+        *factory.limits_mut() = ParserLimits {
+            max_grammar_size: 50_000,
+            initial_lexer_fuel: 2_000_000,
+            ..ParserLimits::default()
+        };
         Ok(Arc::new(Grammars { factory }))
     }
 
     /// Compiles `constraint` and starts its guide, whose first mask is ready
     /// (so a constraint that cannot be met at all fails here, not mid-answer).
-    pub(crate) fn start(&self, constraint: &Constraint) -> Result<Guide> {
-        let parser = self
-            .factory
-            .create_parser(constraint.grammar())
-            .map_err(|e| Error::ConstraintInvalid(e.to_string()))?;
-        Guide::start(parser)
+    pub(crate) fn start(self: &Arc<Self>, constraint: &Constraint) -> Result<Guide> {
+        let size = constraint.source_len();
+        if size > MAX_SOURCE_BYTES {
+            return Err(Error::ConstraintInvalid(format!(
+                "the constraint is {size} bytes; at most {MAX_SOURCE_BYTES} are accepted"
+            )));
+        }
+        let grammars = Arc::clone(self);
+        let grammar = constraint.grammar();
+        Guide::start(move || {
+            grammars.factory.create_parser(grammar).map_err(|e| Error::ConstraintInvalid(e.to_string()))
+        })
     }
 }
