@@ -96,6 +96,7 @@ pub mod running;
 pub mod session;
 pub mod store;
 pub mod template;
+pub mod tools;
 mod traits;
 mod turn;
 

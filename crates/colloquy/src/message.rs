@@ -14,15 +14,18 @@ pub enum MessageType {
     UserMessage,
     /// An answer from the model.
     ModelAnswer,
+    /// The result of a tool the model called (see [`crate::tools`]).
+    ToolResult,
 }
 
 impl MessageType {
-    /// The role name chat templates use: `system`, `user` or `assistant`.
+    /// The role name chat templates use: `system`, `user`, `assistant` or `tool`.
     pub fn as_role(self) -> &'static str {
         match self {
             MessageType::SystemPrompt => "system",
             MessageType::UserMessage => "user",
             MessageType::ModelAnswer => "assistant",
+            MessageType::ToolResult => "tool",
         }
     }
 
@@ -31,6 +34,7 @@ impl MessageType {
             MessageType::SystemPrompt => 0,
             MessageType::UserMessage => 1,
             MessageType::ModelAnswer => 2,
+            MessageType::ToolResult => 3,
         }
     }
 
@@ -39,6 +43,7 @@ impl MessageType {
             0 => Some(MessageType::SystemPrompt),
             1 => Some(MessageType::UserMessage),
             2 => Some(MessageType::ModelAnswer),
+            3 => Some(MessageType::ToolResult),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 
 use crate::error::{Error, Result};
-use crate::message::ChatMessage;
+use crate::message::{ChatMessage, MessageType};
 
 /// The template used when a GGUF ships none and the architecture has no
 /// turn format of its own: ChatML.
@@ -32,6 +32,9 @@ pub const GEMMA: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Whether the template handles the `tool` role itself; if not, a tool's
+    /// result is given as a user message wrapped in `<tool_response>`.
+    tool_role: bool,
     bos: String,
     eos: String,
 }
@@ -49,7 +52,8 @@ impl ChatTemplate {
         });
         env.add_function("strftime_now", |fmt: String| chrono::Local::now().format(&fmt).to_string());
         env.add_template_owned("chat", source.to_string()).map_err(Error::TemplateSyntax)?;
-        Ok(ChatTemplate { env, bos: bos.to_string(), eos: eos.to_string() })
+        let tool_role = source.contains("'tool'") || source.contains("\"tool\"");
+        Ok(ChatTemplate { env, tool_role, bos: bos.to_string(), eos: eos.to_string() })
     }
 
     /// Renders a conversation. With `add_generation_prompt`, the text ends where the
@@ -57,7 +61,13 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let msgs: Vec<_> = messages
             .iter()
-            .map(|m| context! { role => m.role().as_role(), content => m.content() })
+            .map(|m| match m.role() {
+                MessageType::ToolResult if !self.tool_role => context! {
+                    role => "user",
+                    content => format!("<tool_response>\n{}\n</tool_response>", m.content()),
+                },
+                role => context! { role => role.as_role(), content => m.content() },
+            })
             .collect();
         let tmpl = self.env.get_template("chat").map_err(Error::TemplateSyntax)?;
         tmpl.render(context! {

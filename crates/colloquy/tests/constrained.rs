@@ -368,3 +368,60 @@ fn bad_constraints_are_typed_errors_within_a_second() {
     let (text, _) = constrained(&llm, "Yes or no?", Constraint::regex("(yes|no)"), 8);
     assert!(text == "yes" || text == "no");
 }
+
+/// A required call is a call to a listed tool with arguments that validate;
+/// a named one calls that tool; auto may answer in text; and the tool's
+/// result appends to the session, whose next turn runs on it.
+#[test]
+fn tool_calls_are_constrained_parsed_and_answered() {
+    use colloquy::tools::{constraint, parse_tool_calls, system_prompt, Tool, ToolChoice};
+    let llm = llm();
+    let params = json!({ "type": "object",
+                         "properties": { "city": { "type": "string", "maxLength": 20 },
+                                         "unit": { "enum": ["celsius", "fahrenheit"] } },
+                         "required": ["city", "unit"], "additionalProperties": false });
+    let tools = vec![
+        Tool::new("get_weather", "The current weather in a city", params.clone()),
+        Tool::new(
+            "get_time",
+            "The current time in a city",
+            json!({ "type": "object",
+            "properties": { "city": { "type": "string", "maxLength": 20 } }, "required": ["city"] }),
+        ),
+    ];
+    let validator = jsonschema::validator_for(&params).unwrap();
+    let sys = ChatMessage::new(MessageType::SystemPrompt, system_prompt(&tools));
+    for choice in [ToolChoice::Required, ToolChoice::Named("get_weather".into())] {
+        let c = constraint(&tools, &choice).unwrap().unwrap();
+        let mut session = llm.new_chat_session().unwrap();
+        let msgs = [sys.clone(), user("What is the weather in Paris?")];
+        block_on(llm.add_messages_with_callback(
+            &mut session,
+            &msgs,
+            greedy(96).with_constraints(c),
+            Box::new(|_| {}),
+        ))
+        .unwrap();
+        let answer = session.transcript()[2].content().to_string();
+        let calls = parse_tool_calls(&answer);
+        assert_eq!(calls.len(), 1, "{choice:?}: {answer}");
+        assert!(tools.iter().any(|t| t.name == calls[0].name), "{answer}");
+        if calls[0].name == "get_weather" {
+            assert!(validator.is_valid(&calls[0].arguments), "{answer}");
+        }
+        // The result goes back in; the model answers from it.
+        let result = ChatMessage::new(MessageType::ToolResult, r#"{"temperature": 21, "sky": "clear"}"#);
+        let text = common::ask_messages(&llm, &mut session, &[result], 24);
+        assert!(!text.is_empty());
+        assert_eq!(session.history()[3].role(), MessageType::ToolResult);
+    }
+    // Auto: a text answer is allowed, and an answer that starts a call is one.
+    let c = constraint(&tools, &ToolChoice::Auto).unwrap().unwrap();
+    for q in ["What is the weather in Rome?", "Say hello."] {
+        let (text, why) = constrained(&llm, q, c.clone(), 96);
+        assert_eq!(why, Some(FinishReason::Stop), "{text}");
+        if text.starts_with('<') {
+            assert_eq!(parse_tool_calls(&text).len(), 1, "{text}");
+        }
+    }
+}
