@@ -111,6 +111,63 @@ t3 = client.chat.completions.create(
 )
 check(len(http("GET", f"/v1/sessions/{sid}")["messages"]) == 6, "a resent transcript is not duplicated")
 
+# response_format json_schema (OpenAI's wrapper shape): the content is JSON
+# that has the schema's fields and types.
+person = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 20},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
+r = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Describe a person."}], temperature=0, max_tokens=96,
+    response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": person, "strict": True}})
+strict(ChatCompletion, r)
+value = json.loads(r.choices[0].message.content)
+check(set(value) == {"name", "age"} and isinstance(value["name"], str) and len(value["name"]) <= 20
+      and isinstance(value["age"], int) and 0 <= value["age"] <= 120, f"response_format json_schema: {value}")
+r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Give a JSON object with a name."}],
+                                   temperature=0, max_tokens=256, response_format={"type": "json_object"})
+check(r.choices[0].finish_reason == "stop", f"json_object: the object ends ({r.choices[0].message.content!r})")
+check(isinstance(json.loads(r.choices[0].message.content), dict), "response_format json_object is an object")
+try:
+    client.chat.completions.create(model=model, messages=msgs, response_format={
+        "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nonsense"}}})
+    raise AssertionError("an invalid schema was accepted")
+except openai.BadRequestError as e:
+    check(e.param == "response_format", f"an invalid schema is a 400 naming response_format ({e.message})")
+
+# Tools: a required call comes back as tool_calls, whole and streamed, with
+# arguments that parse; the tool's result then gets an answer.
+weather = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string", "maxLength": 20}}}}}
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+r = client.chat.completions.create(model=model, messages=ask, tools=[weather], tool_choice="required",
+                                   temperature=0, max_tokens=96)
+strict(ChatCompletion, r)
+call = r.choices[0].message.tool_calls[0] if r.choices[0].message.tool_calls else None
+check(r.choices[0].finish_reason == "tool_calls" and call is not None and call.function.name == "get_weather",
+      "tools: a tool_calls message with finish_reason tool_calls")
+args = json.loads(call.function.arguments)
+check(set(args) == {"city"} and isinstance(args["city"], str), f"the call's arguments parse: {args}")
+check(r.choices[0].message.content is None and call.id.startswith("call_"), "content is null; the call has an id")
+chunks = list(client.chat.completions.create(model=model, messages=ask, tools=[weather], tool_choice="required",
+                                             temperature=0, max_tokens=96, stream=True))
+for c in chunks:
+    strict(ChatCompletionChunk, c)
+deltas = [t for c in chunks for ch in c.choices for t in (ch.delta.tool_calls or [])]
+check(len(deltas) >= 2 and (deltas[0].id or "").startswith("call_") and deltas[0].function.name == "get_weather",
+      "streamed: the first tool delta has the id and name")
+check(all(d.function.name is None and d.id is None for d in deltas[1:]), "later deltas carry only arguments")
+streamed_args = "".join(d.function.arguments or "" for d in deltas)
+check(json.loads(streamed_args) == args, "the streamed arguments equal the whole reply's")
+check([ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason] == ["tool_calls"],
+      "streamed finish_reason is tool_calls")
+follow = ask + [r.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21, "sky": "clear"}'}]
+r = client.chat.completions.create(model=model, messages=follow, tools=[weather], temperature=0, max_tokens=32)
+strict(ChatCompletion, r)
+check(r.choices[0].finish_reason in ("stop", "length", "tool_calls"), "a tool result gets an answer")
+
 # An over-long prompt: the client's typed exception, with the server's message.
 try:
     client.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * 9000}], max_tokens=4)

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::error::ApiError;
 use crate::scheduler::Event;
 use crate::sessions::{new_id, Held};
+use crate::structured::{tool_calls_json, CallStream};
 use crate::wire::{chat_logprobs, completion_logprobs, ChatRequest, CompletionRequest};
 use crate::{blocking, ApiJson, App};
 
@@ -38,6 +39,22 @@ struct Reply {
     want_logprobs: bool,
     echo: Option<String>,
     held: Option<Held>,
+    /// The answer may be tool calls (the request had tools).
+    calls_expected: bool,
+}
+
+/// Describes `tools` to the model in the system prompt (the first message,
+/// which is added if there is none). A request that repeats its
+/// conversation gets the same prompt each time, so a stored session's
+/// transcript still matches it.
+fn describe_tools(messages: &mut Vec<ChatMessage>, tools: &[colloquy::tools::Tool]) {
+    let prompt = colloquy::tools::system_prompt(tools);
+    match messages.first_mut() {
+        Some(m) if m.role() == MessageType::SystemPrompt => {
+            *m = ChatMessage::new(MessageType::SystemPrompt, format!("{prompt}\n\n{}", m.content()));
+        }
+        _ => messages.insert(0, ChatMessage::new(MessageType::SystemPrompt, prompt)),
+    }
 }
 
 fn now() -> u64 {
@@ -76,8 +93,15 @@ pub async fn chat(
 
 async fn chat_reply(app: App, headers: HeaderMap, req: ChatRequest) -> Result<Response, ApiError> {
     let model = app.check_model(req.model.as_deref())?;
-    let params = req.params(app.config.max_tokens)?;
-    let messages = req.chat_messages()?;
+    let structure = req.structure()?;
+    let mut params = req.params(app.config.max_tokens)?;
+    if let Some(c) = structure.constraint.clone() {
+        params = params.with_constraints(c);
+    }
+    let mut messages = req.chat_messages()?;
+    if !structure.tools.is_empty() {
+        describe_tools(&mut messages, &structure.tools);
+    }
     let wait = req.session_wait.unwrap_or(true);
     let held = match session_id(&req, &headers) {
         Some(id) => Some(app.sessions.hold(&id, wait).await?),
@@ -91,16 +115,24 @@ async fn chat_reply(app: App, headers: HeaderMap, req: ChatRequest) -> Result<Re
         }
         None => (Some(app.llm.new_chat_session()?), messages),
     };
-    let last_is_user = match held.as_ref().map(|h| h.session().transcript()) {
-        _ if !new.is_empty() => new.last().is_some_and(|m| m.role() == MessageType::UserMessage),
-        Some(t) => t.last().is_some_and(|m| m.role() == MessageType::UserMessage),
+    let asks = |m: &ChatMessage| matches!(m.role(), MessageType::UserMessage | MessageType::ToolResult);
+    let last_asks = match held.as_ref().map(|h| h.session().transcript()) {
+        _ if !new.is_empty() => new.last().is_some_and(asks),
+        Some(t) => t.last().is_some_and(asks),
         None => false,
     };
-    if !last_is_user {
-        return Err(ApiError::invalid("messages", "the conversation must end with a user message"));
+    if !last_asks {
+        return Err(ApiError::invalid("messages", "the conversation must end with a user or tool message"));
     }
     let llm = app.llm.clone();
-    let (turn, held) = blocking_turn(held, session, move |s| llm.begin_turn(s, &new, &params)).await?;
+    let begun = blocking_turn(held, session, move |s| llm.begin_turn(s, &new, &params)).await;
+    let (turn, held) = match begun {
+        // A constraint that does not compile is the fault of the field it came from.
+        Err(ApiError::InvalidRequest { param: Some(p), message }) if p == "response_format" => {
+            Err(ApiError::invalid(structure.param, message))
+        }
+        r => r,
+    }?;
     let reply = Reply {
         kind: Kind::Chat,
         id: format!("chatcmpl-{}", new_id()?),
@@ -110,6 +142,7 @@ async fn chat_reply(app: App, headers: HeaderMap, req: ChatRequest) -> Result<Re
         want_logprobs: req.logprobs.unwrap_or(false),
         echo: None,
         held,
+        calls_expected: structure.calls_expected,
     };
     respond(app, turn, reply, req.sampling.stream).await
 }
@@ -154,6 +187,7 @@ async fn completion_reply(app: App, req: CompletionRequest) -> Result<Response, 
         want_logprobs: req.logprobs.is_some(),
         echo: req.echo.then_some(prompt),
         held: None,
+        calls_expected: false,
     };
     respond(app, turn, reply, req.sampling.stream).await
 }
@@ -229,7 +263,11 @@ async fn whole_reply(
     };
     let done = finish(&app, turn, reply.held.take()).await?;
     let logprobs = logprobs_json(&reply, &lps, 0);
+    let calls = if reply.calls_expected { colloquy::tools::parse_tool_calls(&text) } else { Vec::new() };
     let choice = match reply.kind {
+        Kind::Chat if !calls.is_empty() => json!({"index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)?},
+            "logprobs": logprobs, "finish_reason": "tool_calls"}),
         Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
                               "logprobs": logprobs, "finish_reason": done.finish_reason}),
         Kind::Text => {
@@ -291,6 +329,7 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
             return;
         }
         let mut offset = 0;
+        let mut calls = CallStream::new(reply.calls_expected);
         let turn = loop {
             let ev = tokio::select! {
                 ev = events.recv() => ev,
@@ -300,6 +339,10 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
                 Some(Event::Text(t, l)) => {
                     let lp = logprobs_json(&reply, &l, offset);
                     offset += t.len();
+                    let t = calls.push(&t);
+                    if t.is_empty() && lp.is_null() {
+                        continue;
+                    }
                     let c = chunk(&reply, &fp, Some(json!({"content": t})), &t, lp, None);
                     if tx.send(c).await.is_err() {
                         return;
@@ -313,9 +356,27 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
                 None => return,
             }
         };
+        let (rest, call_deltas) = match calls.finish() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(e.body()).await;
+                return;
+            }
+        };
         match finish(&app, turn, reply.held.take()).await {
             Ok(done) => {
-                let _ = tx.send(chunk(&reply, &fp, None, "", Value::Null, Some(done.finish_reason))).await;
+                if !rest.is_empty() {
+                    let _ = tx
+                        .send(chunk(&reply, &fp, Some(json!({"content": rest})), &rest, Value::Null, None))
+                        .await;
+                }
+                let reason = if call_deltas.is_empty() { done.finish_reason } else { "tool_calls" };
+                for d in call_deltas {
+                    let _ = tx
+                        .send(chunk(&reply, &fp, Some(json!({"tool_calls": d})), "", Value::Null, None))
+                        .await;
+                }
+                let _ = tx.send(chunk(&reply, &fp, None, "", Value::Null, Some(reason))).await;
                 if reply.include_usage {
                     let mut u = chunk(&reply, &fp, None, "", Value::Null, None);
                     u["choices"] = json!([]);

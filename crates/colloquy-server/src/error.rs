@@ -136,6 +136,10 @@ impl From<colloquy::Error> for ApiError {
             colloquy::Error::EmptyPrompt => ApiError::invalid("prompt", e.to_string()),
             colloquy::Error::ForkOutOfRange { .. } => ApiError::invalid("at", e.to_string()),
             colloquy::Error::StoreInvalidId { .. } => ApiError::invalid("session_id", e.to_string()),
+            // The chat route blames the field the constraint came from.
+            colloquy::Error::ConstraintInvalid(_) | colloquy::Error::ConstraintUnsatisfiable(_) => {
+                ApiError::invalid("response_format", e.to_string())
+            }
             e => ApiError::Internal(e.to_string()),
         }
     }

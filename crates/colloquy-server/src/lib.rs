@@ -42,6 +42,7 @@ mod error;
 mod metrics;
 mod scheduler;
 mod sessions;
+pub mod structured;
 pub mod wire;
 
 pub use error::ApiError;

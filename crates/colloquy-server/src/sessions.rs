@@ -187,12 +187,7 @@ async fn blocking_keep<T: Send + 'static>(
 }
 
 fn message_json(m: &colloquy::ChatMessage) -> Value {
-    let role = match m.role() {
-        colloquy::MessageType::SystemPrompt => "system",
-        colloquy::MessageType::UserMessage => "user",
-        colloquy::MessageType::ModelAnswer => "assistant",
-    };
-    json!({"role": role, "content": m.content()})
+    json!({"role": m.role().as_role(), "content": m.content()})
 }
 
 /// `POST /v1/sessions`: a new, empty session.

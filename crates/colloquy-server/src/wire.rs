@@ -6,7 +6,10 @@ use colloquy::{ChatMessage, GenerationParameters, MessageType};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use colloquy::tools::ToolCall;
+
 use crate::error::ApiError;
+use crate::structured::{self, Structure};
 
 /// A message's content: a string, or a list of `{"type": "text", "text"}` parts.
 #[derive(Debug, Deserialize)]
@@ -21,11 +24,14 @@ pub enum Content {
 /// One message of a chat request.
 #[derive(Debug, Deserialize)]
 pub struct WireMessage {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The text (null is allowed for an assistant message, as OpenAI does).
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's calls, as a reply gave them.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
 }
 
 /// A stop sequence or a list of them.
@@ -99,9 +105,11 @@ pub struct ChatRequest {
     /// `false`: a turn sent while another runs on the session gets 409
     /// instead of waiting.
     pub session_wait: Option<bool>,
-    /// Not supported yet (structured output).
+    /// Functions the model may call.
     pub tools: Option<Vec<Value>>,
-    /// Only `{"type": "text"}` is supported yet.
+    /// `none`, `auto`, `required`, or a named function.
+    pub tool_choice: Option<Value>,
+    /// `text`, `json_object`, or `json_schema` with its schema.
     pub response_format: Option<Value>,
 }
 
@@ -206,17 +214,19 @@ impl ChatRequest {
         let mut out = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.iter().enumerate() {
             let param = format!("messages[{i}]");
-            let role = match m.role.as_str() {
-                "system" | "developer" => MessageType::SystemPrompt,
-                "user" => MessageType::UserMessage,
-                "assistant" => MessageType::ModelAnswer,
-                other => {
-                    return Err(ApiError::invalid(
+            let role =
+                match m.role.as_str() {
+                    "system" | "developer" => MessageType::SystemPrompt,
+                    "user" => MessageType::UserMessage,
+                    "assistant" => MessageType::ModelAnswer,
+                    "tool" => MessageType::ToolResult,
+                    other => return Err(ApiError::invalid(
                         &format!("{param}.role"),
-                        format!("role {other:?} is not supported; use system, developer, user or assistant"),
-                    ))
-                }
-            };
+                        format!(
+                            "role {other:?} is not supported; use system, developer, user, assistant or tool"
+                        ),
+                    )),
+                };
             let text = match &m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t.clone(),
@@ -237,28 +247,37 @@ impl ChatRequest {
                     text
                 }
             };
+            let text = match (&m.tool_calls, role) {
+                (Some(calls), MessageType::ModelAnswer) if !calls.is_empty() => {
+                    let mut all = text;
+                    for (k, c) in calls.iter().enumerate() {
+                        let call = wire_call(c).ok_or_else(|| {
+                            ApiError::invalid(
+                                &format!("{param}.tool_calls[{k}]"),
+                                "a tool call is {\"function\": {\"name\": ..., \"arguments\": \"<JSON text>\"}}",
+                            )
+                        })?;
+                        if !all.is_empty() {
+                            all.push('\n');
+                        }
+                        all.push_str(&call.to_text());
+                    }
+                    all
+                }
+                _ => text,
+            };
             out.push(ChatMessage::new(role, text));
         }
         Ok(out)
     }
 
-    /// The generation parameters (see [`Sampling::params`]), refusing the
-    /// fields that need structured output.
+    /// The answer's shape: its constraint and tools.
+    pub fn structure(&self) -> Result<Structure, ApiError> {
+        structured::structure(self.tools.as_deref(), self.tool_choice.as_ref(), self.response_format.as_ref())
+    }
+
+    /// The generation parameters (see [`Sampling::params`]).
     pub fn params(&self, ceiling: u32) -> Result<GenerationParameters, ApiError> {
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::invalid(
-                "tools",
-                "tool calls are not supported yet; send the request without tools",
-            ));
-        }
-        if let Some(f) = &self.response_format {
-            if f.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    "only response_format {\"type\": \"text\"} is supported yet",
-                ));
-            }
-        }
         let top = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (_, Some(n)) if !(0..=20).contains(&n) => {
                 return Err(ApiError::invalid(
@@ -274,6 +293,17 @@ impl ChatRequest {
         };
         self.sampling.params(ceiling, top)
     }
+}
+
+/// A call a client sends back in an assistant message.
+fn wire_call(c: &Value) -> Option<ToolCall> {
+    let f = c.get("function")?;
+    let name = f.get("name")?.as_str()?.to_string();
+    let arguments = match f.get("arguments")? {
+        Value::String(s) => serde_json::from_str(s).ok()?,
+        v => v.clone(),
+    };
+    Some(ToolCall { name, arguments })
 }
 
 impl CompletionRequest {
@@ -375,7 +405,7 @@ mod tests {
         assert_eq!(p.max_length(), 256);
         assert!(r.sampling.include_usage());
         assert_eq!(r.chat_messages().unwrap()[0].content(), "hi");
-        let bad = req(json!({"messages": [{"role": "tool", "content": "x"}]}));
+        let bad = req(json!({"messages": [{"role": "function", "content": "x"}]}));
         assert_eq!(bad.chat_messages().unwrap_err().body()["error"]["param"], "messages[0].role");
     }
 }
