@@ -39,6 +39,8 @@ pub struct ChatArgs {
     stats: bool,
     #[command(flatten)]
     context: crate::ContextArgs,
+    #[command(flatten)]
+    constraint: crate::constrain::ConstraintArgs,
     /// Read the message from this file (`-`: standard input), for messages
     /// longer than the shell accepts.
     #[arg(long, conflicts_with = "message")]
@@ -74,6 +76,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
 async fn run_async(args: ChatArgs) -> Result<()> {
     // Read the message first: a bad one costs no model load.
     let message = one_turn_message(&args)?;
+    let constraint = args.constraint.constraint()?;
     let mut builder = args.context.apply(Llama::builder().with_source(LlamaSource::named(&args.model)));
     if let Some(t) = args.threads {
         builder = builder.with_threads(t);
@@ -83,6 +86,9 @@ async fn run_async(args: ChatArgs) -> Result<()> {
         GenerationParameters::new().with_temperature(args.temperature).with_max_length(args.max_tokens);
     if let Some(s) = args.seed {
         params = params.with_seed(s);
+    }
+    if let Some(c) = constraint {
+        params = params.with_constraints(c);
     }
     let store = match &args.store {
         Some(dir) => Some(

@@ -17,6 +17,7 @@ mod bench_batch;
 mod bench_serve;
 mod bench_sessions;
 mod chat;
+mod constrain;
 mod progress;
 mod serve;
 mod sessions;
@@ -142,6 +143,8 @@ struct GenerateArgs {
     /// Context length in tokens (default: the model's trained length).
     #[arg(long)]
     ctx_size: Option<usize>,
+    #[command(flatten)]
+    constraint: constrain::ConstraintArgs,
 }
 
 /// Exit status of a save refused because another writer saved first.
@@ -291,6 +294,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if text.is_empty() {
         bail!("the prompt is empty; give some text to complete");
     }
+    if let Some(c) = args.constraint.constraint()? {
+        return generate_constrained(&args, &text, c);
+    }
     let model = load(&args.model, args.threads, args.precise, args.ctx_size)?;
     let prompt = prompt_ids(&model, &text);
     let mut kv = model.new_kv();
@@ -344,6 +350,47 @@ fn generate(args: GenerateArgs) -> Result<()> {
         // The first sampled token needs no forward pass; the rest each need one.
         new.len().saturating_sub(1) as f64 / t_gen.as_secs_f64().max(1e-9),
         model.threads(),
+    );
+    Ok(())
+}
+
+/// `generate` under a constraint: the library's completion turn, which
+/// applies the constraint's mask at every step.
+fn generate_constrained(args: &GenerateArgs, text: &str, c: colloquy::Constraint) -> Result<()> {
+    let mut builder = colloquy::Llama::builder().with_source(colloquy::LlamaSource::named(&args.model));
+    if let Some(t) = args.threads {
+        builder = builder.with_threads(t);
+    }
+    if let Some(n) = args.ctx_size {
+        builder = builder.with_context_length(n);
+    }
+    if args.precise {
+        builder = builder.with_precision(Precision::Precise);
+    }
+    let llm = builder.build_blocking().with_context(|| format!("loading model {}", args.model))?;
+    let params = colloquy::GenerationParameters::new()
+        .with_temperature(args.temperature)
+        .with_seed(args.seed)
+        .with_repetition_penalty(1.0)
+        .with_max_length(args.max_tokens as u32)
+        .with_constraints(c);
+    let mut turn = llm.begin_completion(text, &params).context("starting the constrained completion")?;
+    let t0 = Instant::now();
+    let stdout = std::io::stdout();
+    while !turn.is_finished() {
+        llm.step(&mut [&mut turn], colloquy_engine::model::UBATCH)?;
+        let mut out = stdout.lock();
+        out.write_all(turn.take_text().as_bytes()).and_then(|_| out.flush()).context("writing to stdout")?;
+    }
+    if let Some(e) = turn.error() {
+        bail!("{e}");
+    }
+    writeln!(stdout.lock())?;
+    eprintln!(
+        "{} tokens in {:.3}s under the constraint; finished: {}",
+        turn.generated_tokens(),
+        t0.elapsed().as_secs_f64(),
+        turn.finish_reason().map_or("stop", |f| f.as_str())
     );
     Ok(())
 }

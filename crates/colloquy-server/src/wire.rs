@@ -214,19 +214,20 @@ impl ChatRequest {
         let mut out = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.iter().enumerate() {
             let param = format!("messages[{i}]");
-            let role =
-                match m.role.as_str() {
-                    "system" | "developer" => MessageType::SystemPrompt,
-                    "user" => MessageType::UserMessage,
-                    "assistant" => MessageType::ModelAnswer,
-                    "tool" => MessageType::ToolResult,
-                    other => return Err(ApiError::invalid(
+            let role = match m.role.as_str() {
+                "system" | "developer" => MessageType::SystemPrompt,
+                "user" => MessageType::UserMessage,
+                "assistant" => MessageType::ModelAnswer,
+                "tool" => MessageType::ToolResult,
+                other => {
+                    return Err(ApiError::invalid(
                         &format!("{param}.role"),
                         format!(
                             "role {other:?} is not supported; use system, developer, user, assistant or tool"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let text = match &m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t.clone(),

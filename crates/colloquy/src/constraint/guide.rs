@@ -55,7 +55,9 @@ impl Guide {
             .spawn(move || {
                 let first = compile().and_then(|parser| {
                     let mut matcher = Matcher::new(Ok(parser));
-                    let mask = matcher.compute_mask().map_err(|e| Error::ConstraintInvalid(e.to_string()))?;
+                    let mask = matcher.compute_mask().map_err(|e| {
+                        Error::ConstraintUnsatisfiable(format!("no answer can match it ({})", first_line(&e)))
+                    })?;
                     Ok((matcher, mask))
                 });
                 match first {
@@ -124,6 +126,11 @@ impl Guide {
     }
 }
 
+/// llguidance's message without the parser-state dump that follows it.
+fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().trim().to_string()
+}
+
 fn worker_gone() -> Error {
     Error::ConstraintUnsatisfiable("the constraint's mask thread stopped".into())
 }
@@ -131,12 +138,13 @@ fn worker_gone() -> Error {
 fn worker(mut matcher: Matcher, tokens: mpsc::Receiver<u32>, replies: mpsc::Sender<Reply>) {
     // Ends when the turn drops its guide (the channel closes).
     while let Ok(token) = tokens.recv() {
-        let consumed = matcher.consume_token(token).map(|()| matcher.is_stopped()).map_err(|e| e.to_string());
+        let consumed =
+            matcher.consume_token(token).map(|()| matcher.is_stopped()).map_err(|e| first_line(&e));
         let go_on = consumed == Ok(false);
         if replies.send(Reply::Consumed(consumed)).is_err() || !go_on {
             return;
         }
-        let mask = matcher.compute_mask().map_err(|e| e.to_string());
+        let mask = matcher.compute_mask().map_err(|e| first_line(&e));
         if replies.send(Reply::Mask(mask)).is_err() {
             return;
         }
