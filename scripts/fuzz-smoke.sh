@@ -23,6 +23,10 @@ for target in $(cargo fuzz list); do
   if [ "$target" = openai_request ]; then
     # Seeds: requests as clients send them.
     printf '%s' '{"model":"smollm2","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"hi"}]}],"temperature":0.7,"top_p":0.9,"max_tokens":16,"stop":["\n"],"seed":1,"logprobs":true,"top_logprobs":2,"stream":true,"stream_options":{"include_usage":true},"session_id":"abc"}' > "$corpus/seed-chat.json"
+    printf '%s' '{"messages":[{"role":"user","content":"w?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},{"role":"tool","tool_call_id":"call_1","content":"3"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"x":{"type":"integer"}}}}}],"tool_choice":{"type":"function","function":{"name":"f"}},"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object"}}}}' > "$corpus/seed-tools.json"
+    printf '%s' '<tool_call>
+{"name": "f", "arguments": {"x": 1}}
+</tool_call>' > "$corpus/seed-call.txt"
     printf '%s' '{"prompt":["Once upon"],"max_tokens":8,"logprobs":2,"echo":true,"presence_penalty":0.5}' > "$corpus/seed-text.json"
   fi
   echo "fuzzing $target for ${SECONDS_PER_TARGET}s"

@@ -1,8 +1,11 @@
 //! The server's request parsing: any bytes as a chat or text completion
-//! request, then every check the routes run. A bad request is an `Err`
-//! (a 400 naming its field), never a panic.
+//! request, then every check the routes run (structured output included);
+//! and any text as a model's answer read for tool calls, whole and streamed
+//! in pieces. A bad request is an `Err` (a 400 naming its field), never a
+//! panic.
 #![no_main]
 
+use colloquy_server::structured::CallStream;
 use colloquy_server::wire::{ChatRequest, CompletionRequest};
 use libfuzzer_sys::fuzz_target;
 
@@ -10,10 +13,30 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<ChatRequest>(data) {
         let _ = req.params(4096);
         let _ = req.chat_messages();
+        let _ = req.structure();
         let _ = req.sampling.include_usage();
     }
     if let Ok(req) = serde_json::from_slice::<CompletionRequest>(data) {
         let _ = req.params(4096);
         let _ = req.prompt_text();
+    }
+    let text = String::from_utf8_lossy(data);
+    let whole = colloquy_server::structured::answer_calls(&text);
+    // Streamed in pieces of 7 characters: the same calls, or all the text.
+    let mut stream = CallStream::new(true);
+    let chars: Vec<char> = text.chars().collect();
+    let mut sent = String::new();
+    for piece in chars.chunks(7) {
+        sent.push_str(&stream.push(&piece.iter().collect::<String>()));
+    }
+    if let Ok((rest, deltas)) = stream.finish() {
+        sent.push_str(&rest);
+        if whole.is_empty() {
+            assert!(deltas.is_empty());
+            assert_eq!(sent, text);
+        } else {
+            assert_eq!(deltas.len(), 2 * whole.len());
+            assert!(sent.is_empty());
+        }
     }
 });

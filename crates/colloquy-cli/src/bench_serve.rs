@@ -54,7 +54,7 @@ pub struct ServeBenchArgs {
 }
 
 /// A server process, killed on drop.
-struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -93,17 +93,27 @@ fn start_colloquy(args: &ServeBenchArgs, store: &std::path::Path) -> Result<(Pro
 }
 
 fn start_llama_server(args: &ServeBenchArgs, gguf: &std::path::Path) -> Result<(Proc, String)> {
+    start_llama_server_with(gguf, args.threads, args.parallel)
+}
+
+/// llama.cpp's `llama-server` on a free loopback port with `threads` threads
+/// and `parallel` slots of 1,024 tokens each, once it reports healthy.
+pub(crate) fn start_llama_server_with(
+    gguf: &std::path::Path,
+    threads: usize,
+    parallel: usize,
+) -> Result<(Proc, String)> {
     let bin = PathBuf::from(crate::bench_batch::LLAMA_CPP_BIN).join("llama-server");
     if !bin.exists() {
         bail!("{} is missing: build it with scripts/bench/build-llama-cpp.sh", bin.display());
     }
     let port = free_port()?;
     // llama-server splits -c among its slots: give each one the tokens it needs.
-    let ctx = args.parallel * 1024;
+    let ctx = parallel * 1024;
     let child = Command::new(&bin)
         .arg("-m")
         .arg(gguf)
-        .args(["-t", &args.threads.to_string(), "-np", &args.parallel.to_string(), "-c", &ctx.to_string()])
+        .args(["-t", &threads.to_string(), "-np", &parallel.to_string(), "-c", &ctx.to_string()])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -235,7 +245,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 /// The median of `v`, and its spread as (min, max).
-fn median(v: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn median(v: &[f64]) -> (f64, f64, f64) {
     (percentile(v, 0.5), percentile(v, 0.0), percentile(v, 1.0))
 }
 

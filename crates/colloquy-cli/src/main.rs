@@ -14,6 +14,7 @@ use colloquy_engine::sampler::{Sampler, SamplerParams};
 
 mod bench;
 mod bench_batch;
+mod bench_constrained;
 mod bench_serve;
 mod bench_sessions;
 mod chat;
@@ -52,6 +53,8 @@ enum Cmd {
     Chat(chat::ChatArgs),
     /// Aggregate decode tokens/s of 1, 2, 4, 8 sequences decoded together, optionally beside llama.cpp.
     BenchBatch(bench_batch::BatchBenchArgs),
+    /// Decode tokens/s under a JSON Schema against free generation, optionally beside llama-server.
+    BenchConstrained(bench_constrained::ConstrainedBenchArgs),
     /// Loopback load at several concurrencies against colloquy serve, optionally beside llama-server.
     BenchServe(bench_serve::ServeBenchArgs),
     /// Benchmark sessions: fork, incremental save, load against re-processing, bytes per token.
@@ -255,6 +258,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Serve(args) => serve::run(args)?,
         Cmd::BenchSessions(args) => bench_sessions::run(args)?,
         Cmd::BenchBatch(args) => bench_batch::run(args)?,
+        Cmd::BenchConstrained(args) => bench_constrained::run(args)?,
         Cmd::BenchServe(args) => bench_serve::run(args)?,
         Cmd::Sessions(args) => sessions::run(args)?,
         Cmd::Bench(args) => bench::run(args)?,

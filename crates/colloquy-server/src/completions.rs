@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::error::ApiError;
 use crate::scheduler::Event;
 use crate::sessions::{new_id, Held};
-use crate::structured::{tool_calls_json, CallStream};
+use crate::structured::{answer_calls, tool_calls_json, CallStream};
 use crate::wire::{chat_logprobs, completion_logprobs, ChatRequest, CompletionRequest};
 use crate::{blocking, ApiJson, App};
 
@@ -263,7 +263,7 @@ async fn whole_reply(
     };
     let done = finish(&app, turn, reply.held.take()).await?;
     let logprobs = logprobs_json(&reply, &lps, 0);
-    let calls = if reply.calls_expected { colloquy::tools::parse_tool_calls(&text) } else { Vec::new() };
+    let calls = if reply.calls_expected { answer_calls(&text) } else { Vec::new() };
     let choice = match reply.kind {
         Kind::Chat if !calls.is_empty() => json!({"index": 0,
             "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)?},

@@ -131,6 +131,17 @@ pub fn structure(
     Ok(Structure { constraint, calls_expected: choice != ToolChoice::None, tools, param: "tools" })
 }
 
+/// The calls of an answer that is calls: one that starts (after blanks)
+/// with `<tool_call>`. Anything else is text, whatever it contains, so a
+/// streamed and a whole reply agree.
+pub fn answer_calls(text: &str) -> Vec<ToolCall> {
+    if text.trim_start().starts_with(CALL_OPEN) {
+        tools::parse_tool_calls(text)
+    } else {
+        Vec::new()
+    }
+}
+
 /// OpenAI's `tool_calls` list for `calls`, with fresh ids.
 pub fn tool_calls_json(calls: &[ToolCall]) -> Result<Value, ApiError> {
     let mut out = Vec::with_capacity(calls.len());
@@ -176,7 +187,7 @@ impl CallStream {
     /// arguments), if it did.
     pub fn finish(&mut self) -> Result<(String, Vec<Value>), ApiError> {
         let held = std::mem::take(&mut self.held);
-        let calls = if self.expected { tools::parse_tool_calls(&held) } else { Vec::new() };
+        let calls = if self.expected { answer_calls(&held) } else { Vec::new() };
         if calls.is_empty() {
             return Ok((held, Vec::new()));
         }

@@ -152,7 +152,7 @@ pub(crate) struct Grammars {
 impl Grammars {
     /// Builds the token trie of `tokenizer`'s vocabulary.
     pub(crate) fn new(tokenizer: &colloquy_engine::tokenizer::Tokenizer) -> Result<Arc<Grammars>> {
-        let env = vocab::VocabEnv::new(tokenizer);
+        let env = vocab::VocabEnv::env(tokenizer);
         let mut factory = ParserFactory::new_simple(&env)
             .map_err(|e| Error::ConstraintInvalid(format!("building the token trie: {e}")))?;
         factory.quiet();

@@ -16,7 +16,7 @@ impl VocabEnv {
     /// Builds the token trie. Control tokens (`<|im_end|>`, `<end_of_turn>`)
     /// are spelled as llguidance's special-token marker followed by their text,
     /// so a grammar can never produce them as ordinary text.
-    pub(crate) fn new(tokenizer: &Tokenizer) -> TokEnv {
+    pub(crate) fn env(tokenizer: &Tokenizer) -> TokEnv {
         let n = tokenizer.vocab_size();
         let words: Vec<Vec<u8>> = (0..n as u32)
             .map(|id| {
