@@ -2,11 +2,12 @@
 //! mask for the next token is computed while the forward pass that produces
 //! that token's logits runs.
 //!
-//! The worker takes each sampled token, reports at once whether the grammar
-//! has ended, then computes the next mask; the turn waits for that mask only
-//! when the logits are ready.
+//! The turn feeds each sampled token to the matcher itself (which says at
+//! once whether the grammar has ended), then wakes the worker to compute the
+//! next mask; the turn waits for that mask only when the logits are ready,
+//! so the worker's wake-up and the mask are both off the critical path.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use llguidance::toktrie::SimpleVob;
 use llguidance::{Matcher, TokenParser};
@@ -20,17 +21,15 @@ const GUIDE_STACK: usize = 256 << 20;
 /// The longest a constraint may take to compile and give its first mask.
 const COMPILE_DEADLINE: std::time::Duration = std::time::Duration::from_millis(750);
 
-enum Reply {
-    /// The token was taken; `true` when the grammar admits nothing more.
-    Consumed(std::result::Result<bool, String>),
-    /// The allowed tokens at the next position.
-    Mask(std::result::Result<SimpleVob, String>),
-}
-
 /// The running constraint of one turn.
 pub(crate) struct Guide {
-    tokens: mpsc::Sender<u32>,
-    replies: mpsc::Receiver<Reply>,
+    /// The matcher: the turn consumes each token with it (cheap, and it
+    /// says at once whether the answer is complete); the worker then
+    /// computes the next mask with it, while the forward pass runs.
+    matcher: Arc<Mutex<Matcher>>,
+    /// Wakes the worker for the next mask.
+    wake: mpsc::Sender<()>,
+    masks: mpsc::Receiver<std::result::Result<SimpleVob, String>>,
     /// The mask for the next logits, once received.
     ready: Option<SimpleVob>,
     /// Tokens the trie knows (a model may have more logits, never allowed).
@@ -40,14 +39,14 @@ pub(crate) struct Guide {
 impl Guide {
     /// Compiles the grammar and computes the first mask on the guide's own
     /// thread (an unsatisfiable constraint fails now, before any model work),
-    /// then leaves the matcher there. The thread has a deep stack: a deeply
-    /// nested grammar must get an error, not overflow the caller's stack.
+    /// then leaves the worker waiting there. The thread has a deep stack: a
+    /// deeply nested grammar must get an error, not overflow the caller's stack.
     pub(crate) fn start<F>(compile: F) -> Result<Guide>
     where
         F: FnOnce() -> Result<TokenParser> + Send + 'static,
     {
-        let (tokens, rx) = mpsc::channel::<u32>();
-        let (tx, replies) = mpsc::channel();
+        let (wake, woken) = mpsc::channel::<()>();
+        let (mask_tx, masks) = mpsc::channel();
         let (started_tx, started) = mpsc::channel();
         std::thread::Builder::new()
             .name("colloquy-guide".into())
@@ -58,12 +57,12 @@ impl Guide {
                     let mask = matcher.compute_mask().map_err(|e| {
                         Error::ConstraintUnsatisfiable(format!("no answer can match it ({})", first_line(&e)))
                     })?;
-                    Ok((matcher, mask))
+                    Ok((Arc::new(Mutex::new(matcher)), mask))
                 });
                 match first {
                     Ok((matcher, mask)) => {
-                        if started_tx.send(Ok(mask)).is_ok() {
-                            worker(matcher, rx, tx);
+                        if started_tx.send(Ok((Arc::clone(&matcher), mask))).is_ok() {
+                            worker(&matcher, woken, mask_tx);
                         }
                     }
                     Err(e) => {
@@ -75,7 +74,7 @@ impl Guide {
         // Compiling is bounded by llguidance's limits, but some grammars under
         // them still take long (many optional object properties); those are
         // refused at the deadline, and the thread finishes on its own.
-        let first = match started.recv_timeout(COMPILE_DEADLINE) {
+        let (matcher, first) = match started.recv_timeout(COMPILE_DEADLINE) {
             Ok(first) => first?,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(Error::ConstraintInvalid(format!(
@@ -88,7 +87,7 @@ impl Guide {
             return Err(Error::ConstraintUnsatisfiable("no token can start the answer".into()));
         }
         let n_trie = first.len();
-        Ok(Guide { tokens, replies, ready: Some(first), n_trie })
+        Ok(Guide { matcher, wake, masks, ready: Some(first), n_trie })
     }
 
     /// Sets every logit the constraint forbids to −∞, waiting for the mask
@@ -96,33 +95,44 @@ impl Guide {
     pub(crate) fn apply(&mut self, logits: &mut [f32]) -> Result<()> {
         let mask = match self.ready.take() {
             Some(m) => m,
-            None => match self.replies.recv() {
-                Ok(Reply::Mask(Ok(m))) => m,
-                Ok(Reply::Mask(Err(e))) => return Err(Error::ConstraintUnsatisfiable(e)),
-                Ok(Reply::Consumed(_)) | Err(_) => return Err(worker_gone()),
+            None => match self.masks.recv() {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return Err(Error::ConstraintUnsatisfiable(e)),
+                Err(_) => return Err(worker_gone()),
             },
         };
         if mask.is_zero() {
             return Err(Error::ConstraintUnsatisfiable("no token can continue the answer".into()));
         }
-        for (i, l) in logits.iter_mut().enumerate() {
-            if i >= self.n_trie || !mask.is_allowed(i as u32) {
-                *l = f32::NEG_INFINITY;
+        // A word of 32 allowed tokens (the common case in free text) is skipped whole.
+        let (known, beyond) = logits.split_at_mut(self.n_trie.min(logits.len()));
+        for (chunk, &word) in known.chunks_mut(32).zip(mask.as_slice()) {
+            if word == u32::MAX {
+                continue;
+            }
+            for (bit, l) in chunk.iter_mut().enumerate() {
+                if word >> bit & 1 == 0 {
+                    *l = f32::NEG_INFINITY;
+                }
             }
         }
+        beyond.fill(f32::NEG_INFINITY);
         Ok(())
     }
 
-    /// Feeds the sampled token to the grammar. Returns `true` when the
+    /// Feeds the sampled token to the grammar, here. Returns `true` when the
     /// grammar admits nothing more (the answer is complete); otherwise the
     /// worker goes on to the next mask.
     pub(crate) fn commit(&mut self, token: u32) -> Result<bool> {
-        self.tokens.send(token).map_err(|_| worker_gone())?;
-        match self.replies.recv() {
-            Ok(Reply::Consumed(Ok(stopped))) => Ok(stopped),
-            Ok(Reply::Consumed(Err(e))) => Err(Error::ConstraintUnsatisfiable(e)),
-            Ok(Reply::Mask(_)) | Err(_) => Err(worker_gone()),
+        let stopped = {
+            let mut m = self.matcher.lock().map_err(|_| worker_gone())?;
+            m.consume_token(token).map_err(|e| Error::ConstraintUnsatisfiable(first_line(&e)))?;
+            m.is_stopped()
+        };
+        if !stopped {
+            self.wake.send(()).map_err(|_| worker_gone())?;
         }
+        Ok(stopped)
     }
 }
 
@@ -135,17 +145,17 @@ fn worker_gone() -> Error {
     Error::ConstraintUnsatisfiable("the constraint's mask thread stopped".into())
 }
 
-fn worker(mut matcher: Matcher, tokens: mpsc::Receiver<u32>, replies: mpsc::Sender<Reply>) {
+fn worker(
+    matcher: &Mutex<Matcher>,
+    woken: mpsc::Receiver<()>,
+    masks: mpsc::Sender<std::result::Result<SimpleVob, String>>,
+) {
     // Ends when the turn drops its guide (the channel closes).
-    while let Ok(token) = tokens.recv() {
-        let consumed =
-            matcher.consume_token(token).map(|()| matcher.is_stopped()).map_err(|e| first_line(&e));
-        let go_on = consumed == Ok(false);
-        if replies.send(Reply::Consumed(consumed)).is_err() || !go_on {
-            return;
-        }
-        let mask = matcher.compute_mask().map_err(|e| first_line(&e));
-        if replies.send(Reply::Mask(mask)).is_err() {
+    while woken.recv().is_ok() {
+        let Ok(mut m) = matcher.lock() else { return };
+        let mask = m.compute_mask().map_err(|e| first_line(&e));
+        drop(m);
+        if masks.send(mask).is_err() {
             return;
         }
     }
