@@ -123,7 +123,7 @@ strict(ChatCompletion, r)
 value = json.loads(r.choices[0].message.content)
 check(set(value) == {"name", "age"} and isinstance(value["name"], str) and len(value["name"]) <= 20
       and isinstance(value["age"], int) and 0 <= value["age"] <= 120, f"response_format json_schema: {value}")
-r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Give a JSON object with a name."}],
+r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Return {\"ok\": true} as JSON."}],
                                    temperature=0, max_tokens=256, response_format={"type": "json_object"})
 check(r.choices[0].finish_reason == "stop", f"json_object: the object ends ({r.choices[0].message.content!r})")
 check(isinstance(json.loads(r.choices[0].message.content), dict), "response_format json_object is an object")

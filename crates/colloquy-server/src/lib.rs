@@ -124,6 +124,13 @@ impl Server {
         };
         let scheduler = scheduler::Scheduler::start(llm.clone(), sched, Arc::clone(&metrics))
             .map_err(|e| ApiError::Internal(format!("starting the scheduler thread: {e}")))?;
+        // The constraint token trie, built off the request path so that the
+        // first request with a schema or tools does not wait for it (a failure
+        // here shows again, as a typed error, on that request).
+        let warm = llm.clone();
+        let _ = std::thread::Builder::new()
+            .name("colloquy-trie".into())
+            .spawn(move || warm.prepare_constraints());
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(Arc::new(Server {

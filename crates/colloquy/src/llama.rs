@@ -432,6 +432,21 @@ impl Llama {
         &self.inner.model
     }
 
+    /// Builds the token trie that constrained turns use (once per model; a
+    /// second or so for a 262k vocabulary), so that the first constrained
+    /// turn does not pay for it. Without this call, that turn builds it.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// llm.prepare_constraints().unwrap();
+    /// # }
+    /// ```
+    pub fn prepare_constraints(&self) -> Result<()> {
+        self.inner.grammars().map(|_| ())
+    }
+
     /// The fingerprint that sessions of this model carry.
     ///
     /// ```no_run

@@ -176,7 +176,7 @@ pub fn constraint(tools: &[Tool], choice: &ToolChoice) -> Result<Option<Constrai
     let call = format!(
         "call: {} %json {} {}",
         lark_string(&format!("{CALL_OPEN}\n")),
-        schema,
+        crate::constraint::compact(&schema),
         lark_string(&format!("\n{CALL_CLOSE}"))
     );
     // Auto: free text that does not start with `<`, or a call; an answer

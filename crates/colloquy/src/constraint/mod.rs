@@ -69,7 +69,9 @@ impl Constraint {
 
     /// The answer is JSON that validates against `schema` (JSON Schema, as
     /// llguidance supports it: objects, arrays, enums, bounds, patterns,
-    /// `anyOf`, `$ref`).
+    /// `anyOf`, `$ref`). It is written compactly (`, ` and `: ` separators,
+    /// no other whitespace), so a small model cannot loop on blank lines; an
+    /// `x-guidance` key in the schema sets llguidance's layout options instead.
     ///
     /// ```
     /// let list = colloquy::constraint::Constraint::json_schema(
@@ -134,10 +136,23 @@ impl Constraint {
     fn grammar(&self) -> TopLevelGrammar {
         match &self.kind {
             Kind::Regex(re) => TopLevelGrammar::from_regex(re),
-            Kind::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
+            Kind::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema)),
             Kind::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
         }
     }
+}
+
+/// `schema` with llguidance's JSON layout set to compact (`, ` and `: `,
+/// no other whitespace), unless it chooses its own (`x-guidance`): with
+/// free whitespace a small model can write blank lines forever.
+pub(crate) fn compact(schema: &serde_json::Value) -> serde_json::Value {
+    let mut schema = schema.clone();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.entry("x-guidance").or_insert_with(|| {
+            serde_json::json!({ "whitespace_flexible": false, "item_separator": ", ", "key_separator": ": " })
+        });
+    }
+    schema
 }
 
 /// The largest constraint source accepted (a regex, a Lark grammar, or a
