@@ -4,8 +4,7 @@
 //! llama-server's own free and `json_schema` throughput on the same GGUF as
 //! a reference (from its `timings.predicted_per_second`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +14,7 @@ use colloquy_engine::fetch;
 use serde_json::{json, Value};
 
 use crate::bench::Peer;
-use crate::bench_serve::{median, start_llama_server_with};
+use crate::bench_serve::{median, post_chat, start_llama_server_with};
 
 /// Options of `colloquy bench-constrained`.
 #[derive(Args, Debug)]
@@ -80,17 +79,7 @@ fn peer_turn(addr: &str, n_gen: u32, constrained: bool) -> Result<(f64, u64)> {
         body["response_format"] =
             json!({ "type": "json_schema", "json_schema": { "name": "people", "schema": schema() } });
     }
-    let body = body.to_string();
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut reader = BufReader::new(s);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
+    let (status, mut reader) = post_chat(addr, &body.to_string())?;
     let mut raw = String::new();
     reader.read_to_string(&mut raw)?;
     if !status.contains(" 200") {

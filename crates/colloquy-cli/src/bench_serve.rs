@@ -139,6 +139,22 @@ fn get_status(addr: &str, path: &str) -> Option<u16> {
     raw.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Sends `body` to `addr`'s `/v1/chat/completions` (one connection, closed
+/// after the reply); returns the status line and the rest of the reply.
+pub(crate) fn post_chat(addr: &str, body: &str) -> Result<(String, BufReader<TcpStream>)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))?;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    Ok((status, reader))
+}
+
 /// One streamed greedy chat request: its time to first content and its
 /// generated tokens (from the usage chunk, else the content chunks).
 fn one_request(addr: &str, prompt: &str, n_gen: usize) -> Result<(Duration, usize)> {
@@ -148,16 +164,7 @@ fn one_request(addr: &str, prompt: &str, n_gen: usize) -> Result<(Duration, usiz
     })
     .to_string();
     let t0 = Instant::now();
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut reader = BufReader::new(s);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
+    let (mut line, mut reader) = post_chat(addr, &body)?;
     if !line.contains(" 200") {
         bail!("status line {line:?}");
     }

@@ -43,20 +43,6 @@ struct Reply {
     calls_expected: bool,
 }
 
-/// Describes `tools` to the model in the system prompt (the first message,
-/// which is added if there is none). A request that repeats its
-/// conversation gets the same prompt each time, so a stored session's
-/// transcript still matches it.
-fn describe_tools(messages: &mut Vec<ChatMessage>, tools: &[colloquy::tools::Tool]) {
-    let prompt = colloquy::tools::system_prompt(tools);
-    match messages.first_mut() {
-        Some(m) if m.role() == MessageType::SystemPrompt => {
-            *m = ChatMessage::new(MessageType::SystemPrompt, format!("{prompt}\n\n{}", m.content()));
-        }
-        _ => messages.insert(0, ChatMessage::new(MessageType::SystemPrompt, prompt)),
-    }
-}
-
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -98,10 +84,10 @@ async fn chat_reply(app: App, headers: HeaderMap, req: ChatRequest) -> Result<Re
     if let Some(c) = structure.constraint.clone() {
         params = params.with_constraints(c);
     }
-    let mut messages = req.chat_messages()?;
-    if !structure.tools.is_empty() {
-        describe_tools(&mut messages, &structure.tools);
-    }
+    // The tools are rendered into this turn's prompt, not stored in the
+    // history: each request offers its own, as OpenAI clients send them.
+    params = params.with_tools(structure.tools.clone());
+    let messages = req.chat_messages()?;
     let wait = req.session_wait.unwrap_or(true);
     let held = match session_id(&req, &headers) {
         Some(id) => Some(app.sessions.hold(&id, wait).await?),

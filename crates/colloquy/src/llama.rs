@@ -486,7 +486,7 @@ impl Llama {
     /// # }
     /// ```
     pub fn render_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        turn::render(&self.inner, messages)
+        turn::render(&self.inner, messages, &[])
     }
 
     /// Starts a turn on `session` that appends `messages` (see [`RunningTurn`]),
@@ -599,7 +599,7 @@ impl Llama {
         let kept = &transcript[..at];
         // The tokens the kept messages render to, up to where they diverge
         // from what the session read: their KV is the same, position by position.
-        let rendered = if kept.is_empty() { Vec::new() } else { turn::render(&self.inner, kept)? };
+        let rendered = if kept.is_empty() { Vec::new() } else { turn::render(&self.inner, kept, &[])? };
         let common = st.tokens.iter().zip(&rendered).take_while(|(a, b)| a == b).count();
         st.kv.truncate(common);
         st.tokens.truncate(st.kv.len());

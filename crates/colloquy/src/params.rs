@@ -3,6 +3,7 @@
 use colloquy_engine::sampler::SamplerParams;
 
 use crate::constraint::Constraint;
+use crate::tools::Tool;
 
 /// How the model picks each token of an answer.
 ///
@@ -33,6 +34,7 @@ pub struct GenerationParameters {
     pub(crate) frequency_penalty: f32,
     pub(crate) top_logprobs: Option<usize>,
     pub(crate) constraint: Option<Constraint>,
+    pub(crate) tools: Vec<Tool>,
 }
 
 impl Default for GenerationParameters {
@@ -50,6 +52,7 @@ impl Default for GenerationParameters {
             frequency_penalty: 0.0,
             top_logprobs: None,
             constraint: None,
+            tools: Vec::new(),
         }
     }
 }
@@ -217,6 +220,34 @@ impl GenerationParameters {
     /// The constraint set by [`with_constraints`](Self::with_constraints).
     pub fn constraint(&self) -> Option<&Constraint> {
         self.constraint.as_ref()
+    }
+
+    /// The tools this turn offers the model. The chat template renders them
+    /// (as the GGUF's template does when it takes `tools`, or else as a
+    /// Hermes-style system prompt); they are not stored in the history, so
+    /// each turn offers its own. Pair them with
+    /// [`tools::constraint`](crate::tools::constraint) to hold a call to its schema.
+    ///
+    /// ```
+    /// use colloquy::language::*;
+    /// use colloquy::tools::Tool;
+    /// let now = Tool::new("now", "The current time", serde_json::json!({"type": "object"}));
+    /// let p = GenerationParameters::new().with_tools(vec![now]);
+    /// assert_eq!(p.tools().len(), 1);
+    /// ```
+    pub fn with_tools(mut self, tools: Vec<Tool>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The tools this turn offers.
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// assert!(GenerationParameters::new().tools().is_empty());
+    /// ```
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
     }
 
     /// The most new tokens per answer.

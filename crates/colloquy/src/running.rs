@@ -151,8 +151,13 @@ impl RunningTurn {
         }
         conversation.extend_from_slice(messages);
         let before = st.dropped.len();
-        let prompt =
-            turn::fit_context(inner, &mut conversation, &mut st.dropped, params.max_length as usize)?;
+        let prompt = turn::fit_context(
+            inner,
+            &mut conversation,
+            &mut st.dropped,
+            params.max_length as usize,
+            &params.tools,
+        )?;
         let dropped = st.dropped.len() - before;
         let mut t = RunningTurn::prepare(inner, st, prompt, params, t0)?;
         t.conversation = Some(conversation);

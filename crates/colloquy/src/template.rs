@@ -8,6 +8,7 @@ use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 
 use crate::error::{Error, Result};
 use crate::message::{ChatMessage, MessageType};
+use crate::tools::Tool;
 
 /// The template used when a GGUF ships none and the architecture has no
 /// turn format of its own: ChatML.
@@ -35,6 +36,9 @@ pub struct ChatTemplate {
     /// Whether the template handles the `tool` role itself; if not, a tool's
     /// result is given as a user message wrapped in `<tool_response>`.
     tool_role: bool,
+    /// Whether the template renders a `tools` list itself (Qwen's, Llama
+    /// 3.1's); if not, tools are described in a Hermes-style system prompt.
+    takes_tools: bool,
     bos: String,
     eos: String,
 }
@@ -53,12 +57,45 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| chrono::Local::now().format(&fmt).to_string());
         env.add_template_owned("chat", source.to_string()).map_err(Error::TemplateSyntax)?;
         let tool_role = source.contains("'tool'") || source.contains("\"tool\"");
-        Ok(ChatTemplate { env, tool_role, bos: bos.to_string(), eos: eos.to_string() })
+        let takes_tools = source.contains("tools");
+        Ok(ChatTemplate { env, tool_role, takes_tools, bos: bos.to_string(), eos: eos.to_string() })
     }
 
     /// Renders a conversation. With `add_generation_prompt`, the text ends where the
     /// model's answer starts.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Renders a conversation that offers `tools`: the template gets them as
+    /// `tools` (OpenAI's `{"type": "function", "function": …}` objects, as
+    /// llama.cpp passes them) when it renders them itself; otherwise they are
+    /// described in the system prompt ([`tools::system_prompt`](crate::tools::system_prompt)),
+    /// before the conversation's own system prompt, if any.
+    ///
+    /// ```
+    /// use colloquy::template::{ChatTemplate, CHATML};
+    /// use colloquy::tools::Tool;
+    /// use colloquy::language::*;
+    ///
+    /// let t = ChatTemplate::new(CHATML, "", "").unwrap();
+    /// let now = Tool::new("now", "The time", serde_json::json!({"type": "object"}));
+    /// let text = t.render_with_tools(&[ChatMessage::new(MessageType::UserMessage, "Hi")], &[now], true).unwrap();
+    /// assert!(text.starts_with("<|im_start|>system\n") && text.contains("<tools>"));
+    /// ```
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let described;
+        let messages = if !tools.is_empty() && !self.takes_tools {
+            described = with_tools_prompt(messages, tools);
+            &described[..]
+        } else {
+            messages
+        };
         let msgs: Vec<_> = messages
             .iter()
             .map(|m| match m.role() {
@@ -69,13 +106,30 @@ impl ChatTemplate {
                 role => context! { role => role.as_role(), content => m.content() },
             })
             .collect();
+        let tools: Vec<serde_json::Value> = tools.iter().map(Tool::to_openai).collect();
+        let tools = (!tools.is_empty() && self.takes_tools).then(|| minijinja::Value::from_serialize(&tools));
         let tmpl = self.env.get_template("chat").map_err(Error::TemplateSyntax)?;
         tmpl.render(context! {
             messages => msgs,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos,
             eos_token => self.eos,
         })
         .map_err(Error::TemplateRender)
     }
+}
+
+/// `messages` with `tools` described in the system prompt: prepended to the
+/// first system message, or as a new first message.
+fn with_tools_prompt(messages: &[ChatMessage], tools: &[Tool]) -> Vec<ChatMessage> {
+    let prompt = crate::tools::system_prompt(tools);
+    let mut out = messages.to_vec();
+    match out.first_mut() {
+        Some(m) if m.role() == MessageType::SystemPrompt => {
+            *m = ChatMessage::new(MessageType::SystemPrompt, format!("{prompt}\n\n{}", m.content()));
+        }
+        _ => out.insert(0, ChatMessage::new(MessageType::SystemPrompt, prompt)),
+    }
+    out
 }

@@ -6,6 +6,7 @@ use colloquy_engine::model::UBATCH;
 use crate::context::{ContextPolicy, ModelContext};
 use crate::error::{Error, Result};
 use crate::message::{ChatMessage, MessageType};
+use crate::tools::Tool;
 
 /// A progress bar for reading a prompt: hidden for short prompts, when turned
 /// off, or when stderr is not a terminal.
@@ -22,8 +23,8 @@ pub(crate) fn prompt_bar(enabled: bool, tokens: usize) -> indicatif::ProgressBar
 }
 
 /// Renders and tokenizes a conversation, ending where the answer starts.
-pub(crate) fn render(inner: &ModelContext, conversation: &[ChatMessage]) -> Result<Vec<u32>> {
-    let text = inner.template.render(conversation, true)?;
+pub(crate) fn render(inner: &ModelContext, conversation: &[ChatMessage], tools: &[Tool]) -> Result<Vec<u32>> {
+    let text = inner.template.render_with_tools(conversation, tools, true)?;
     let tok = inner.model.tokenizer();
     let mut ids = Vec::new();
     let body = tok.encode(&text, true);
@@ -46,16 +47,17 @@ pub(crate) fn fit_context(
     conversation: &mut Vec<ChatMessage>,
     dropped: &mut Vec<ChatMessage>,
     max_answer: usize,
+    tools: &[Tool],
 ) -> Result<Vec<u32>> {
     let n_ctx = inner.model.n_ctx();
-    let mut tokens = render(inner, conversation)?;
+    let mut tokens = render(inner, conversation, tools)?;
     let reserve = max_answer.clamp(1, (n_ctx / 4).max(1));
     if inner.policy == ContextPolicy::DropOldest && tokens.len() + reserve > n_ctx {
         // Dropping a lot at once amortizes the re-read of what is kept.
         while tokens.len() > n_ctx / 2 {
             let Some(gone) = drop_oldest(conversation) else { break };
             dropped.extend(gone);
-            tokens = render(inner, conversation)?;
+            tokens = render(inner, conversation, tools)?;
         }
     }
     if tokens.len() >= n_ctx {

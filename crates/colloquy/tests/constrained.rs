@@ -374,7 +374,7 @@ fn bad_constraints_are_typed_errors_within_a_second() {
 /// result appends to the session, whose next turn runs on it.
 #[test]
 fn tool_calls_are_constrained_parsed_and_answered() {
-    use colloquy::tools::{constraint, parse_tool_calls, system_prompt, Tool, ToolChoice};
+    use colloquy::tools::{constraint, parse_tool_calls, Tool, ToolChoice};
     let llm = llm();
     let params = json!({ "type": "object",
                          "properties": { "city": { "type": "string", "maxLength": 20 },
@@ -390,19 +390,19 @@ fn tool_calls_are_constrained_parsed_and_answered() {
         ),
     ];
     let validator = jsonschema::validator_for(&params).unwrap();
-    let sys = ChatMessage::new(MessageType::SystemPrompt, system_prompt(&tools));
     for choice in [ToolChoice::Required, ToolChoice::Named("get_weather".into())] {
         let c = constraint(&tools, &choice).unwrap().unwrap();
         let mut session = llm.new_chat_session().unwrap();
-        let msgs = [sys.clone(), user("What is the weather in Paris?")];
-        block_on(llm.add_messages_with_callback(
-            &mut session,
-            &msgs,
-            greedy(96).with_constraints(c),
-            Box::new(|_| {}),
-        ))
-        .unwrap();
-        let answer = session.transcript()[2].content().to_string();
+        let msgs = [user("What is the weather in Paris?")];
+        let p = greedy(96).with_constraints(c).with_tools(tools.clone());
+        block_on(llm.add_messages_with_callback(&mut session, &msgs, p, Box::new(|_| {}))).unwrap();
+        // The tools are in the prompt (SmolLM2's template takes none: a Hermes
+        // system prompt), not in the history.
+        let transcript = session.transcript();
+        assert_eq!(transcript.len(), 2);
+        let prompt = llm.render_tokens(&transcript[..1]).unwrap();
+        assert!(session.tokens().len() > prompt.len() + 100, "the tools were not in the prompt");
+        let answer = transcript[1].content().to_string();
         let calls = parse_tool_calls(&answer);
         assert_eq!(calls.len(), 1, "{choice:?}: {answer}");
         assert!(tools.iter().any(|t| t.name == calls[0].name), "{answer}");
@@ -413,15 +413,24 @@ fn tool_calls_are_constrained_parsed_and_answered() {
         let result = ChatMessage::new(MessageType::ToolResult, r#"{"temperature": 21, "sky": "clear"}"#);
         let text = common::ask_messages(&llm, &mut session, &[result], 24);
         assert!(!text.is_empty());
-        assert_eq!(session.history()[3].role(), MessageType::ToolResult);
+        assert_eq!(session.history()[2].role(), MessageType::ToolResult);
     }
     // Auto: a text answer is allowed, and an answer that starts a call is one.
     let c = constraint(&tools, &ToolChoice::Auto).unwrap().unwrap();
     for q in ["What is the weather in Rome?", "Say hello."] {
-        let (text, why) = constrained(&llm, q, c.clone(), 96);
-        assert_eq!(why, Some(FinishReason::Stop), "{text}");
+        let session = llm.new_chat_session().unwrap();
+        let p = greedy(96).with_constraints(c.clone()).with_tools(tools.clone());
+        let mut turn = llm.begin_turn(&session, &[user(q)], &p).unwrap();
+        while !turn.is_finished() {
+            llm.step(&mut [&mut turn], 512).unwrap();
+        }
+        let (text, why) = (turn.answer().to_string(), turn.finish_reason());
+        // A call ends when it is complete; a text answer may run to the limit.
         if text.starts_with('<') {
+            assert_eq!(why, Some(FinishReason::Stop), "{text}");
             assert_eq!(parse_tool_calls(&text).len(), 1, "{text}");
+        } else {
+            assert!(!text.is_empty());
         }
     }
 }
@@ -443,4 +452,27 @@ fn gemma3_answers_validate() {
         let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{prompt}: {e}: {text:?}"));
         assert!(validator.is_valid(&value), "{prompt}: {text}");
     }
+}
+
+/// A template that renders `tools` itself gets them as OpenAI's objects
+/// (and no system prompt is added); one that does not gets the Hermes prompt.
+#[test]
+fn templates_that_take_tools_get_them() {
+    use colloquy::template::{ChatTemplate, CHATML};
+    use colloquy::tools::Tool;
+    let tools = [Tool::new("now", "The time", json!({"type": "object"}))];
+    let msgs = [user("Hi")];
+    let own = "{% if tools %}{% for t in tools %}[{{ t.function.name }}:{{ t.type }}]{% endfor %}{% endif %}\
+               {% for m in messages %}{{ m.role }}={{ m.content }};{% endfor %}";
+    let t = ChatTemplate::new(own, "", "").unwrap();
+    assert_eq!(t.render_with_tools(&msgs, &tools, false).unwrap(), "[now:function]user=Hi;");
+    assert_eq!(t.render(&msgs, false).unwrap(), "user=Hi;");
+    let chatml = ChatTemplate::new(CHATML, "", "").unwrap();
+    let with = chatml.render_with_tools(&msgs, &tools, false).unwrap();
+    assert!(
+        with.starts_with("<|im_start|>system\nYou are a function calling AI model.")
+            && with.contains("\"now\"")
+    );
+    let result = ChatMessage::new(MessageType::ToolResult, "12:00");
+    assert!(chatml.render(&[result], false).unwrap().contains("<tool_response>\n12:00\n</tool_response>"));
 }
