@@ -134,6 +134,14 @@ try:
 except openai.BadRequestError as e:
     check(e.param == "response_format", f"an invalid schema is a 400 naming response_format ({e.message})")
 
+big = {"type": "object", "properties": {f"p{k}": {"type": "integer"} for k in range(8000)}}
+try:
+    client.chat.completions.create(model=model, messages=msgs, response_format={
+        "type": "json_schema", "json_schema": {"name": "big", "schema": big}})
+    raise AssertionError("a schema over the grammar bounds was accepted")
+except openai.BadRequestError as e:
+    check(e.param == "response_format", f"a schema too big to compile is a 400 naming response_format ({e.message[:80]})")
+
 # Tools: a required call comes back as tool_calls, whole and streamed, with
 # arguments that parse; the tool's result then gets an answer.
 weather = {"type": "function", "function": {
