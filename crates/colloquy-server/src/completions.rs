@@ -325,13 +325,26 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
                 Some(Event::Text(t, l)) => {
                     let lp = logprobs_json(&reply, &l, offset);
                     offset += t.len();
-                    let t = calls.push(&t);
-                    if t.is_empty() && lp.is_null() {
-                        continue;
-                    }
-                    let c = chunk(&reply, &fp, Some(json!({"content": t})), &t, lp, None);
-                    if tx.send(c).await.is_err() {
-                        return;
+                    let deltas = match calls.push(&t) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = tx.send(e.body()).await;
+                            return;
+                        }
+                    };
+                    // Log-probabilities go out even while text is held back.
+                    let deltas = if deltas.is_empty() && !lp.is_null() {
+                        vec![json!({"content": ""})]
+                    } else {
+                        deltas
+                    };
+                    let mut lp = Some(lp);
+                    for d in deltas {
+                        let text = d["content"].as_str().unwrap_or_default().to_string();
+                        let c = chunk(&reply, &fp, Some(d), &text, lp.take().unwrap_or(Value::Null), None);
+                        if tx.send(c).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Some(Event::Done(turn)) => break *turn,
@@ -342,7 +355,7 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
                 None => return,
             }
         };
-        let (rest, call_deltas) = match calls.finish() {
+        let (last, is_call) = match calls.finish() {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(e.body()).await;
@@ -351,17 +364,11 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
         };
         match finish(&app, turn, reply.held.take()).await {
             Ok(done) => {
-                if !rest.is_empty() {
-                    let _ = tx
-                        .send(chunk(&reply, &fp, Some(json!({"content": rest})), &rest, Value::Null, None))
-                        .await;
+                for d in last {
+                    let text = d["content"].as_str().unwrap_or_default().to_string();
+                    let _ = tx.send(chunk(&reply, &fp, Some(d), &text, Value::Null, None)).await;
                 }
-                let reason = if call_deltas.is_empty() { done.finish_reason } else { "tool_calls" };
-                for d in call_deltas {
-                    let _ = tx
-                        .send(chunk(&reply, &fp, Some(json!({"tool_calls": d})), "", Value::Null, None))
-                        .await;
-                }
+                let reason = if is_call { "tool_calls" } else { done.finish_reason };
                 let _ = tx.send(chunk(&reply, &fp, None, "", Value::Null, Some(reason))).await;
                 if reply.include_usage {
                     let mut u = chunk(&reply, &fp, None, "", Value::Null, None);

@@ -152,54 +152,157 @@ pub fn tool_calls_json(calls: &[ToolCall]) -> Result<Value, ApiError> {
     Ok(Value::Array(out))
 }
 
-/// A streamed answer that may be a call: text that can still become one is
-/// held back, and calls are sent at the end as `delta.tool_calls`.
+/// A streamed answer that may be a call. Text that can still become a call
+/// is held back; once a call's name is known, its id and name go out, then
+/// its arguments as they are written (OpenAI's `delta.tool_calls` form).
 #[derive(Debug, Default)]
 pub struct CallStream {
     expected: bool,
     held: String,
     /// The answer is known to be text: pieces pass straight through.
     text: bool,
+    /// The call's head did not have the expected layout: hold it all and
+    /// send the calls at the end.
+    whole: bool,
+    /// The call being streamed: where its arguments start in `held`, and
+    /// how far they have gone out.
+    args: Option<(usize, usize)>,
+}
+
+/// What follows a call's arguments: the call object's `}` and the closing tag.
+const TAIL: &str = "}\n</tool_call>";
+
+/// Where a call's arguments start in `body` (the text after `<tool_call>`)
+/// and the function's name: `Ok(None)` while the head is still incomplete,
+/// `Err(())` when it is not `{"name": "…", "arguments": `.
+fn call_head(body: &str) -> Result<Option<(String, usize)>, ()> {
+    let mut at = 0;
+    let expect = |lit: &str, at: &mut usize| -> Result<bool, ()> {
+        let rest = body[*at..].trim_start();
+        *at = body.len() - rest.len();
+        if rest.len() < lit.len() {
+            return if lit.starts_with(rest) { Ok(false) } else { Err(()) };
+        }
+        if !rest.starts_with(lit) {
+            return Err(());
+        }
+        *at += lit.len();
+        Ok(true)
+    };
+    for lit in ["{", "\"name\"", ":"] {
+        if !expect(lit, &mut at)? {
+            return Ok(None);
+        }
+    }
+    let rest = body[at..].trim_start();
+    at = body.len() - rest.len();
+    let mut names = serde_json::Deserializer::from_str(rest).into_iter::<String>();
+    let name = match names.next() {
+        Some(Ok(name)) => name,
+        Some(Err(e)) if e.is_eof() => return Ok(None),
+        _ => return Err(()),
+    };
+    at += names.byte_offset();
+    for lit in [",", "\"arguments\"", ":"] {
+        if !expect(lit, &mut at)? {
+            return Ok(None);
+        }
+    }
+    let rest = body[at..].trim_start();
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((name, body.len() - rest.len())))
+}
+
+fn call_delta(call: Value) -> Value {
+    json!({ "tool_calls": [call] })
 }
 
 impl CallStream {
     /// A stream that looks for calls when `expected`.
     pub fn new(expected: bool) -> CallStream {
-        CallStream { expected, text: !expected, held: String::new() }
+        CallStream { expected, text: !expected, ..CallStream::default() }
     }
 
-    /// The content to send now for a new piece of the answer.
-    pub fn push(&mut self, piece: &str) -> String {
+    /// The deltas to send now for a new piece of the answer.
+    pub fn push(&mut self, piece: &str) -> Result<Vec<Value>, ApiError> {
         if self.text {
-            return piece.to_string();
+            return Ok(if piece.is_empty() { vec![] } else { vec![json!({ "content": piece })] });
         }
         self.held.push_str(piece);
-        let t = self.held.trim_start();
-        if t.is_empty() || CALL_OPEN.starts_with(t) || t.starts_with(CALL_OPEN) {
-            return String::new();
+        if self.whole {
+            return Ok(vec![]);
         }
-        self.text = true;
-        std::mem::take(&mut self.held)
+        let mut out = Vec::new();
+        if self.args.is_none() {
+            let t = self.held.trim_start();
+            if t.is_empty() || CALL_OPEN.starts_with(t) {
+                return Ok(out);
+            }
+            if !t.starts_with(CALL_OPEN) {
+                self.text = true;
+                return Ok(vec![json!({ "content": std::mem::take(&mut self.held) })]);
+            }
+            let body_at = self.held.len() - t.len() + CALL_OPEN.len();
+            match call_head(&self.held[body_at..]) {
+                Ok(None) => return Ok(out),
+                Err(()) => {
+                    self.whole = true;
+                    return Ok(out);
+                }
+                Ok(Some((name, args_at))) => {
+                    let start = body_at + args_at;
+                    self.args = Some((start, start));
+                    out.push(call_delta(json!({ "index": 0, "id": format!("call_{}", new_id()?),
+                        "type": "function", "function": { "name": name, "arguments": "" } })));
+                }
+            }
+        }
+        if let Some((start, sent)) = self.args.as_mut() {
+            // Hold back what may be the start of the tail after the arguments.
+            let args = &self.held[*start..];
+            let keep = (1..=TAIL.len().min(args.len()))
+                .rev()
+                .find(|&k| args.is_char_boundary(args.len() - k) && TAIL.starts_with(&args[args.len() - k..]))
+                .unwrap_or(0);
+            let upto = self.held.len() - keep;
+            if upto > *sent {
+                let fragment = &self.held[*sent..upto];
+                out.push(call_delta(json!({ "index": 0, "function": { "arguments": fragment } })));
+                *sent = upto;
+            }
+        }
+        Ok(out)
     }
 
-    /// At the end: the content still held back (if it held no call), and
-    /// the tool-call deltas (first with id, type and name, then the
-    /// arguments), if it did.
-    pub fn finish(&mut self) -> Result<(String, Vec<Value>), ApiError> {
+    /// At the end: the last deltas, and whether the answer was a complete call
+    /// (so the finish reason is `tool_calls`).
+    pub fn finish(&mut self) -> Result<(Vec<Value>, bool), ApiError> {
         let held = std::mem::take(&mut self.held);
         let calls = if self.expected { answer_calls(&held) } else { Vec::new() };
+        if let Some((_, sent)) = self.args {
+            let body = held.trim_end();
+            let end = body.strip_suffix(TAIL).map_or(held.len(), str::len);
+            let mut out = Vec::new();
+            if end > sent {
+                out.push(call_delta(json!({ "index": 0, "function": { "arguments": &held[sent..end] } })));
+            }
+            return Ok((out, !calls.is_empty()));
+        }
         if calls.is_empty() {
-            return Ok((held, Vec::new()));
+            let out = if held.is_empty() { vec![] } else { vec![json!({ "content": held })] };
+            return Ok((out, false));
         }
         let listed = tool_calls_json(&calls)?;
-        let mut deltas = Vec::new();
+        let mut out = Vec::new();
         for (index, call) in listed.as_array().into_iter().flatten().enumerate() {
             let f = &call["function"];
-            deltas.push(json!([{ "index": index, "id": call["id"], "type": "function",
-                                 "function": { "name": f["name"], "arguments": "" } }]));
-            deltas.push(json!([{ "index": index, "function": { "arguments": f["arguments"] } }]));
+            out.push(call_delta(json!({ "index": index, "id": call["id"], "type": "function",
+                                        "function": { "name": f["name"], "arguments": "" } })));
+            out.push(call_delta(json!({ "index": index, "function": { "arguments": f["arguments"] } })));
         }
-        Ok((String::new(), deltas))
+        Ok((out, true))
     }
 }
 
@@ -223,26 +326,63 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_streamed_call_is_held_and_sent_as_deltas() {
+    /// Runs `pieces` through a stream: the content sent, the call's deltas, whether it was a call.
+    fn stream(pieces: &[&str]) -> (String, Vec<Value>, bool) {
         let mut s = CallStream::new(true);
-        let mut sent = String::new();
-        for piece in ["<tool", "_call>\n{\"name\": \"f\", ", "\"arguments\": {\"x\": 1}}\n</tool_call>"] {
-            sent.push_str(&s.push(piece));
+        let mut deltas = Vec::new();
+        for p in pieces {
+            deltas.extend(s.push(p).unwrap());
         }
-        assert_eq!(sent, "");
-        let (rest, deltas) = s.finish().unwrap();
-        assert_eq!(rest, "");
-        assert_eq!(deltas[0][0]["function"]["name"], "f");
-        assert_eq!(deltas[0][0]["function"]["arguments"], "");
-        assert!(deltas[1][0]["function"].get("name").is_none());
-        assert_eq!(deltas[1][0]["function"]["arguments"], "{\"x\":1}");
+        let (last, is_call) = s.finish().unwrap();
+        deltas.extend(last);
+        let content: String = deltas.iter().filter_map(|d| d["content"].as_str()).collect();
+        let calls: Vec<Value> =
+            deltas.iter().filter_map(|d| d.get("tool_calls").map(|c| c[0].clone())).collect();
+        (content, calls, is_call)
+    }
+
+    #[test]
+    fn a_streamed_call_sends_its_name_then_argument_fragments() {
+        let pieces = [
+            "<tool",
+            "_call>\n{\"name\": \"f\", ",
+            "\"arguments\": {\"x\": ",
+            "{\"y\": 1}",
+            "}}",
+            "\n</tool",
+            "_call>",
+        ];
+        let (content, calls, is_call) = stream(&pieces);
+        assert!(content.is_empty() && is_call);
+        assert_eq!(calls[0]["function"]["name"], "f");
+        assert_eq!(calls[0]["function"]["arguments"], "");
+        assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert!(calls.len() >= 3, "{calls:?}");
+        assert!(calls[1..].iter().all(|c| c["function"].get("name").is_none() && c.get("id").is_none()));
+        let args: String = calls.iter().map(|c| c["function"]["arguments"].as_str().unwrap()).collect();
+        assert_eq!(args, "{\"x\": {\"y\": 1}}");
+        // A head in another layout is sent whole at the end, the same call.
+        let (_, calls, is_call) = stream(&["<tool_call>{\"arguments\": {}, \"name\": \"g\"}</tool_call>"]);
+        assert!(is_call);
+        assert_eq!(
+            (calls[0]["function"]["name"].as_str(), calls[1]["function"]["arguments"].as_str()),
+            (Some("g"), Some("{}"))
+        );
         // Text passes through once it cannot be a call.
-        let mut t = CallStream::new(true);
-        assert_eq!(t.push("<"), "");
-        assert_eq!(t.push("b>Hi"), "<b>Hi");
-        assert_eq!(t.push(" there"), " there");
-        assert_eq!(t.finish().unwrap(), (String::new(), vec![]));
+        let (content, calls, is_call) = stream(&["<", "b>Hi", " there"]);
+        assert_eq!((content.as_str(), calls.len(), is_call), ("<b>Hi there", 0, false));
+        // A call cut off mid-arguments is not a complete call.
+        let (_, calls, is_call) = stream(&["<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1"]);
+        assert!(!is_call);
+        assert_eq!(calls.len(), 2);
+    }
+
+    #[test]
+    fn call_heads_parse_incrementally() {
+        assert_eq!(call_head("\n{\"name\": \"f"), Ok(None));
+        assert_eq!(call_head("\n{\"name\": \"f\", \"argu"), Ok(None));
+        assert_eq!(call_head("\n{\"name\": \"f\", \"arguments\": {"), Ok(Some(("f".into(), 28))));
+        assert_eq!(call_head("{\"nome\""), Err(()));
     }
 
     #[test]
