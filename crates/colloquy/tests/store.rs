@@ -248,3 +248,37 @@ fn damaged_or_missing_blocks_are_named_and_gc_keeps_referenced_ones() {
     assert_eq!(ask(&llm, &mut loaded, "Which one comes after Monday?", 12), expected);
     assert_eq!(loaded.tokens(), base.tokens());
 }
+
+/// A load that races a save (which replaces the manifest and collects the
+/// blocks only the old version used) never fails: it starts again on the
+/// new version. Found by `no_silent_loss.rs` as a "block is missing" error.
+#[test]
+fn loads_racing_saves_never_see_a_missing_block() {
+    let llm = llm();
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(SessionStore::open(dir.path()).unwrap());
+    let mut s = llm.new_chat_session().unwrap();
+    ask(&llm, &mut s, "Hello there.", 4);
+    store.save("raced", &s).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut loads = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                store.load("raced").expect("a load racing a save");
+                loads += 1;
+            }
+            loads
+        })
+    };
+    for k in 0..12 {
+        // Each turn rewrites the last, partly filled block: the old one is collected.
+        ask(&llm, &mut s, &format!("Turn {k}."), 2);
+        store.save("raced", &s).unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let loads = reader.join().expect("the reader never failed");
+    assert!(loads > 0);
+    assert_eq!(store.load("raced").unwrap().tokens(), s.tokens());
+}

@@ -162,6 +162,10 @@ use crate::files::io_err;
 
 /// A version above `found`, and above any a deleted session of the same id
 /// can have had: the clock in microseconds when that is larger.
+/// How many times a load starts again when a concurrent save replaced the
+/// manifest it was reading (each retry reads a newer version).
+const LOAD_RETRIES: usize = 8;
+
 fn next_version(found: Option<u64>) -> u64 {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     found.map_or(1, |v| v.saturating_add(1)).max(now)
@@ -311,7 +315,28 @@ impl SessionStore {
     /// let session = store.load("greeting").unwrap();
     /// ```
     pub fn load(&self, id: &str) -> Result<LlamaChatSession> {
-        let m = self.manifest(id)?;
+        // A save by another writer may replace the manifest between our
+        // reading it and its blocks, and collect blocks only the old version
+        // used: then the block is missing but the manifest has moved on, and
+        // the load starts again on the new version.
+        let mut attempts = 0;
+        loop {
+            let m = self.manifest(id)?;
+            let version = m.version;
+            match self.load_manifest(id, m) {
+                Err(Error::StoreBlockMissing { .. }) if attempts < LOAD_RETRIES => {
+                    attempts += 1;
+                    if self.stored_version(id, true)? == Some(version) {
+                        // Same version: the block is really missing.
+                        return self.load_manifest(id, self.manifest(id)?);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn load_manifest(&self, id: &str, m: Manifest) -> Result<LlamaChatSession> {
         let mut versions = crate::session::Versions::default();
         versions.set(self.place(id), m.version);
         let n = m.tokens.len();

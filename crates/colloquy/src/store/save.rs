@@ -145,7 +145,7 @@ impl SessionStore {
     }
 
     /// The version stored as `id`, if any (see [`stored_manifest`](Self::stored_manifest)).
-    fn stored_version(&self, id: &str, strict: bool) -> Result<Option<u64>> {
+    pub(super) fn stored_version(&self, id: &str, strict: bool) -> Result<Option<u64>> {
         Ok(self.stored_manifest(id, strict)?.map(|m| m.version))
     }
 
