@@ -48,7 +48,8 @@ fn schema() -> Value {
         "required": ["name", "age", "city", "hobbies"], "additionalProperties": false } })
 }
 
-/// One turn on a fresh session: (decode tokens/s, setup time of begin_turn).
+/// One turn on a fresh session: its decode tokens/s, the time `begin_turn`
+/// took, and the tokens it generated.
 fn turn(llm: &Llama, params: &GenerationParameters) -> Result<(f64, Duration, usize)> {
     let session = llm.new_chat_session()?;
     let msgs = [ChatMessage::new(MessageType::UserMessage, PROMPT)];

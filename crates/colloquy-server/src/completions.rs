@@ -111,14 +111,14 @@ async fn chat_reply(app: App, headers: HeaderMap, req: ChatRequest) -> Result<Re
         return Err(ApiError::invalid("messages", "the conversation must end with a user or tool message"));
     }
     let llm = app.llm.clone();
-    let begun = blocking_turn(held, session, move |s| llm.begin_turn(s, &new, &params)).await;
-    let (turn, held) = match begun {
+    let (begun, held) = blocking_turn(held, session, move |s| llm.begin_turn(s, &new, &params)).await?;
+    let turn = begun.map_err(|e| match e {
         // A constraint that does not compile is the fault of the field it came from.
-        Err(ApiError::InvalidRequest { param: Some(p), message }) if p == "response_format" => {
-            Err(ApiError::invalid(structure.param, message))
+        colloquy::Error::ConstraintInvalid(_) | colloquy::Error::ConstraintUnsatisfiable(_) => {
+            ApiError::invalid(structure.param, e.to_string())
         }
-        r => r,
-    }?;
+        e => ApiError::from(e),
+    })?;
     let reply = Reply {
         kind: Kind::Chat,
         id: format!("chatcmpl-{}", new_id()?),
@@ -133,12 +133,13 @@ async fn chat_reply(app: App, headers: HeaderMap, req: ChatRequest) -> Result<Re
     respond(app, turn, reply, req.sampling.stream).await
 }
 
-/// Runs `begin` on a blocking thread, on the held session or a fresh one.
+/// Runs `begin` on a blocking thread, on the held session or a fresh one;
+/// `begin`'s own error is left to the caller to map.
 async fn blocking_turn(
     held: Option<Held>,
     fresh: Option<colloquy::LlamaChatSession>,
     begin: impl FnOnce(&colloquy::LlamaChatSession) -> colloquy::Result<RunningTurn> + Send + 'static,
-) -> Result<(RunningTurn, Option<Held>), ApiError> {
+) -> Result<(colloquy::Result<RunningTurn>, Option<Held>), ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let r = match (&held, &fresh) {
@@ -148,8 +149,7 @@ async fn blocking_turn(
         };
         let _ = tx.send((r, held));
     });
-    let (r, held) = rx.await.map_err(|_| ApiError::Internal("a worker thread died".into()))?;
-    Ok((r?, held))
+    rx.await.map_err(|_| ApiError::Internal("a worker thread died".into()))
 }
 
 /// `POST /v1/completions`.

@@ -136,7 +136,8 @@ impl From<colloquy::Error> for ApiError {
             colloquy::Error::EmptyPrompt => ApiError::invalid("prompt", e.to_string()),
             colloquy::Error::ForkOutOfRange { .. } => ApiError::invalid("at", e.to_string()),
             colloquy::Error::StoreInvalidId { .. } => ApiError::invalid("session_id", e.to_string()),
-            // The chat route blames the field the constraint came from.
+            // A constraint that fails mid-answer (the chat route maps one
+            // that fails to compile to its own field).
             colloquy::Error::ConstraintInvalid(_) | colloquy::Error::ConstraintUnsatisfiable(_) => {
                 ApiError::invalid("response_format", e.to_string())
             }

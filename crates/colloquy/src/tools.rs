@@ -5,7 +5,7 @@
 //! The format is Hermes's (Qwen 2.5 and SmolLM2 are trained on it, and
 //! llama.cpp falls back to it): a call is
 //! `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, and a tool's
-//! result comes back as a [`MessageType::ToolResult`] message. The
+//! result comes back as a [`MessageType::ToolResult`](crate::MessageType::ToolResult) message. The
 //! constrained answer is the session's history, so it saves, loads and forks
 //! like any other.
 //!
@@ -24,7 +24,6 @@
 use serde_json::{json, Value};
 
 use crate::constraint::Constraint;
-use crate::message::MessageType;
 
 /// Where a call starts and ends in the model's answer.
 pub const CALL_OPEN: &str = "<tool_call>";
@@ -218,12 +217,3 @@ pub fn parse_tool_calls(text: &str) -> Vec<ToolCall> {
     }
     calls
 }
-
-/// The role a tool's result is appended with.
-///
-/// ```
-/// use colloquy::language::*;
-/// let result = ChatMessage::new(colloquy::tools::RESULT_ROLE, "{\"temp_c\": 21}");
-/// assert_eq!(result.role().as_role(), "tool");
-/// ```
-pub const RESULT_ROLE: MessageType = MessageType::ToolResult;

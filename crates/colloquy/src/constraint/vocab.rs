@@ -1,5 +1,5 @@
 //! llguidance's view of our tokenizer: every token's bytes (read from the
-//! GGUF vocabulary through [`Tokenizer`]), its end-of-generation tokens, and
+//! GGUF vocabulary through [`Tokenizer`]), its end-of-generation tokens,
 //! and a tokenize function. No Hugging Face tokenizer file is involved.
 
 use std::sync::Arc;
