@@ -102,7 +102,7 @@ async fn run_async(args: ChatArgs) -> Result<()> {
             if store.contains(id)? {
                 store
                     .load(id)
-                    .with_context(|| format!("loading session {id} from {}", store.dir().display()))?
+                    .with_context(|| format!("loading session {id} from {}", store.location()))?
             } else {
                 llm.new_chat_session()?
             }
@@ -133,7 +133,7 @@ fn save_to(chat: &Chat<Llama>, p: &Path, store: Option<&SessionStore>, stats: bo
     let id = crate::sessions::id_arg(p)?;
     let s = store
         .save(id, &chat.session()?)
-        .with_context(|| format!("saving session {id} to {}", store.dir().display()))?;
+        .with_context(|| format!("saving session {id} to {}", store.location()))?;
     if stats {
         eprintln!(
             "saved: version={} blocks_written={} blocks_reused={} blocks_removed={} bytes_written={}",

@@ -191,6 +191,23 @@ pub enum Error {
     /// A save waited too long for a gc of the same store, or a gc for saves.
     #[error("the session store is busy: {0}")]
     StoreBusy(String),
+    /// The session store (Redis) did not answer, or answered out of step.
+    /// Nothing was acknowledged; retry when it is back.
+    #[error("the session store {store} is unavailable ({reason}); check that it runs and is reachable, then retry")]
+    StoreUnavailable {
+        /// The store, without its password.
+        store: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A store URL that cannot be used.
+    #[error("invalid session store URL {url:?}: {reason}")]
+    StoreUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn version_text(v: &Option<u64>) -> String {

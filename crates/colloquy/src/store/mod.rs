@@ -1,17 +1,19 @@
-//! A directory of sessions that share their KV blocks on disk.
+//! A store of sessions that share their KV blocks: a folder, or Redis.
 //!
-//! [`SessionStore`] keeps each 32-position KV block in its own
-//! content-addressed file (`blocks/<xxh3-128 hex>`) and each session as a small
-//! manifest (`sessions/<id>`): the tokens, messages and random stream, plus the
-//! ordered list of its blocks. Saving a session again after a turn writes only
+//! [`SessionStore`] keeps each 32-position KV block as its own
+//! content-addressed record (named by its xxh3-128 hash) and each session as a
+//! small manifest: the tokens, messages and random stream, plus the ordered
+//! list of its blocks. Where they live is a [`StoreBackend`]: a directory
+//! ([`DirBackend`]: `blocks/<hash>`, `sessions/<id>`) or Redis and Redis
+//! Cluster ([`RedisBackend`]), chosen by [`SessionStore::open`]. Saving a session again after a turn writes only
 //! the blocks that changed (usually the last, partly filled one, and new ones)
 //! and the manifest. Forks of one conversation share their common blocks, on
 //! disk and, once loaded through the same store, in memory.
 //!
-//! Every file is written to a temporary file, synced and renamed into place;
-//! blocks (and their folder) are synced before the manifest that names them.
-//! A crash at any point leaves every previously saved session loadable. The
-//! layout and the rules are in `docs/session-store.md`.
+//! Blocks are written (and made durable) before the manifest that names them,
+//! and a manifest is swapped atomically, only over the version its session
+//! was loaded from. A crash at any point leaves every previously saved
+//! session loadable. The layouts and the rules are in `docs/session-store.md`.
 //!
 //! ```no_run
 //! use colloquy::language::*;
@@ -32,27 +34,27 @@
 //! ```
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::files::{FileLock, TempFile};
-
-use colloquy_engine::kv::{KvBlock, KvCache, KvLayout};
+use colloquy_engine::kv::{KvBlock, KvCache, KvLayout, BLOCK_TOKENS};
 
 use crate::error::{Error, Result};
 use crate::session::format::used_in_block;
 use crate::session::{Fingerprint, LlamaChatSession, SessionState};
 
+pub mod backend;
+pub use backend::{BlockWriter, Expect, StoreBackend, StoredManifest, Swap};
 mod block_cache;
 use block_cache::BlockCache;
-mod collect;
-use collect::RefCache;
-mod files;
-use files::{sync_dir, write_file};
+mod dir;
+pub use dir::DirBackend;
+mod lru;
+use lru::BlockLru;
 mod records;
+pub mod redis;
+pub use self::redis::RedisBackend;
 mod save;
 
 pub use records::{
@@ -61,14 +63,15 @@ pub use records::{
 };
 
 /// Temporary files (and lock files of processes that cannot be checked) younger
-/// than this are left alone by [`SessionStore::gc`].
+/// than this are left alone by [`SessionStore::gc`] of a directory store.
 pub const GC_GRACE: Duration = Duration::from_secs(5 * 60);
 
-/// How long a save waits for a running [`SessionStore::gc`], and a gc for
-/// running saves, before giving up with [`Error::StoreBusy`].
-const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How many times a load starts again when a concurrent save replaced the
+/// manifest it was reading (each retry reads a newer version).
+const LOAD_RETRIES: usize = 8;
 
-const TMP_PREFIX: &str = ".tmp-";
+/// Blocks fetched (or written) in one round trip.
+const BATCH: usize = 16;
 
 /// What one [`SessionStore::save`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,37 +138,33 @@ pub struct StoreUsage {
     pub block_bytes: u64,
 }
 
-/// A directory of sessions whose KV blocks are shared, content-addressed files.
-/// See the [module documentation](self).
+/// Sessions whose KV blocks are shared, content-addressed records, in a
+/// folder or in Redis. See the [module documentation](self).
 ///
-/// One store may be used from many threads and processes at once: writes are
-/// atomic, and [`gc`](Self::gc) waits for saves in progress (and they for it).
+/// One store may be used from many threads, processes and (with Redis)
+/// machines at once: block writes never overwrite, manifest swaps are
+/// atomic, and garbage collection never removes a block that a save in
+/// progress is about to name.
 pub struct SessionStore {
-    dir: PathBuf,
-    /// `dir` made absolute: names this store in a session's versions.
-    canonical: PathBuf,
+    backend: Box<dyn StoreBackend>,
+    /// Names this store in a session's versions.
+    location: String,
     compression: Option<i32>,
     cache: Mutex<BlockCache>,
-    refs: Mutex<RefCache>,
+    lru: Mutex<BlockLru>,
 }
 
 impl std::fmt::Debug for SessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionStore")
-            .field("dir", &self.dir)
+            .field("backend", &self.backend)
             .field("compression", &self.compression)
             .finish()
     }
 }
 
-use crate::files::io_err;
-
 /// A version above `found`, and above any a deleted session of the same id
 /// can have had: the clock in microseconds when that is larger.
-/// How many times a load starts again when a concurrent save replaced the
-/// manifest it was reading (each retry reads a newer version).
-const LOAD_RETRIES: usize = 8;
-
 fn next_version(found: Option<u64>) -> u64 {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     found.map_or(1, |v| v.saturating_add(1)).max(now)
@@ -198,31 +197,54 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The local block cache a Redis-backed store keeps by default.
+pub const DEFAULT_REMOTE_CACHE: usize = 256 << 20;
+
+/// Whether `location` names a Redis store rather than a folder.
+fn is_redis_url(location: &str) -> bool {
+    location.starts_with("redis://") || location.starts_with("redis+cluster://")
+}
+
 impl SessionStore {
-    /// Opens the store in `dir`, creating the folder and its layout if needed.
+    /// Opens a store: a folder (created with its layout if needed), or Redis
+    /// at `redis://host:port/db` or a Redis Cluster at
+    /// `redis+cluster://host:port[,host:port…]` (see [`RedisBackend::open`]).
     ///
     /// ```no_run
-    /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap();
+    /// use colloquy::store::SessionStore;
+    /// let local = SessionStore::open("my-sessions").unwrap();
+    /// let shared = SessionStore::open("redis://127.0.0.1:6379/0").unwrap();
     /// ```
-    pub fn open(dir: impl AsRef<Path>) -> Result<SessionStore> {
-        let dir = dir.as_ref().to_path_buf();
-        for sub in ["blocks", "sessions", "locks", "tmp"] {
-            let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+    pub fn open(location: impl AsRef<Path>) -> Result<SessionStore> {
+        let location = location.as_ref();
+        match location.to_str() {
+            Some(url) if is_redis_url(url) => Ok(SessionStore::with_backend(Box::new(RedisBackend::open(url)?))
+                .with_cache_bytes(DEFAULT_REMOTE_CACHE)),
+            _ => Ok(SessionStore::with_backend(Box::new(DirBackend::open(location)?))),
         }
-        let canonical = std::fs::canonicalize(&dir).map_err(io_err(&dir))?;
-        Ok(SessionStore {
-            dir,
-            canonical,
-            compression: None,
-            cache: Mutex::new(BlockCache::default()),
-            refs: Mutex::new(RefCache::default()),
-        })
     }
 
-    /// Compresses the block files this store writes with zstd at `level`
+    /// A store on any backend, without a local block cache.
+    ///
+    /// ```
+    /// use colloquy::store::{DirBackend, SessionStore};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SessionStore::with_backend(Box::new(DirBackend::open(dir.path()).unwrap()));
+    /// assert_eq!(store.usage().unwrap().sessions, 0);
+    /// ```
+    pub fn with_backend(backend: Box<dyn StoreBackend>) -> SessionStore {
+        SessionStore {
+            location: backend.location(),
+            backend,
+            compression: None,
+            cache: Mutex::new(BlockCache::default()),
+            lru: Mutex::new(BlockLru::new(0)),
+        }
+    }
+
+    /// Compresses the blocks this store writes with zstd at `level`
     /// (1 to 22; 1 to 3 are fast). Blocks that would not get smaller are
-    /// stored as they are. Reading never needs this: every block file says
+    /// stored as they are. Reading never needs this: every block record says
     /// whether it is compressed. Blocks already in the store are not rewritten.
     ///
     /// ```no_run
@@ -233,52 +255,60 @@ impl SessionStore {
         self
     }
 
-    /// The store's folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Keeps up to `bytes` of recently loaded and saved blocks in memory
+    /// (least recently used first out), so that loading them again reads
+    /// nothing from the backend. 0 turns it off (the default for folders,
+    /// which the page cache serves; Redis stores start with
+    /// [`DEFAULT_REMOTE_CACHE`]).
+    ///
+    /// ```no_run
+    /// let store = colloquy::store::SessionStore::open("redis://127.0.0.1:6379/0")
+    ///     .unwrap()
+    ///     .with_cache_bytes(1 << 30);
+    /// ```
+    pub fn with_cache_bytes(self, bytes: usize) -> SessionStore {
+        *self.lru.lock().unwrap_or_else(|e| e.into_inner()) = BlockLru::new(bytes);
+        self
     }
 
-    fn blocks_dir(&self) -> PathBuf {
-        self.dir.join("blocks")
+    /// Where the store is: its folder, or its Redis URL (without a password).
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
-    fn sessions_dir(&self) -> PathBuf {
-        self.dir.join("sessions")
+    /// The backend under this store.
+    pub fn backend(&self) -> &dyn StoreBackend {
+        &*self.backend
     }
 
-    fn locks_dir(&self) -> PathBuf {
-        self.dir.join("locks")
-    }
-
-    fn tmp_dir(&self) -> PathBuf {
-        self.dir.join("tmp")
+    /// Checks that the store answers now (for a server's `/health`).
+    pub fn health(&self) -> Result<()> {
+        self.backend.health()
     }
 
     /// How a session's versions name session `id` of this store.
     fn place(&self, id: &str) -> String {
-        format!("store:{}\0{id}", self.canonical.display())
-    }
-
-    /// Held while a manifest is checked and swapped (any process, any id).
-    fn manifest_lock(&self) -> Result<FileLock> {
-        FileLock::acquire(&self.locks_dir().join("manifests"))
+        format!("store:{}\0{id}", self.location)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, BlockCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads the manifest of `id`.
-    fn read_manifest_bytes(&self, id: &str) -> Result<Vec<u8>> {
+    fn lru(&self) -> std::sync::MutexGuard<'_, BlockLru> {
+        self.lru.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The manifest of `id` and when it was written.
+    fn stored(&self, id: &str) -> Result<(Manifest, StoredManifest)> {
         validate_id(id)?;
-        let path = self.sessions_dir().join(id);
-        std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::StoreSessionNotFound { session: id.to_string() }
-            } else {
-                io_err(&path)(e)
-            }
-        })
+        let stored = self
+            .backend
+            .read_manifest(id)?
+            .ok_or_else(|| Error::StoreSessionNotFound { session: id.to_string() })?;
+        let m = decode_manifest(&stored.bytes)
+            .map_err(|e| Error::StoreManifestCorrupt { session: id.to_string(), reason: e.to_string() })?;
+        Ok((m, stored))
     }
 
     /// The manifest of `id`: its tokens, messages and block list, without
@@ -291,15 +321,36 @@ impl SessionStore {
     /// }
     /// ```
     pub fn manifest(&self, id: &str) -> Result<Manifest> {
-        let bytes = self.read_manifest_bytes(id)?;
-        decode_manifest(&bytes)
-            .map_err(|e| Error::StoreManifestCorrupt { session: id.to_string(), reason: e.to_string() })
+        Ok(self.stored(id)?.0)
     }
 
     /// Whether a session is saved under `id`.
     pub fn contains(&self, id: &str) -> Result<bool> {
         validate_id(id)?;
-        Ok(self.sessions_dir().join(id).is_file())
+        Ok(self.backend.read_manifest(id)?.is_some())
+    }
+
+    /// Whether `session` holds the version of `id` that the store holds now
+    /// (so that a turn on it can be saved). `Ok(false)`: another writer saved
+    /// since; load it again. [`Error::StoreSessionNotFound`]: it was deleted.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let store = SessionStore::open("my-sessions").unwrap();
+    /// let mut session = store.load("greeting").unwrap();
+    /// if !store.is_current("greeting", &session).unwrap() {
+    ///     session = store.load("greeting").unwrap();
+    /// }
+    /// # }
+    /// ```
+    pub fn is_current(&self, id: &str, session: &LlamaChatSession) -> Result<bool> {
+        validate_id(id)?;
+        let held = session.lock().versions.get(&self.place(id));
+        match self.backend.manifest_version(id)? {
+            None => Err(Error::StoreSessionNotFound { session: id.to_string() }),
+            found => Ok(found == held),
+        }
     }
 
     /// Loads the session saved as `id`. Every block is read and checked
@@ -308,7 +359,8 @@ impl SessionStore {
     ///
     /// Errors: [`Error::StoreSessionNotFound`], [`Error::StoreManifestCorrupt`],
     /// [`Error::StoreBlockMissing`] and [`Error::StoreBlockCorrupt`], each
-    /// naming the session (and the block).
+    /// naming the session (and the block); [`Error::StoreUnavailable`] when
+    /// the backend does not answer.
     ///
     /// ```no_run
     /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap();
@@ -326,7 +378,7 @@ impl SessionStore {
             match self.load_manifest(id, m) {
                 Err(Error::StoreBlockMissing { .. }) if attempts < LOAD_RETRIES => {
                     attempts += 1;
-                    if self.stored_version(id, true)? == Some(version) {
+                    if self.backend.manifest_version(id)? == Some(version) {
                         // Same version: the block is really missing.
                         return self.load_manifest(id, self.manifest(id)?);
                     }
@@ -341,15 +393,16 @@ impl SessionStore {
         versions.set(self.place(id), m.version);
         let n = m.tokens.len();
         let (global, local) = (m.layout.lane(false), m.layout.lane(true));
-        let mut blocks = Vec::with_capacity(m.blocks.len());
-        for (b, &hash) in m.blocks.iter().enumerate() {
-            blocks.push(self.load_block(id, hash, &global, used_in_block(n, b))?);
-        }
+        let wanted: Vec<(BlockHash, &KvLayout, usize)> =
+            m.blocks.iter().enumerate().map(|(b, &h)| (h, &global, used_in_block(n, b))).collect();
+        let blocks = self.load_blocks(id, &wanted)?;
         let mut window = Vec::new();
         if m.layout.window.is_some() {
             window.resize(m.blocks.len(), None);
-            for &(b, hash) in &m.window_blocks {
-                window[b] = Some(self.load_block(id, hash, &local, used_in_block(n, b))?);
+            let wanted: Vec<(BlockHash, &KvLayout, usize)> =
+                m.window_blocks.iter().map(|&(b, h)| (h, &local, used_in_block(n, b))).collect();
+            for (&(b, _), block) in m.window_blocks.iter().zip(self.load_blocks(id, &wanted)?) {
+                window[b] = Some(block);
             }
         }
         let kv = KvCache::from_lanes(m.layout, n, blocks, window, n, m.rewind_point)
@@ -367,23 +420,47 @@ impl SessionStore {
         }))
     }
 
-    /// Reads block `hash` of session `id` and checks it: checksum, content
-    /// against its name, its layout and its number of positions.
-    fn load_block(&self, id: &str, hash: BlockHash, layout: &KvLayout, used: usize) -> Result<Arc<KvBlock>> {
-        let path = self.blocks_dir().join(hash.to_string());
+    /// Reads blocks (hash, layout, used positions) of session `id`, from the
+    /// local cache or, a batch at a time, the backend; checks each: checksum,
+    /// content against its name, its layout and its number of positions.
+    fn load_blocks(&self, id: &str, wanted: &[(BlockHash, &KvLayout, usize)]) -> Result<Vec<Arc<KvBlock>>> {
+        let mut out: Vec<Option<Arc<KvBlock>>> = vec![None; wanted.len()];
+        if self.lru().capacity() > 0 {
+            let mut lru = self.lru();
+            for (slot, &(hash, _, _)) in out.iter_mut().zip(wanted) {
+                *slot = lru.get(hash);
+            }
+        }
+        let fetch: Vec<usize> = (0..wanted.len()).filter(|&i| out[i].is_none()).collect();
+        for chunk in fetch.chunks(BATCH) {
+            let hashes: Vec<BlockHash> = chunk.iter().map(|&i| wanted[i].0).collect();
+            for (&i, bytes) in chunk.iter().zip(self.backend.get_blocks(&hashes)?) {
+                let (hash, layout, used) = wanted[i];
+                let Some(bytes) = bytes else {
+                    return Err(Error::StoreBlockMissing { session: id.to_string(), block: hash.to_string() });
+                };
+                let block = self.check_block(id, hash, layout, used, &bytes)?;
+                self.remember_block(hash, layout, &block);
+                out[i] = Some(block);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn check_block(
+        &self,
+        id: &str,
+        hash: BlockHash,
+        layout: &KvLayout,
+        used: usize,
+        bytes: &[u8],
+    ) -> Result<Arc<KvBlock>> {
         let bad = |reason: String| Error::StoreBlockCorrupt {
             session: id.to_string(),
             block: hash.to_string(),
             reason,
         };
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::StoreBlockMissing { session: id.to_string(), block: hash.to_string() })
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let rec = decode_block(&bytes).map_err(|e| bad(e.to_string()))?;
+        let rec = decode_block(bytes).map_err(|e| bad(e.to_string()))?;
         if rec.hash != hash {
             return Err(bad(format!("its content hashes to {}", rec.hash)));
         }
@@ -396,34 +473,21 @@ impl SessionStore {
         Ok(self.cache().share(hash, used, rec.block))
     }
 
-    fn session_ids(&self) -> Result<Vec<String>> {
-        let dir = self.sessions_dir();
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            if let Some(name) = entry.file_name().to_str() {
-                if validate_id(name).is_ok() && entry.file_type().is_ok_and(|t| t.is_file()) {
-                    ids.push(name.to_string());
-                }
-            }
+    /// Puts a checked (or just written) block in the local cache.
+    fn remember_block(&self, hash: BlockHash, layout: &KvLayout, block: &Arc<KvBlock>) {
+        let mut lru = self.lru();
+        if lru.capacity() > 0 {
+            lru.insert(hash, block, layout.bytes_per_token() * BLOCK_TOKENS);
         }
-        ids.sort();
-        Ok(ids)
     }
 
     /// Describes the session saved as `id` (reads its manifest, and the sizes
     /// of its blocks).
     pub fn info(&self, id: &str) -> Result<SessionInfo> {
-        let path = self.sessions_dir().join(id);
-        let m = self.manifest(id)?;
-        let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
-        let blocks_dir = self.blocks_dir();
-        let distinct: HashSet<BlockHash> = m.all_blocks().collect();
-        let block_bytes: u64 = distinct
-            .iter()
-            .filter_map(|h| std::fs::metadata(blocks_dir.join(h.to_string())).ok())
-            .map(|m| m.len())
-            .sum();
+        let (m, stored) = self.stored(id)?;
+        let distinct: Vec<BlockHash> = m.all_blocks().collect::<HashSet<_>>().into_iter().collect();
+        let block_bytes: u64 = self.backend.block_sizes(&distinct)?.into_iter().flatten().sum();
+        let manifest_bytes = stored.bytes.len() as u64;
         Ok(SessionInfo {
             id: id.to_string(),
             version: m.version,
@@ -431,9 +495,9 @@ impl SessionStore {
             tokens: m.tokens.len(),
             messages: m.history.len() + usize::from(m.pending.is_some()),
             blocks: m.all_blocks().count(),
-            manifest_bytes: meta.len(),
-            bytes: meta.len() + block_bytes,
-            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            manifest_bytes,
+            bytes: manifest_bytes + block_bytes,
+            modified: stored.modified,
         })
     }
 
@@ -441,10 +505,10 @@ impl SessionStore {
     /// it ([`Error::StoreManifestCorrupt`]); delete it to list the rest.
     pub fn list(&self) -> Result<Vec<SessionInfo>> {
         let mut out = Vec::new();
-        for id in self.session_ids()? {
+        for id in self.backend.ids()? {
             match self.info(&id) {
                 Ok(i) => out.push(i),
-                // Deleted since the folder was read.
+                // Deleted since the ids were read.
                 Err(Error::StoreSessionNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -452,42 +516,30 @@ impl SessionStore {
         Ok(out)
     }
 
-    /// The number and bytes of manifests and block files.
+    /// The number and bytes of manifests and blocks.
     pub fn usage(&self) -> Result<StoreUsage> {
-        let mut u = StoreUsage::default();
-        for (dir, count, bytes) in [
-            (self.sessions_dir(), &mut u.sessions, &mut u.manifest_bytes),
-            (self.blocks_dir(), &mut u.blocks, &mut u.block_bytes),
-        ] {
-            for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-                let entry = entry.map_err(io_err(&dir))?;
-                let name = entry.file_name();
-                if name.to_str().is_some_and(|n| !n.starts_with('.')) {
-                    if let Ok(m) = entry.metadata() {
-                        *count += 1;
-                        *bytes += m.len();
-                    }
-                }
-            }
-        }
-        Ok(u)
+        self.backend.usage()
     }
 
     /// Saves a copy of session `from` as `to`, which must not exist. Only the
     /// manifest is copied: the two share every block until they diverge.
     pub fn fork(&self, from: &str, to: &str) -> Result<()> {
         validate_id(to)?;
-        let _writing = self.begin_write()?;
-        let bytes = self.read_manifest_bytes(from)?;
-        let _swap = self.manifest_lock()?;
-        if self.contains(to)? {
-            return Err(Error::StoreSessionExists { session: to.to_string() });
-        }
-        let bytes = records::with_version(&bytes, next_version(None))
+        let writer = self.backend.begin_write()?;
+        let (m, stored) = self.stored(from)?;
+        let version = next_version(None);
+        let bytes = records::with_version(&stored.bytes, version)
             .map_err(|e| Error::StoreManifestCorrupt { session: from.to_string(), reason: e.to_string() })?;
-        let sessions = self.sessions_dir();
-        write_file(&self.tmp_dir(), &sessions, to, &bytes)?;
-        sync_dir(&sessions)
+        // The blocks must stay until the fork's manifest names them.
+        let hashes: Vec<BlockHash> = m.all_blocks().collect();
+        let mut writer = writer;
+        if let Some(i) = writer.missing(&hashes)?.iter().position(|&gone| gone) {
+            return Err(Error::StoreBlockMissing { session: from.to_string(), block: hashes[i].to_string() });
+        }
+        match writer.commit(to, Expect::Absent, version, &bytes)? {
+            Swap::Done { .. } => Ok(()),
+            Swap::Conflict { .. } => Err(Error::StoreSessionExists { session: to.to_string() }),
+        }
     }
 
     /// Deletes session `id`, and the blocks no other session uses. A session
@@ -495,22 +547,29 @@ impl SessionStore {
     /// [`save`](Self::save) gets [`Error::SessionConflict`].
     pub fn delete(&self, id: &str) -> Result<()> {
         validate_id(id)?;
-        let sessions = self.sessions_dir();
-        let path = sessions.join(id);
-        let blocks: Vec<BlockHash> = {
-            let _swap = self.manifest_lock()?;
-            let blocks = self.manifest(id).map(|m| m.all_blocks().collect()).unwrap_or_default();
-            std::fs::remove_file(&path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::StoreSessionNotFound { session: id.to_string() }
-                } else {
-                    io_err(&path)(e)
-                }
-            })?;
-            sync_dir(&sessions)?;
-            blocks
-        };
-        self.collect(&blocks)?;
+        let old = self
+            .backend
+            .delete_manifest(id)?
+            .ok_or_else(|| Error::StoreSessionNotFound { session: id.to_string() })?;
+        let blocks: Vec<BlockHash> = decode_manifest(&old).map(|m| m.all_blocks().collect()).unwrap_or_default();
+        self.backend.collect(&blocks)?;
         Ok(())
+    }
+
+    /// Removes the blocks that no manifest references and the debris of
+    /// interrupted writes, never a block that a save in progress (in any
+    /// process) will name. A folder's gc waits for saves in progress, and
+    /// they for it; Redis's runs alongside them (`docs/session-store.md`).
+    ///
+    /// Refuses ([`Error::StoreManifestCorrupt`]) if a manifest cannot be read,
+    /// since the blocks it names are unknown: delete that session first.
+    ///
+    /// ```no_run
+    /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap();
+    /// let stats = store.gc().unwrap();
+    /// println!("{} blocks removed, {} kept", stats.blocks_removed, stats.blocks_kept);
+    /// ```
+    pub fn gc(&self) -> Result<GcStats> {
+        self.backend.gc()
     }
 }

@@ -65,123 +65,133 @@ impl SessionStore {
             (st.clone(), st.versions.get(&place))
         };
         // Fail early, before writing any block, when the conflict is already
-        // visible; the check that counts is repeated under the lock below.
+        // visible; the check that counts is the backend's atomic swap.
         let found_early = self.stored_version(id, check)?;
         if check && found_early != expected {
             return Err(Error::SessionConflict { id: id.to_string(), expected, found: found_early });
         }
-        let writing = self.begin_write()?;
-        crate::files::remove_stale_temp_files(&self.tmp_dir())?;
-        let blocks_dir = self.blocks_dir();
-        let (global, local) = (snap.kv.layout().lane(false), snap.kv.layout().lane(true));
-        let mut stats = SaveStats::default();
-        let mut written = Vec::new();
-        let mut raw = Vec::new();
-        let n = snap.kv.len();
-        let mut save_block = |layout: &KvLayout, block: &Arc<KvBlock>, b: usize| -> Result<BlockHash> {
-            let (hash, bytes) = self.save_block(layout, block, used_in_block(n, b), &mut raw)?;
-            match bytes {
-                Some(bytes) => {
-                    written.push(hash);
-                    stats.blocks_written += 1;
-                    stats.bytes_written += bytes;
-                }
-                None => stats.blocks_reused += 1,
-            }
-            Ok(hash)
+        let (expect, version) = match check {
+            true => (Expect::from_version(expected), next_version(expected)),
+            false => (Expect::Any, next_version(found_early)),
         };
-        let mut hashes = Vec::with_capacity(snap.kv.blocks().len());
-        for (b, block) in snap.kv.blocks().iter().enumerate() {
-            hashes.push(save_block(&global, block, b)?);
-        }
-        let mut window = Vec::new();
+        let mut writer = self.backend.begin_write()?;
+        let n = snap.kv.len();
+        let (global, local) = (snap.kv.layout().lane(false), snap.kv.layout().lane(true));
+        // Every block with its lane and index: the global lane, then the window's.
+        let mut all: Vec<(&Arc<KvBlock>, &KvLayout, usize)> =
+            snap.kv.blocks().iter().enumerate().map(|(b, block)| (block, &global, b)).collect();
+        let mut window_at = Vec::new();
         for (b, block) in snap.kv.window_blocks().iter().enumerate() {
             if let Some(block) = block {
-                window.push((b, save_block(&local, block, b)?));
+                window_at.push(b);
+                all.push((block, &local, b));
             }
         }
-        // The blocks' renames must be durable before a manifest names them,
-        // including blocks another process wrote and did not get to sync.
-        sync_dir(&blocks_dir)?;
-        let sessions = self.sessions_dir();
-        let swap = self.manifest_lock()?;
-        let current = self.stored_manifest(id, check)?;
-        let found = current.as_ref().map(|m| m.version);
-        if check && found != expected {
-            drop((swap, writing));
-            // The blocks this save wrote are garbage unless someone else uses them.
-            self.collect(&written)?;
-            return Err(Error::SessionConflict { id: id.to_string(), expected, found });
+        let mut stats = SaveStats::default();
+        let mut hashes = Vec::with_capacity(all.len());
+        let mut written = Vec::new();
+        for chunk in all.chunks(BATCH) {
+            self.save_blocks(&mut *writer, chunk, n, &mut hashes, &mut written, &mut stats)?;
         }
-        let replaced = {
-            let _swap = swap;
-            stats.version = next_version(found);
-            let manifest = records::encode_manifest(&snap, stats.version, &hashes, &window);
-            write_file(&self.tmp_dir(), &sessions, id, &manifest)?;
-            sync_dir(&sessions)?;
-            stats.bytes_written += manifest.len() as u64;
-            current
+        let window: Vec<(usize, BlockHash)> =
+            window_at.iter().zip(&hashes[snap.kv.blocks().len()..]).map(|(&b, &h)| (b, h)).collect();
+        let hashes = &hashes[..snap.kv.blocks().len()];
+        let manifest = records::encode_manifest(&snap, version, hashes, &window);
+        let previous = match writer.commit(id, expect, version, &manifest)? {
+            Swap::Done { previous } => previous,
+            Swap::Conflict { found } => {
+                // The blocks this save wrote are garbage unless someone else uses them.
+                self.backend.collect(&written)?;
+                return Err(Error::SessionConflict { id: id.to_string(), expected, found });
+            }
         };
-        drop(writing);
-        session.lock().versions.set(place, stats.version);
-        if let Some(old) = replaced {
-            let kept: HashSet<BlockHash> =
-                hashes.iter().copied().chain(window.iter().map(|&(_, h)| h)).collect();
+        stats.version = version;
+        stats.bytes_written += manifest.len() as u64;
+        session.lock().versions.set(place, version);
+        if let Some(old) = previous.and_then(|b| decode_manifest(&b).ok()) {
+            let kept: HashSet<BlockHash> = hashes.iter().copied().chain(window.iter().map(|&(_, h)| h)).collect();
             let orphans: Vec<BlockHash> = old.all_blocks().filter(|h| !kept.contains(h)).collect();
-            stats.blocks_removed = self.collect(&orphans)?;
+            stats.blocks_removed = self.backend.collect(&orphans)?;
         }
         Ok(stats)
     }
 
-    /// The manifest stored as `id`, if any. Without `strict`, a damaged one
-    /// counts as none (there is no version in it to compare with).
-    fn stored_manifest(&self, id: &str, strict: bool) -> Result<Option<Manifest>> {
+    /// The version stored as `id`, if any. Without `strict`, a damaged
+    /// manifest counts as none (there is no version in it to compare with).
+    pub(super) fn stored_version(&self, id: &str, strict: bool) -> Result<Option<u64>> {
         match self.manifest(id) {
-            Ok(m) => Ok(Some(m)),
+            Ok(m) => Ok(Some(m.version)),
             Err(Error::StoreSessionNotFound { .. }) => Ok(None),
             Err(Error::StoreManifestCorrupt { .. }) if !strict => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// The version stored as `id`, if any (see [`stored_manifest`](Self::stored_manifest)).
-    pub(super) fn stored_version(&self, id: &str, strict: bool) -> Result<Option<u64>> {
-        Ok(self.stored_manifest(id, strict)?.map(|m| m.version))
-    }
-
-    /// Writes one block's file unless the store holds it. Returns its hash,
-    /// and the bytes written (`None`: the store already held it).
-    fn save_block(
+    /// Hashes a batch of blocks (block, lane layout, index), asks the backend
+    /// which it lacks and writes those; appends the hashes to `hashes` and
+    /// the newly written ones to `written`.
+    fn save_blocks(
         &self,
-        layout: &KvLayout,
-        block: &Arc<KvBlock>,
-        used: usize,
-        raw: &mut Vec<u8>,
-    ) -> Result<(BlockHash, Option<u64>)> {
-        let known = self.cache().hash_of(block, used);
-        raw.clear();
-        let hash = match known {
-            Some(h) => h,
-            None => {
-                records::block_rows(layout, block, used, raw);
-                records::block_hash(layout, used, raw)
+        writer: &mut dyn BlockWriter,
+        chunk: &[(&Arc<KvBlock>, &KvLayout, usize)],
+        n: usize,
+        hashes: &mut Vec<BlockHash>,
+        written: &mut Vec<BlockHash>,
+        stats: &mut SaveStats,
+    ) -> Result<()> {
+        // Rows already encoded while hashing, kept for writing.
+        let mut rows: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
+        let start = hashes.len();
+        for &(block, layout, b) in chunk {
+            let used = used_in_block(n, b);
+            let known = self.cache().hash_of(block, used);
+            match known {
+                Some(h) => {
+                    hashes.push(h);
+                    rows.push(None);
+                }
+                None => {
+                    let mut raw = Vec::new();
+                    records::block_rows(layout, block, used, &mut raw);
+                    let h = records::block_hash(layout, used, &raw);
+                    self.cache().remember(block, used, h);
+                    hashes.push(h);
+                    rows.push(Some(raw));
+                }
             }
-        };
-        let name = hash.to_string();
-        let blocks_dir = self.blocks_dir();
-        let path = blocks_dir.join(&name);
-        let mut bytes = None;
-        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-            if known.is_some() {
-                records::block_rows(layout, block, used, raw);
+        }
+        let mine = &hashes[start..];
+        let missing = writer.missing(mine)?;
+        let mut puts = Vec::new();
+        for (i, &(block, layout, b)) in chunk.iter().enumerate() {
+            if !missing[i] {
+                stats.blocks_reused += 1;
+                continue;
             }
-            let file = records::encode_block(layout, used, raw, self.compression);
-            write_file(&self.tmp_dir(), &blocks_dir, &name, &file)?;
-            bytes = Some(file.len() as u64);
+            let used = used_in_block(n, b);
+            let raw = rows[i].take().unwrap_or_else(|| {
+                let mut raw = Vec::new();
+                records::block_rows(layout, block, used, &mut raw);
+                raw
+            });
+            puts.push((mine[i], records::encode_block(layout, used, &raw, self.compression)));
         }
-        if known.is_none() {
-            self.cache().remember(block, used, hash);
+        for (&(block, layout, _), h) in chunk.iter().zip(mine) {
+            self.remember_block(*h, layout, block);
         }
-        Ok((hash, bytes))
+        if puts.is_empty() {
+            return Ok(());
+        }
+        let new = writer.put(&puts)?;
+        for ((hash, bytes), new) in puts.iter().zip(new) {
+            if new {
+                written.push(*hash);
+                stats.blocks_written += 1;
+                stats.bytes_written += bytes.len() as u64;
+            } else {
+                stats.blocks_reused += 1;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,13 +1,21 @@
-//! Garbage collection: which blocks the store's manifests reference, the
-//! collection a save runs for the blocks it stopped using, and the full
-//! [`SessionStore::gc`].
+//! Garbage collection in a directory store: which blocks the manifests
+//! reference, the collection a save runs for the blocks it stopped using,
+//! and the full gc.
 
 use std::collections::HashMap;
 
-use super::*;
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{remove_old_temp_files, DirBackend, LOCK_WAIT};
+use crate::error::{Error, Result};
+use crate::files::{io_err, sync_dir};
+use crate::store::backend::StoreBackend;
+use crate::store::{decode_manifest, BlockHash, GcStats, MANIFEST_MAGIC};
 
 /// How long a save's own collection waits for other writers before leaving
-/// its garbage to a later save or [`SessionStore::gc`]: the save itself has
+/// its garbage to a later save or a full gc: the save itself has
 /// succeeded by then, and must not stall behind a busy store.
 const COLLECT_WAIT: Duration = Duration::from_secs(2);
 
@@ -47,11 +55,11 @@ fn manifest_key(path: &Path) -> Option<ManifestKey> {
     Some(ManifestKey { version: u64::from_le_bytes(v), len: meta.len(), inode })
 }
 
-impl SessionStore {
+impl DirBackend {
     /// Every block some manifest references. Fails on a manifest that cannot
     /// be read ([`Error::StoreManifestCorrupt`]): the blocks it names are unknown.
     fn referenced_blocks(&self) -> Result<HashSet<BlockHash>> {
-        let ids = self.session_ids()?;
+        let ids = self.ids()?;
         let mut refs = self.refs.lock().unwrap_or_else(|e| e.into_inner());
         refs.by_id.retain(|id, _| ids.binary_search(id).is_ok());
         let mut all = HashSet::new();
@@ -63,7 +71,11 @@ impl SessionStore {
                     continue;
                 }
             }
-            match self.manifest(&id) {
+            let Some(bytes) = self.read_manifest_bytes(&id)? else {
+                // Deleted since the folder was read.
+                continue;
+            };
+            match decode_manifest(&bytes) {
                 Ok(m) => {
                     let blocks: Vec<BlockHash> = m.all_blocks().collect();
                     all.extend(blocks.iter().copied());
@@ -76,9 +88,9 @@ impl SessionStore {
                         }
                     }
                 }
-                // Deleted since the folder was read.
-                Err(Error::StoreSessionNotFound { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(Error::StoreManifestCorrupt { session: id, reason: e.to_string() })
+                }
             }
         }
         Ok(all)
@@ -87,7 +99,7 @@ impl SessionStore {
     /// Removes those of `candidates` that no manifest references, under the
     /// gc lock (so no save can be about to reuse one). Returns how many it
     /// removed; leaves them all when the store is too busy to wait for.
-    pub(super) fn collect(&self, candidates: &[BlockHash]) -> Result<usize> {
+    pub(super) fn collect_blocks(&self, candidates: &[BlockHash]) -> Result<usize> {
         if candidates.is_empty() {
             return Ok(0);
         }
@@ -117,18 +129,12 @@ impl SessionStore {
 
     /// Removes the block files that no manifest references, and the temporary
     /// files of interrupted writes (those whose writer process is gone, and
-    /// those in the old `.tmp-` naming older than [`GC_GRACE`]). Waits for
+    /// those in the old `.tmp-` naming older than [`GC_GRACE`](crate::store::GC_GRACE)). Waits for
     /// saves in progress (in any process) to finish, and saves wait for it.
     ///
     /// Refuses ([`Error::StoreManifestCorrupt`]) if a manifest cannot be read,
     /// since the blocks it names are unknown: delete that session first.
-    ///
-    /// ```no_run
-    /// let store = colloquy::store::SessionStore::open("my-sessions").unwrap();
-    /// let stats = store.gc().unwrap();
-    /// println!("{} blocks removed, {} kept", stats.blocks_removed, stats.blocks_kept);
-    /// ```
-    pub fn gc(&self) -> Result<GcStats> {
+    pub(super) fn full_gc(&self) -> Result<GcStats> {
         let _gc = self.begin_gc(LOCK_WAIT)?;
         let referenced = self.referenced_blocks()?;
         let mut stats = GcStats::default();
@@ -151,7 +157,7 @@ impl SessionStore {
         }
         stats.temp_files_removed += crate::files::remove_stale_temp_files(&self.tmp_dir())?;
         for dir in [&blocks_dir, &self.sessions_dir()] {
-            stats.temp_files_removed += files::remove_old_temp_files(dir)?;
+            stats.temp_files_removed += remove_old_temp_files(dir)?;
         }
         sync_dir(&blocks_dir)?;
         sync_dir(&self.sessions_dir())?;

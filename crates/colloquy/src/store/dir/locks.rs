@@ -1,16 +1,16 @@
-//! The store's file handling: atomic writes, directory syncs, lock files and
-//! temporary-file cleanup.
+//! The directory store's lock files: write markers and the gc lock, and how
+//! a stale one (left by a killed process) is told apart.
 
-use super::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Writes `bytes` to `dir/name` through a synced temporary file in `tmp_dir`
-/// (the store's `tmp/`, on the same file system) and a rename. The caller
-/// syncs `dir` afterwards.
-pub(super) fn write_file(tmp_dir: &Path, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    TempFile::write(tmp_dir, name, bytes, None)?.commit(&dir.join(name))
-}
+use super::{DirBackend, LOCK_WAIT};
+use crate::error::{Error, Result};
+use crate::files::io_err;
+use crate::store::GC_GRACE;
 
-pub(super) use crate::files::sync_dir;
 
 /// A lock file of this process that is removed when dropped.
 pub(super) struct LockFile(PathBuf);
@@ -43,7 +43,7 @@ pub(super) fn is_stale(path: &Path) -> bool {
     }
 }
 
-impl SessionStore {
+impl DirBackend {
     pub(super) fn lock_file(&self, name: &str, create_new: bool) -> std::io::Result<LockFile> {
         let path = self.locks_dir().join(name);
         let mut opts = std::fs::OpenOptions::new();
@@ -65,7 +65,7 @@ impl SessionStore {
     /// that `locks/gc` does not exist; gc creates `locks/gc`, then checks that
     /// no writer's file exists. Each creates its file before looking for the
     /// other's, so at least one of them sees the other, and backs off.
-    pub(super) fn begin_write(&self) -> Result<LockFile> {
+    pub(super) fn begin_write_marker(&self) -> Result<LockFile> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let locks = self.locks_dir();
         let start = std::time::Instant::now();
@@ -91,7 +91,7 @@ impl SessionStore {
     }
 
     /// Takes `locks/gc`, then waits until no write is in progress (see
-    /// [`begin_write`](Self::begin_write)). Holding `locks/gc` keeps new writes
+    /// [`begin_write_marker`](Self::begin_write_marker)). Holding `locks/gc` keeps new writes
     /// from starting, so the wait ends.
     pub(super) fn begin_gc(&self, wait: Duration) -> Result<LockFile> {
         let locks = self.locks_dir();
@@ -135,26 +135,4 @@ impl SessionStore {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-/// Removes `dir`'s temporary files in the old naming (`.tmp-…`, written by
-/// colloquy before the store had its `tmp/` folder) older than [`GC_GRACE`].
-pub(super) fn remove_old_temp_files(dir: &Path) -> Result<usize> {
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        if !entry.file_name().to_str().is_some_and(|s| s.starts_with(TMP_PREFIX)) {
-            continue;
-        }
-        let old = entry
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > GC_GRACE);
-        if old && std::fs::remove_file(entry.path()).is_ok() {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
