@@ -24,10 +24,16 @@ pub struct ServeArgs {
     threads: Option<usize>,
     #[command(flatten)]
     context: crate::ContextArgs,
-    /// The session store that keeps every stored conversation (default:
-    /// `$COLLOQUY_HOME/sessions`).
+    /// The session store that keeps every stored conversation: a folder, or
+    /// Redis shared by several servers (`redis://HOST:PORT/DB`,
+    /// `redis+cluster://HOST:PORT,HOST:PORT`; see docs/deploy.md). Default:
+    /// `$COLLOQUY_HOME/sessions`.
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Seconds between garbage collections of the store's unused blocks
+    /// (0: never). Default: 600 for Redis; a folder store collects as it saves.
+    #[arg(long)]
+    store_gc_interval: Option<u64>,
     /// Require `Authorization: Bearer KEY` on every request but /health.
     #[arg(long, env = "COLLOQUY_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -64,8 +70,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let llm = builder.build().await.with_context(|| format!("loading model {}", args.model))?;
     let dir = args.store.unwrap_or_else(|| colloquy::engine::fetch::cache_dir().join("sessions"));
     let store = SessionStore::open(&dir).with_context(|| {
-        format!("opening the session store {} (choose another with --store DIR)", dir.display())
+        format!(
+            "opening the session store {} (start it, or choose another with --store DIR or --store redis://HOST:PORT/DB)",
+            dir.display()
+        )
     })?;
+    let remote = store.backend().location().starts_with("redis");
+    let gc_every = args.store_gc_interval.unwrap_or(if remote { 600 } else { 0 });
     let file_stem = llm.model().path().file_stem().map(|s| s.to_string_lossy().into_owned());
     let config = ServerConfig {
         model_id: args.model.clone(),
@@ -78,6 +89,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         prompt_budget: args.prompt_budget,
     };
     let server = Server::start(llm, store, config)?;
+    if gc_every > 0 {
+        collect_every(std::sync::Arc::clone(server.store()), std::time::Duration::from_secs(gc_every));
+    }
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{} (is the port in use? try --port 0)", args.host, args.port))?;
@@ -90,4 +104,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     colloquy_server::serve(listener, router(server)).await?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Runs the store's garbage collection every `every`, on its own thread
+/// (it reads every manifest, and must not hold up requests). A failure is
+/// reported and retried next time.
+fn collect_every(store: std::sync::Arc<SessionStore>, every: std::time::Duration) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(every);
+        match store.gc() {
+            Ok(s) => eprintln!("store gc: {} blocks removed, {} kept", s.blocks_removed, s.blocks_kept),
+            Err(e) => eprintln!("store gc failed (retried in {}s): {e}", every.as_secs()),
+        }
+    });
 }

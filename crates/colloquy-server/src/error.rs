@@ -61,6 +61,10 @@ pub enum ApiError {
     /// The server is stopping (503).
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The session store does not answer (503, with `Retry-After`): nothing
+    /// was acknowledged.
+    #[error("{0}; nothing was saved, retry the request when the store is back")]
+    StoreUnavailable(String),
     /// Anything else (500): the library's error, with its cause.
     #[error("{0}")]
     Internal(String),
@@ -85,7 +89,7 @@ impl ApiError {
             ApiError::SessionBusy(_) | ApiError::SessionConflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +108,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large")),
             ApiError::QueueFull(_) => ("rate_limit_error", Some("queue_full")),
             ApiError::ShuttingDown => ("server_error", Some("shutting_down")),
+            ApiError::StoreUnavailable(_) => ("server_error", Some("store_unavailable")),
             ApiError::Internal(_) => ("server_error", None),
         }
     }
@@ -136,6 +141,9 @@ impl From<colloquy::Error> for ApiError {
             colloquy::Error::EmptyPrompt => ApiError::invalid("prompt", e.to_string()),
             colloquy::Error::ForkOutOfRange { .. } => ApiError::invalid("at", e.to_string()),
             colloquy::Error::StoreInvalidId { .. } => ApiError::invalid("session_id", e.to_string()),
+            colloquy::Error::StoreUnavailable { .. } | colloquy::Error::StoreBusy(_) => {
+                ApiError::StoreUnavailable(e.to_string())
+            }
             // A constraint that fails mid-answer (the chat route maps one
             // that fails to compile to its own field).
             colloquy::Error::ConstraintInvalid(_) | colloquy::Error::ConstraintUnsatisfiable(_) => {
@@ -149,7 +157,7 @@ impl From<colloquy::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
-        if matches!(self, ApiError::QueueFull(_)) {
+        if matches!(self, ApiError::QueueFull(_) | ApiError::StoreUnavailable(_)) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

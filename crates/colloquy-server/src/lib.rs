@@ -105,6 +105,21 @@ pub struct Server {
 pub type App = Arc<Server>;
 
 impl Server {
+    /// The session store the server keeps its sessions in.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// # let llm = Llama::new_chat().await.unwrap();
+    /// let store = SessionStore::open("sessions").unwrap();
+    /// let server = colloquy_server::Server::start(llm, store, Default::default()).unwrap();
+    /// println!("{} sessions", server.store().list().unwrap().len());
+    /// # }
+    /// ```
+    pub fn store(&self) -> &Arc<SessionStore> {
+        self.sessions.store()
+    }
+
     /// Starts the scheduler for `llm`, with sessions kept in `store`.
     ///
     /// ```no_run
@@ -240,6 +255,21 @@ async fn models(State(app): State<App>) -> Json<serde_json::Value> {
     }]}))
 }
 
+/// `GET /health`: the server answers, and whether its session store does.
+/// A store that is down makes the server "degraded" (still 200: requests
+/// without a session work, and every replica shares the store).
+async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+    let store = Arc::clone(app.sessions.store());
+    let location = store.location().to_string();
+    let checked = tokio::task::spawn_blocking(move || store.health()).await;
+    let (status, store) = match checked {
+        Ok(Ok(())) => ("ok", json!({"location": location, "status": "ok"})),
+        Ok(Err(e)) => ("degraded", json!({"location": location, "status": "unavailable", "error": e.to_string()})),
+        Err(e) => ("degraded", json!({"location": location, "status": "unavailable", "error": e.to_string()})),
+    };
+    Json(json!({"status": status, "store": store}))
+}
+
 async fn metrics_text(State(app): State<App>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render(app.scheduler.depth()))
         .into_response()
@@ -263,7 +293,7 @@ async fn not_found(req: Request) -> ApiError {
 pub fn router(app: App) -> Router {
     let limit = app.config.max_body_bytes;
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(completions::chat))

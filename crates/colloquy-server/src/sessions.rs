@@ -92,6 +92,15 @@ impl Sessions {
         if slot.deleted.load(Ordering::SeqCst) {
             return Err(ApiError::SessionNotFound(id.to_string()));
         }
+        if let Some(session) = guard.take() {
+            // Another server on the same store may have saved a newer turn:
+            // then the copy held here is stale, and is read again.
+            let (store, key) = (Arc::clone(&self.store), id.to_string());
+            let (current, session) = blocking_with(session, move |s| store.is_current(&key, s)).await;
+            if current? {
+                *guard = Some(session);
+            }
+        }
         if guard.is_none() {
             let (store, key) = (Arc::clone(&self.store), id.to_string());
             *guard = Some(blocking(move || store.load(&key)).await?);
@@ -171,6 +180,20 @@ impl Sessions {
         let (store, key) = (Arc::clone(&self.store), id.to_string());
         blocking(move || store.delete(&key)).await
     }
+}
+
+/// Runs `f(&session)` on a blocking thread and gives the session back.
+async fn blocking_with<T: Send + 'static>(
+    session: LlamaChatSession,
+    f: impl FnOnce(&LlamaChatSession) -> colloquy::Result<T> + Send + 'static,
+) -> (Result<T, ApiError>, LlamaChatSession) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let r = f(&session);
+        let _ = tx.send((r, session));
+    });
+    let (r, session) = rx.await.unwrap_or_else(|_| panic!("a blocking store thread died"));
+    (r.map_err(ApiError::from), session)
 }
 
 /// Runs `f(&held)` on a blocking thread and gives `held` back.

@@ -1,6 +1,8 @@
 //! Shared helpers for tests on the real default model.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::sync::OnceLock;
 
 use colloquy::language::*;
