@@ -4,102 +4,14 @@
 //! whose client left. Every request goes to 127.0.0.1 with a timeout, and
 //! every server is killed at the end.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn send(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    s
-}
-
-/// One request; its status, headers and body.
-fn exchange(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String, String) {
-    let mut s = send(addr, method, path, headers, body);
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    (status, head.to_string(), body.to_string())
-}
-
-fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, _, body) = exchange(addr, method, path, "", body);
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-fn chat(addr: &str, body: Value) -> Value {
-    let (status, v) = request(addr, "POST", "/v1/chat/completions", &body.to_string());
-    assert_eq!(status, 200, "{v}");
-    v
-}
-
-/// The `data:` payloads of a streamed reply.
-fn events(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
-}
-
-/// Starts `colloquy serve` on a free loopback port with its sessions in `store`.
-fn start(store: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
-        .args(["serve", "--port", "0", "--threads", "2", "--store"])
-        .arg(store)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").expect("the address line").to_string();
-    Server(child, addr)
-}
-
-/// The greedy tokens and their log-probabilities, bit for bit as the
-/// server printed them.
-fn tokens_of(reply: &Value) -> Vec<(String, String)> {
-    reply["choices"][0]["logprobs"]["content"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["token"].as_str().unwrap().to_string(), t["logprob"].to_string()))
-        .collect()
-}
-
-fn greedy(messages: Value, max: u32) -> Value {
-    json!({"messages": messages, "temperature": 0, "max_tokens": max, "logprobs": true})
-}
-
-fn user(text: &str) -> Value {
-    json!({"role": "user", "content": text})
-}
-
-fn create_session(addr: &str) -> String {
-    let (status, s) = request(addr, "POST", "/v1/sessions", "");
-    assert_eq!(status, 201, "{s}");
-    s["id"].as_str().unwrap().to_string()
-}
+mod common;
+use common::*;
 
 #[test]
 fn wire_shapes_errors_and_limits() {

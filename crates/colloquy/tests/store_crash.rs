@@ -1,6 +1,7 @@
 //! Crash safety: a child process chats and saves into a store 50 times, and is
 //! killed (SIGKILL) at random points and restarted. Every session it reported
-//! as saved must load and continue exactly like an uninterrupted run.
+//! as saved must load and continue exactly like an uninterrupted run. Once
+//! on a folder store (12 kills), once on Redis (50 kills).
 //!
 //! The child is this test binary, re-run with `crash_child` and an environment
 //! variable naming the store.
@@ -78,6 +79,22 @@ impl Rng {
 
 #[test]
 fn crash_at_random_points_loses_no_saved_session() {
+    let dir = tempfile::tempdir().unwrap();
+    crash_run(dir.path().to_str().unwrap(), 12);
+    // The temporary files of killed writers were removed by later saves.
+    let temp = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+    assert_eq!(temp, 0, "temporary files of killed writers survived later saves");
+}
+
+#[test]
+fn crash_at_random_points_loses_no_saved_session_in_redis() {
+    let Some((url, _guard)) = common::redis::shared_standalone("crash") else { return };
+    crash_run(&url, 50);
+}
+
+/// Runs the child on the store at `location` until it finishes, killing it
+/// `kills_wanted` times, then checks every session it reported.
+fn crash_run(location: &str, kills_wanted: usize) {
     let t0 = Instant::now();
     let llm = model();
     // The uninterrupted run, one turn further than the child goes.
@@ -90,7 +107,6 @@ fn crash_at_random_points_loses_no_saved_session() {
     }
     let t_ref = t0.elapsed();
 
-    let dir = tempfile::tempdir().unwrap();
     let seed =
         std::env::var("COLLOQUY_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c0ffee_u64);
     let mut rng = Rng(seed | 1);
@@ -102,10 +118,10 @@ fn crash_at_random_points_loses_no_saved_session() {
     let mut runs = 0;
     loop {
         runs += 1;
-        assert!(runs < 40, "the child did not finish");
+        assert!(runs < kills_wanted + 40, "the child did not finish");
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
-            .env(ENV, dir.path())
+            .env(ENV, location)
             // Every other run compresses its blocks: the store mixes both kinds.
             .env("COLLOQUY_STORE_CRASH_ZSTD", if runs % 2 == 0 { "3" } else { "none" })
             .stdout(Stdio::piped())
@@ -125,7 +141,9 @@ fn crash_at_random_points_loses_no_saved_session() {
         // Kill after a random number of saves: either as the next save starts
         // (within its first milliseconds), or after a random delay (inside a
         // turn, or a save).
-        let plan = (kills < 12).then(|| (rng.below(6), rng.below(2) == 0, rng.below(150)));
+        let plan = (kills < kills_wanted).then(|| (rng.below(if kills_wanted > TURNS / 2 { 2 } else { 6 }), rng.below(2) == 0, rng.below(150)));
+        // Many kills must fit in TURNS turns: then a kill comes one save earlier.
+        let early = usize::from(kills_wanted > TURNS / 2);
         let mut seen = 0;
         let mut done = false;
         let mut killed = false;
@@ -145,7 +163,7 @@ fn crash_at_random_points_loses_no_saved_session() {
                     if let Some((after, in_save, delay_ms)) = plan {
                         let now =
                             if in_save { line.starts_with("saving ") } else { line.starts_with("saved ") };
-                        if seen > after && now {
+                        if seen + early > after as usize && now {
                             let delay = if in_save { delay_ms % 8 } else { delay_ms };
                             std::thread::sleep(Duration::from_millis(delay));
                             child.kill().unwrap();
@@ -166,7 +184,7 @@ fn crash_at_random_points_loses_no_saved_session() {
             // Whatever was interrupted, the latest reported save of "head" (or
             // a later one) loads, and is one of the reference states.
             if let Some(&n) = saved.get("head") {
-                let head = SessionStore::open(dir.path()).unwrap().load("head").unwrap();
+                let head = SessionStore::open(location).unwrap().load("head").unwrap();
                 assert!(head.token_count() >= n);
                 assert!(ref_tokens.contains(&head.tokens()), "head after kill {kills}");
             }
@@ -179,12 +197,8 @@ fn crash_at_random_points_loses_no_saved_session() {
     }
     let t_child = t0.elapsed() - t_ref;
 
-    // The temporary files of killed writers were removed by later saves.
-    let temp = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
-    assert_eq!(temp, 0, "temporary files of killed writers survived later saves");
-
     // Every reported session loads, and continues exactly like the reference.
-    let store = SessionStore::open(dir.path()).unwrap();
+    let store = SessionStore::open(location).unwrap();
     // A kill between a save and its report leaves a saved, unreported turn
     // (the next run resumes from it): check those too.
     assert!(saved.len() > TURNS / 2, "{saved:?}");
@@ -212,6 +226,6 @@ fn crash_at_random_points_loses_no_saved_session() {
         t_child.as_secs_f64(),
         (t0.elapsed() - t_ref - t_child).as_secs_f64()
     );
-    assert!(kills >= 5);
+    assert_eq!(kills, kills_wanted);
     assert!(interrupted >= 1, "no kill landed inside a save");
 }
