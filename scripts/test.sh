@@ -39,6 +39,10 @@ cargo run -q -j"$JOBS" -p colloquy-cli -- pull gemma3
 # The official openai client, pinned, in a venv (its test also runs this).
 bash scripts/openai-venv.sh
 
+# Redis for the shared-store tests: installed if missing, started here,
+# stopped when this script exits.
+source scripts/redis-test-env.sh
+
 cargo test -j"$JOBS" -- --test-threads=1
 
 if [ "${COLLOQUY_SKIP_FUZZ:-0}" != 1 ]; then

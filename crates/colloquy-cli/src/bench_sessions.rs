@@ -54,7 +54,7 @@ fn text_of(llm: &Llama, tokens: usize) -> String {
     text
 }
 
-async fn session_with(llm: &Llama, tokens: usize) -> Result<LlamaChatSession> {
+pub(crate) async fn session_with(llm: &Llama, tokens: usize) -> Result<LlamaChatSession> {
     let mut s = llm.new_chat_session()?;
     let msg = [ChatMessage::new(MessageType::UserMessage, text_of(llm, tokens))];
     let p = GenerationParameters::new().with_temperature(0.0).with_max_length(8);
@@ -62,7 +62,7 @@ async fn session_with(llm: &Llama, tokens: usize) -> Result<LlamaChatSession> {
     Ok(s)
 }
 
-async fn another_turn(llm: &Llama, s: &mut LlamaChatSession) -> Result<()> {
+pub(crate) async fn another_turn(llm: &Llama, s: &mut LlamaChatSession) -> Result<()> {
     let msg = [ChatMessage::new(MessageType::UserMessage, "And then?")];
     let p = GenerationParameters::new().with_temperature(0.0).with_max_length(16);
     llm.add_messages_with_callback(s, &msg, p, Box::new(|_| {})).await?;

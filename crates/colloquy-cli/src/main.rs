@@ -17,6 +17,7 @@ mod bench_batch;
 mod bench_constrained;
 mod bench_serve;
 mod bench_sessions;
+mod bench_store;
 mod chat;
 mod constrain;
 mod progress;
@@ -59,6 +60,8 @@ enum Cmd {
     BenchServe(bench_serve::ServeBenchArgs),
     /// Benchmark sessions: fork, incremental save, load against re-processing, bytes per token.
     BenchSessions(bench_sessions::SessionBenchArgs),
+    /// Benchmark a session store (Redis or a folder): resume against re-processing, incremental saves, forks.
+    BenchStore(bench_store::StoreBenchArgs),
     /// An OpenAI-compatible HTTP server with durable sessions and continuous batching.
     Serve(serve::ServeArgs),
     /// List, show, fork, delete and garbage-collect the sessions of a session store.
@@ -257,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Chat(args) => chat::run(args)?,
         Cmd::Serve(args) => serve::run(args)?,
         Cmd::BenchSessions(args) => bench_sessions::run(args)?,
+        Cmd::BenchStore(args) => bench_store::run(args)?,
         Cmd::BenchBatch(args) => bench_batch::run(args)?,
         Cmd::BenchConstrained(args) => bench_constrained::run(args)?,
         Cmd::BenchServe(args) => bench_serve::run(args)?,

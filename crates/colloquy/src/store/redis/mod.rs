@@ -127,6 +127,17 @@ impl RedisBackend {
         self
     }
 
+    /// Redis's `INFO` for `section` (`memory`, `stats`, `persistence`…), as
+    /// it prints it: for operators and benchmarks. On a cluster, one node's.
+    ///
+    /// ```no_run
+    /// let redis = colloquy::store::RedisBackend::open("redis://127.0.0.1:6379/0").unwrap();
+    /// let aof = redis.info("persistence").unwrap().contains("aof_enabled:1");
+    /// ```
+    pub fn info(&self, section: &str) -> Result<String> {
+        self.with(true, |c| c.query(cmd("INFO").arg(section)))
+    }
+
     fn prefix(&self) -> &str {
         &self.pool.target.prefix
     }
