@@ -54,7 +54,12 @@ fn redis_stat(redis: Option<&RedisBackend>, section: &str, field: &str) -> Resul
 }
 
 /// llama-bench's median time, in seconds, to process `tokens` prompt tokens.
-fn llama_bench_pp(bin: &std::path::Path, model: &std::path::Path, tokens: usize, threads: usize) -> Result<f64> {
+fn llama_bench_pp(
+    bin: &std::path::Path,
+    model: &std::path::Path,
+    tokens: usize,
+    threads: usize,
+) -> Result<f64> {
     let out = Command::new(bin)
         .arg("-m")
         .arg(model)
@@ -119,11 +124,15 @@ async fn run_async(args: StoreBenchArgs) -> Result<()> {
     let (load_med, load_lo, load_hi) = median(&loads);
     let (warm_med, _, _) = median(&warm);
     let (rep_med, rep_lo, rep_hi) = median(&reprocess);
-    let bench_bin = args.llama_bench.clone().unwrap_or_else(|| PathBuf::from("target/llama.cpp/bin/llama-bench"));
+    let bench_bin =
+        args.llama_bench.clone().unwrap_or_else(|| PathBuf::from("target/llama.cpp/bin/llama-bench"));
     let peer = if bench_bin.is_file() {
         Some(llama_bench_pp(&bench_bin, model.path(), n, args.threads)?)
     } else {
-        eprintln!("{} is missing: no llama.cpp figure (scripts/bench/build-llama-cpp.sh builds it)", bench_bin.display());
+        eprintln!(
+            "{} is missing: no llama.cpp figure (scripts/bench/build-llama-cpp.sh builds it)",
+            bench_bin.display()
+        );
         None
     };
     println!(

@@ -19,7 +19,7 @@ pub struct ChatArgs {
     /// With --store, a session id in the store instead.
     #[arg(long)]
     session: Option<PathBuf>,
-    /// Session store folder (see `colloquy sessions`): --session names a session
+    /// Session store, a folder or redis://HOST:PORT/DB (see `colloquy sessions`): --session names a session
     /// there, loaded if saved, saved after every turn (only changed KV blocks are written).
     #[arg(long, requires = "session")]
     store: Option<PathBuf>,
@@ -100,9 +100,7 @@ async fn run_async(args: ChatArgs) -> Result<()> {
         (Some(store), Some(id)) => {
             let id = crate::sessions::id_arg(id)?;
             if store.contains(id)? {
-                store
-                    .load(id)
-                    .with_context(|| format!("loading session {id} from {}", store.location()))?
+                store.load(id).with_context(|| format!("loading session {id} from {}", store.location()))?
             } else {
                 llm.new_chat_session()?
             }

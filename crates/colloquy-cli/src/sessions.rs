@@ -10,7 +10,7 @@ use colloquy::store::SessionStore;
 
 #[derive(Args)]
 pub struct SessionsArgs {
-    /// The session store folder.
+    /// The session store: a folder, or redis://HOST:PORT/DB (redis+cluster://… for a cluster).
     #[arg(long, global = true)]
     store: Option<PathBuf>,
     #[command(subcommand)]
@@ -38,7 +38,7 @@ enum SessionsCmd {
         /// The session id.
         id: String,
     },
-    /// Remove the KV block files that no session references.
+    /// Remove the KV blocks that no session references (on Redis: those no write marked within the gc grace).
     Gc,
 }
 
@@ -51,8 +51,11 @@ pub fn id_arg(p: &Path) -> Result<&str> {
 }
 
 pub fn run(args: SessionsArgs) -> Result<()> {
-    let Some(dir) = args.store else { bail!("give the store folder with --store DIR") };
-    if !dir.is_dir() {
+    let Some(dir) = args.store else {
+        bail!("give the store with --store DIR (or --store redis://HOST:PORT/DB)")
+    };
+    let remote = dir.to_str().is_some_and(|s| s.starts_with("redis://") || s.starts_with("redis+cluster://"));
+    if !remote && !dir.is_dir() {
         bail!("no session store at {} (colloquy chat --store DIR --session ID creates one)", dir.display());
     }
     let store =

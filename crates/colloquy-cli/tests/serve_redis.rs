@@ -108,7 +108,8 @@ fn two_servers_appending_at_once_lose_no_turn_100_times() {
                     conflicts += 1;
                     // The client's retry: the server reads the new version.
                     let body = json!({"session_id": id, "messages": [user(&text)], "temperature": 0, "max_tokens": 1});
-                    let (status, v) = request(&servers[i].1, "POST", "/v1/chat/completions", &body.to_string());
+                    let (status, v) =
+                        request(&servers[i].1, "POST", "/v1/chat/completions", &body.to_string());
                     assert_eq!(status, 200, "retry after a conflict: {v}");
                     acked.push(text);
                 }

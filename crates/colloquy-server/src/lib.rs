@@ -264,8 +264,12 @@ async fn health(State(app): State<App>) -> Json<serde_json::Value> {
     let checked = tokio::task::spawn_blocking(move || store.health()).await;
     let (status, store) = match checked {
         Ok(Ok(())) => ("ok", json!({"location": location, "status": "ok"})),
-        Ok(Err(e)) => ("degraded", json!({"location": location, "status": "unavailable", "error": e.to_string()})),
-        Err(e) => ("degraded", json!({"location": location, "status": "unavailable", "error": e.to_string()})),
+        Ok(Err(e)) => {
+            ("degraded", json!({"location": location, "status": "unavailable", "error": e.to_string()}))
+        }
+        Err(e) => {
+            ("degraded", json!({"location": location, "status": "unavailable", "error": e.to_string()}))
+        }
     };
     Json(json!({"status": status, "store": store}))
 }

@@ -141,7 +141,9 @@ fn crash_run(location: &str, kills_wanted: usize) {
         // Kill after a random number of saves: either as the next save starts
         // (within its first milliseconds), or after a random delay (inside a
         // turn, or a save).
-        let plan = (kills < kills_wanted).then(|| (rng.below(if kills_wanted > TURNS / 2 { 2 } else { 6 }), rng.below(2) == 0, rng.below(150)));
+        let plan = (kills < kills_wanted).then(|| {
+            (rng.below(if kills_wanted > TURNS / 2 { 2 } else { 6 }), rng.below(2) == 0, rng.below(150))
+        });
         // Many kills must fit in TURNS turns: then a kill comes one save earlier.
         let early = usize::from(kills_wanted > TURNS / 2);
         let mut seen = 0;

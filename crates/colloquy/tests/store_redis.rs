@@ -146,9 +146,8 @@ fn gc_beside_concurrent_writers_never_removes_a_named_block() {
     let Some((url, _guard)) = shared_standalone("gc") else { return };
     let llm = llm();
     let grace = Duration::from_millis(300);
-    let open = || {
-        SessionStore::with_backend(Box::new(RedisBackend::open(&url).unwrap().with_gc_grace(grace)))
-    };
+    let open =
+        || SessionStore::with_backend(Box::new(RedisBackend::open(&url).unwrap().with_gc_grace(grace)));
     let collector = open();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (saved, removed) = std::thread::scope(|scope| {
@@ -196,8 +195,10 @@ fn gc_beside_concurrent_writers_never_removes_a_named_block() {
     std::thread::sleep(grace * 2);
     collector.gc().unwrap();
     let u = collector.usage().unwrap();
-    let named: std::collections::HashSet<_> =
-        saved.iter().flat_map(|(id, _)| check.manifest(id).unwrap().all_blocks().collect::<Vec<_>>()).collect();
+    let named: std::collections::HashSet<_> = saved
+        .iter()
+        .flat_map(|(id, _)| check.manifest(id).unwrap().all_blocks().collect::<Vec<_>>())
+        .collect();
     assert_eq!(u.blocks, named.len());
 }
 

@@ -101,4 +101,3 @@ pub fn create_session(addr: &str) -> String {
     assert_eq!(status, 201, "{s}");
     s["id"].as_str().unwrap().to_string()
 }
-

@@ -218,8 +218,10 @@ impl SessionStore {
     pub fn open(location: impl AsRef<Path>) -> Result<SessionStore> {
         let location = location.as_ref();
         match location.to_str() {
-            Some(url) if is_redis_url(url) => Ok(SessionStore::with_backend(Box::new(RedisBackend::open(url)?))
-                .with_cache_bytes(DEFAULT_REMOTE_CACHE)),
+            Some(url) if is_redis_url(url) => {
+                Ok(SessionStore::with_backend(Box::new(RedisBackend::open(url)?))
+                    .with_cache_bytes(DEFAULT_REMOTE_CACHE))
+            }
             _ => Ok(SessionStore::with_backend(Box::new(DirBackend::open(location)?))),
         }
     }
@@ -437,7 +439,10 @@ impl SessionStore {
             for (&i, bytes) in chunk.iter().zip(self.backend.get_blocks(&hashes)?) {
                 let (hash, layout, used) = wanted[i];
                 let Some(bytes) = bytes else {
-                    return Err(Error::StoreBlockMissing { session: id.to_string(), block: hash.to_string() });
+                    return Err(Error::StoreBlockMissing {
+                        session: id.to_string(),
+                        block: hash.to_string(),
+                    });
                 };
                 let block = self.check_block(id, hash, layout, used, &bytes)?;
                 self.remember_block(hash, layout, &block);
@@ -551,7 +556,8 @@ impl SessionStore {
             .backend
             .delete_manifest(id)?
             .ok_or_else(|| Error::StoreSessionNotFound { session: id.to_string() })?;
-        let blocks: Vec<BlockHash> = decode_manifest(&old).map(|m| m.all_blocks().collect()).unwrap_or_default();
+        let blocks: Vec<BlockHash> =
+            decode_manifest(&old).map(|m| m.all_blocks().collect()).unwrap_or_default();
         self.backend.collect(&blocks)?;
         Ok(())
     }

@@ -109,7 +109,8 @@ impl SessionStore {
         stats.bytes_written += manifest.len() as u64;
         session.lock().versions.set(place, version);
         if let Some(old) = previous.and_then(|b| decode_manifest(&b).ok()) {
-            let kept: HashSet<BlockHash> = hashes.iter().copied().chain(window.iter().map(|&(_, h)| h)).collect();
+            let kept: HashSet<BlockHash> =
+                hashes.iter().copied().chain(window.iter().map(|&(_, h)| h)).collect();
             let orphans: Vec<BlockHash> = old.all_blocks().filter(|h| !kept.contains(h)).collect();
             stats.blocks_removed = self.backend.collect(&orphans)?;
         }

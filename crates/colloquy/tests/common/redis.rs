@@ -175,7 +175,11 @@ impl Cluster {
         assert!(status.success(), "redis-cli --cluster create failed");
         let c = Cluster { nodes };
         let t0 = Instant::now();
-        while !c.nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))) {
+        while !c
+            .nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok")))
+        {
             assert!(t0.elapsed() < Duration::from_secs(30), "the cluster did not become ready");
             std::thread::sleep(Duration::from_millis(100));
         }

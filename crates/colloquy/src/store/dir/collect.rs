@@ -88,9 +88,7 @@ impl DirBackend {
                         }
                     }
                 }
-                Err(e) => {
-                    return Err(Error::StoreManifestCorrupt { session: id, reason: e.to_string() })
-                }
+                Err(e) => return Err(Error::StoreManifestCorrupt { session: id, reason: e.to_string() }),
             }
         }
         Ok(all)

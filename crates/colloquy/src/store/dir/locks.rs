@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::files::io_err;
 use crate::store::GC_GRACE;
 
-
 /// A lock file of this process that is removed when dropped.
 pub(super) struct LockFile(PathBuf);
 

@@ -43,10 +43,16 @@ pub(super) fn parse_url(url: &str) -> Result<Target> {
     let mut prefix = "colloquy".to_string();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("prefix", p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => {
+            Some(("prefix", p))
+                if !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
                 prefix = p.to_string()
             }
-            _ => return Err(bad(&format!("unknown or invalid option {pair:?} (the one option is prefix=NAME)"))),
+            _ => {
+                return Err(bad(&format!(
+                    "unknown or invalid option {pair:?} (the one option is prefix=NAME)"
+                )))
+            }
         }
     }
     let (auth, hosts) = match rest.rsplit_once('@') {
@@ -80,14 +86,15 @@ pub(super) enum Client {
 
 pub(super) enum Conn {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    // Boxed: a cluster connection is four times the size of a plain one.
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Conn {
     pub(super) fn as_like(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Conn::Single(c) => c,
-            Conn::Cluster(c) => c,
+            Conn::Cluster(c) => &mut **c,
         }
     }
 
@@ -129,7 +136,8 @@ pub(super) struct Pool {
 
 impl Pool {
     pub(super) fn new(target: Target) -> Result<Pool> {
-        let url_err = |e: redis::RedisError| Error::StoreUrl { url: target.shown.clone(), reason: e.to_string() };
+        let url_err =
+            |e: redis::RedisError| Error::StoreUrl { url: target.shown.clone(), reason: e.to_string() };
         let client = if target.cluster {
             let c = redis::cluster::ClusterClient::builder(target.nodes.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
@@ -158,7 +166,7 @@ impl Pool {
                 let con = c.get_connection()?;
                 con.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
                 con.set_write_timeout(Some(RESPONSE_TIMEOUT))?;
-                Ok(Conn::Cluster(con))
+                Ok(Conn::Cluster(Box::new(con)))
             }
         }
     }
@@ -215,7 +223,10 @@ impl Pool {
 }
 
 fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
         || e.is_unrecoverable_error()
 }
 
@@ -231,8 +242,30 @@ mod tests {
         let t = parse_url("redis+cluster://u:secret@a:1,b:2").unwrap();
         assert_eq!(t.nodes, vec!["redis://u:secret@a:1", "redis://u:secret@b:2"]);
         assert!(t.cluster && !t.shown.contains("secret"), "{}", t.shown);
-        for bad in ["http://x", "redis://", "redis://a:1,b:2", "redis+cluster://a:1/3", "redis://a:1?x=y", "redis://a:1/x"] {
+        for bad in [
+            "http://x",
+            "redis://",
+            "redis://a:1,b:2",
+            "redis+cluster://a:1/3",
+            "redis://a:1?x=y",
+            "redis://a:1/x",
+        ] {
             assert!(matches!(parse_url(bad), Err(Error::StoreUrl { .. })), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text parses or is refused with a typed error; never a panic.
+        #[test]
+        fn any_url_parses_or_is_refused(tail in ".{0,80}", cluster in proptest::bool::ANY) {
+            let url = format!("{}{tail}", if cluster { "redis+cluster://" } else { "redis://" });
+            match parse_url(&url) {
+                Ok(t) => proptest::prop_assert!(!t.nodes.is_empty()),
+                Err(e) => {
+                    let typed = matches!(e, Error::StoreUrl { .. });
+                    proptest::prop_assert!(typed, "{}", e)
+                }
+            }
         }
     }
 }

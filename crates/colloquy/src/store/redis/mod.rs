@@ -297,7 +297,8 @@ impl BlockWriter for RedisWrite<'_> {
             Expect::Absent => ("absent", String::new()),
             Expect::Version(v) => ("version", v.to_string()),
         };
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let (key, ids) = (s.manifest_key(id), s.ids_key());
         let mut attempt = 0;
         s.with(true, |c| {
