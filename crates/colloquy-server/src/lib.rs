@@ -1,5 +1,5 @@
 //! colloquy's HTTP server, as a library: OpenAI-compatible routes, durable
-//! sessions in a [`SessionStore`](colloquy::SessionStore), and a scheduler
+//! sessions in a [`colloquy::SessionStore`], and a scheduler
 //! that batches concurrent requests without changing a single output token.
 //!
 //! `colloquy serve` is a thin wrapper over [`router`]; embed the same router

@@ -21,7 +21,7 @@ use crate::template::ChatTemplate;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ContextPolicy {
-    /// Fail the turn with [`Error::ContextOverflow`], which names the options
+    /// Fail the turn with [`Error::ContextOverflow`](crate::Error::ContextOverflow), which names the options
     /// that fix it. The session is left as it was.
     #[default]
     Error,

@@ -122,7 +122,7 @@ pub struct TurnStats {
     /// Tokens generated.
     pub generated_tokens: usize,
     /// Messages dropped from the context before this turn to make room
-    /// ([`ContextPolicy::DropOldest`]); 0 on most turns.
+    /// ([`ContextPolicy::DropOldest`](crate::ContextPolicy::DropOldest)); 0 on most turns.
     pub dropped_messages: usize,
     /// From the start of the turn to the first generated token.
     pub time_to_first_token: Duration,

@@ -31,7 +31,9 @@ fn write_file(tmp_dir: &Path, dir: &Path, name: &str, bytes: &[u8]) -> Result<()
     TempFile::write(tmp_dir, name, bytes, None)?.commit(&dir.join(name))
 }
 
-/// A session store in a folder (see the [module documentation](self)).
+/// A session store in a folder: `blocks/<hash>` and `sessions/<id>`, written
+/// through synced temporary files and renames (the layout is in
+/// `docs/session-store.md`).
 ///
 /// ```
 /// use colloquy::store::{DirBackend, StoreBackend};
