@@ -101,3 +101,23 @@ pub fn create_session(addr: &str) -> String {
     assert_eq!(status, 201, "{s}");
     s["id"].as_str().unwrap().to_string()
 }
+
+/// Every acknowledged user message is in session `id` exactly once.
+pub fn assert_all_kept(addr: &str, id: &str, acked: &[String]) {
+    let (status, shown) = request(addr, "GET", &format!("/v1/sessions/{id}"), "");
+    assert_eq!(status, 200, "{shown}");
+    let users: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    for a in acked {
+        assert_eq!(
+            users.iter().filter(|u| **u == a.as_str()).count(),
+            1,
+            "acknowledged turn {a:?} lost: {users:?}"
+        );
+    }
+}
