@@ -72,10 +72,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let store = SessionStore::open(&dir).with_context(|| {
         format!(
             "opening the session store {} (start it, or choose another with --store DIR or --store redis://HOST:PORT/DB)",
-            dir.display()
+            without_password(&dir.display().to_string())
         )
     })?;
     let remote = store.backend().location().starts_with("redis");
+    // Printed as the store names itself: a Redis URL without its password.
+    let shown = store.location().to_string();
     let gc_every = args.store_gc_interval.unwrap_or(if remote { 600 } else { 0 });
     let file_stem = llm.model().path().file_stem().map(|s| s.to_string_lossy().into_owned());
     let config = ServerConfig {
@@ -99,7 +101,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // it (a parent that read it and left), which must not stop the server.
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening on http://{}", listener.local_addr()?);
-    let _ = writeln!(out, "sessions in {}", dir.display());
+    let _ = writeln!(out, "sessions in {shown}");
     let _ = out.flush();
     colloquy_server::serve(listener, router(server)).await?;
     eprintln!("stopped");
@@ -117,4 +119,22 @@ fn collect_every(store: std::sync::Arc<SessionStore>, every: std::time::Duration
             Err(e) => eprintln!("store gc failed (retried in {}s): {e}", every.as_secs()),
         }
     });
+}
+
+/// A store argument as it may be printed: a URL's `user:password@` becomes `***@`.
+fn without_password(store: &str) -> String {
+    match store.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1))) {
+        Some((scheme, host)) => format!("{scheme}://***@{host}"),
+        None => store.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_passwords_are_not_printed() {
+        assert_eq!(super::without_password("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(super::without_password("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(super::without_password("/var/sessions"), "/var/sessions");
+    }
 }

@@ -203,7 +203,7 @@ pub enum Error {
     /// A store URL that cannot be used.
     #[error("invalid session store URL {url:?}: {reason}")]
     StoreUrl {
-        /// The URL given.
+        /// The URL given, without its password.
         url: String,
         /// What is wrong with it.
         reason: String,

@@ -30,8 +30,16 @@ pub(super) struct Target {
     pub auth: String,
 }
 
+/// `url` with any `user:password@` replaced by `***@`, for messages.
+fn redacted(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1))) {
+        Some((scheme, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 pub(super) fn parse_url(url: &str) -> Result<Target> {
-    let bad = |reason: &str| Error::StoreUrl { url: url.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| Error::StoreUrl { url: redacted(url), reason: reason.to_string() };
     let (cluster, rest) = if let Some(r) = url.strip_prefix("redis+cluster://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("redis://") {
