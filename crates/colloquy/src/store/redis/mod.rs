@@ -114,6 +114,20 @@ impl RedisBackend {
         Ok(backend)
     }
 
+    /// Checks a store URL without connecting (the syntax [`open`](Self::open)
+    /// takes) and returns it as the store shows it: password hidden, prefix
+    /// named.
+    ///
+    /// ```
+    /// use colloquy::store::RedisBackend;
+    /// let shown = RedisBackend::check_url("redis://app:secret@10.0.0.5:6379/2").unwrap();
+    /// assert_eq!(shown, "redis://app:***@10.0.0.5:6379/2?prefix=colloquy");
+    /// assert!(RedisBackend::check_url("redis://a:1,b:2").is_err()); // several hosts need redis+cluster://
+    /// ```
+    pub fn check_url(url: &str) -> Result<String> {
+        Ok(conn::parse_url(url)?.shown)
+    }
+
     /// How long a block stays marked after a write used it (default
     /// [`DEFAULT_GC_GRACE`]). Every server on one store should use the same.
     ///
