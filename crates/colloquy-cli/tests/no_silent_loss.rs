@@ -1,5 +1,5 @@
 //! Nothing acknowledged is lost: two `colloquy chat` processes that take turns
-//! on one session (in a store, or in a session file) each either save their
+//! on one session (in a store, a Redis store, or a session file) each either save their
 //! turn or exit with a conflict (status 3) that says so; the saved session
 //! then holds exactly the acknowledged turns. Also: the context policy's
 //! messages, and messages from files and standard input.
@@ -9,6 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use colloquy::language::*;
+
+#[path = "../../colloquy/tests/common/redis.rs"]
+mod redis_harness;
 
 const TURNS: usize = 50;
 /// `colloquy chat`'s exit status when its save lost to another writer.
@@ -121,6 +124,17 @@ fn two_writers_on_one_store_session_lose_no_acknowledged_turn() {
         eprintln!("store, delay {delay} ms: {} kept, {conflicts} conflicts", kept.len());
         check(target, &kept, conflicts, delay > 0);
     }
+}
+
+/// The same two writers on a session in Redis, with their saves held open
+/// so that they overlap.
+#[test]
+fn two_writers_on_one_redis_session_lose_no_acknowledged_turn() {
+    let Some((url, _guard)) = redis_harness::shared_standalone("cli-writers") else { return };
+    let target = Target::Store(Path::new(&url));
+    let (kept, conflicts) = alternate(target, 150);
+    eprintln!("redis, delay 150 ms: {} kept, {conflicts} conflicts", kept.len());
+    check(target, &kept, conflicts, true);
 }
 
 #[test]
