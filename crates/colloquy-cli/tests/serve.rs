@@ -467,25 +467,7 @@ fn kill_9_at_varying_points_loses_no_acknowledged_turn() {
             assert_all_kept(&addr, id, &acked);
         }
         let sid = id.get_or_insert_with(|| create_session(&addr)).clone();
-        let turns = {
-            let (addr, sid) = (addr.clone(), sid.clone());
-            std::thread::spawn(move || {
-                let mut ok = Vec::new();
-                for k in 0.. {
-                    let text = format!("Round {round} turn {k}: say hi.");
-                    let body = json!({"session_id": sid, "messages": [user(&text)], "max_tokens": 6});
-                    let mut s = send(&addr, "POST", "/v1/chat/completions", "", &body.to_string());
-                    let mut raw = Vec::new();
-                    if s.read_to_end(&mut raw).is_err()
-                        || !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200")
-                    {
-                        return ok; // the server died mid-turn
-                    }
-                    ok.push(text);
-                }
-                ok
-            })
-        };
+        let (turns, _) = turns_until_killed(&addr, &sid, round, 6);
         // A kill point that varies from round to round (300 ms to 2.3 s).
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();

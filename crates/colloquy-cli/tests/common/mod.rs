@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -120,4 +122,35 @@ pub fn assert_all_kept(addr: &str, id: &str, acked: &[String]) {
             "acknowledged turn {a:?} lost: {users:?}"
         );
     }
+}
+
+/// Back-to-back turns on session `id` (at most `max` tokens each) until the
+/// server dies; the thread returns the user messages that got a 200, and
+/// the counter counts them as they come.
+pub fn turns_until_killed(
+    addr: &str,
+    id: &str,
+    round: u64,
+    max: u32,
+) -> (std::thread::JoinHandle<Vec<String>>, Arc<AtomicUsize>) {
+    let (addr, id) = (addr.to_string(), id.to_string());
+    let acks = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&acks);
+    let handle = std::thread::spawn(move || {
+        let mut ok = Vec::new();
+        for k in 0.. {
+            let text = format!("Round {round} turn {k}: say hi.");
+            let body = json!({"session_id": id, "messages": [user(&text)], "max_tokens": max});
+            let mut s = send(&addr, "POST", "/v1/chat/completions", "", &body.to_string());
+            let mut raw = Vec::new();
+            if s.read_to_end(&mut raw).is_err() || !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200")
+            {
+                return ok; // the server died mid-turn (or mid-save)
+            }
+            ok.push(text);
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        ok
+    });
+    (handle, acks)
 }
