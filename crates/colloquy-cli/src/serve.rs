@@ -123,10 +123,7 @@ fn collect_every(store: std::sync::Arc<SessionStore>, every: std::time::Duration
 
 /// A store argument as it may be printed: a URL's `user:password@` becomes `***@`.
 fn without_password(store: &str) -> String {
-    match store.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1))) {
-        Some((scheme, host)) => format!("{scheme}://***@{host}"),
-        None => store.to_string(),
-    }
+    colloquy::store::RedisBackend::redact_url(store)
 }
 
 #[cfg(test)]

@@ -530,14 +530,13 @@ impl SessionStore {
     /// manifest is copied: the two share every block until they diverge.
     pub fn fork(&self, from: &str, to: &str) -> Result<()> {
         validate_id(to)?;
-        let writer = self.backend.begin_write()?;
+        let mut writer = self.backend.begin_write()?;
         let (m, stored) = self.stored(from)?;
         let version = next_version(None);
         let bytes = records::with_version(&stored.bytes, version)
             .map_err(|e| Error::StoreManifestCorrupt { session: from.to_string(), reason: e.to_string() })?;
         // The blocks must stay until the fork's manifest names them.
         let hashes: Vec<BlockHash> = m.all_blocks().collect();
-        let mut writer = writer;
         if let Some(i) = writer.missing(&hashes)?.iter().position(|&gone| gone) {
             return Err(Error::StoreBlockMissing { session: from.to_string(), block: hashes[i].to_string() });
         }

@@ -31,7 +31,7 @@ pub(super) struct Target {
 }
 
 /// `url` with any `user:password@` replaced by `***@`, for messages.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1))) {
         Some((scheme, host)) => format!("{scheme}://***@{host}"),
         None => url.to_string(),

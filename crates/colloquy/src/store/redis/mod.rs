@@ -128,6 +128,18 @@ impl RedisBackend {
         Ok(conn::parse_url(url)?.shown)
     }
 
+    /// `url` as it may be printed: any `user:password@` becomes `***@`
+    /// (other text is returned as it is).
+    ///
+    /// ```
+    /// use colloquy::store::RedisBackend;
+    /// assert_eq!(RedisBackend::redact_url("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+    /// assert_eq!(RedisBackend::redact_url("/var/sessions"), "/var/sessions");
+    /// ```
+    pub fn redact_url(url: &str) -> String {
+        conn::redacted(url)
+    }
+
     /// How long a block stays marked after a write used it (default
     /// [`DEFAULT_GC_GRACE`]). Every server on one store should use the same.
     ///
