@@ -131,21 +131,24 @@ pub fn matmul_many(
     while scratch.rows.len() < pool.n_threads() {
         scratch.rows.push(Mutex::new(Vec::new()));
     }
-    let mut quantized_as = None;
-    for (w, out) in jobs.iter_mut() {
-        let m = x.len() / w.n_in;
-        debug_assert_eq!(out.len(), m * w.n_out);
-        match precision {
-            Precision::Fast => {
-                let activation = (w.ty.vec_dot_type(), w.n_in);
-                if quantized_as != Some(activation) {
-                    quantize_input(pool, &mut scratch.xq, w, x);
-                    quantized_as = Some(activation);
-                }
-                matmul_fast(pool, &scratch.rows, file, w, &scratch.xq, m, out);
-            }
-            Precision::Precise => matmul_precise(pool, &scratch.rows, file, w, x, out),
+    if precision == Precision::Precise {
+        for (w, out) in jobs.iter_mut() {
+            matmul_precise(pool, &scratch.rows, file, w, x, out);
         }
+        return;
+    }
+    // Consecutive weights that read the same activation type share one
+    // quantization of the input and one parallel section.
+    let mut i = 0;
+    while i < jobs.len() {
+        let activation = |w: &Linear| (w.ty.vec_dot_type(), w.n_in);
+        let first = activation(jobs[i].0);
+        let same = jobs[i..].iter().take_while(|(w, _)| activation(w) == first).count();
+        let j = i + same.min(MAX_FUSED);
+        let m = x.len() / jobs[i].0.n_in;
+        quantize_input(pool, &mut scratch.xq, jobs[i].0, x);
+        matmul_fast(pool, &scratch.rows, file, &mut jobs[i..j], &scratch.xq, m);
+        i = j;
     }
 }
 
@@ -170,53 +173,84 @@ fn quantize_input(pool: &ThreadPool, xq: &mut Vec<u8>, w: &Linear, x: &[f32]) {
     });
 }
 
-/// The fast path: quantized activations `xq` against the (packed) weights.
+/// Weights that share one parallel section at most (q, k and v are three).
+const MAX_FUSED: usize = 4;
+
+/// The fast path: quantized activations `xq` against the (packed) weights of
+/// every job, in one parallel section over all their groups of rows. Each
+/// output row is computed as it would be alone, whichever chunk holds it.
 fn matmul_fast(
     pool: &ThreadPool,
     rows: &[Mutex<Vec<f32>>],
     file: &[u8],
+    jobs: &mut [(&Linear, &mut [f32])],
+    xq: &[u8],
+    m: usize,
+) {
+    // On the stack: decoding must not allocate.
+    debug_assert!(jobs.len() <= MAX_FUSED);
+    let mut starts = [0usize; MAX_FUSED + 1];
+    let mut outs: [Option<(&Linear, DisjointSlice<'_>)>; MAX_FUSED] = [None, None, None, None];
+    let n_jobs = jobs.len();
+    for (k, (w, out)) in jobs.iter_mut().enumerate() {
+        debug_assert_eq!(out.len(), m * w.n_out);
+        starts[k + 1] = starts[k] + w.n_out.div_ceil(PACK_ROWS);
+        outs[k] = Some((*w, DisjointSlice::new(out)));
+    }
+    let n_groups = starts[n_jobs];
+    pool.for_chunks(n_groups, chunk_size(n_groups, pool.n_threads()), &|thread, groups| {
+        for (k, (w, out)) in outs.iter().flatten().enumerate() {
+            let (lo, hi) = (groups.start.max(starts[k]), groups.end.min(starts[k + 1]));
+            if lo < hi {
+                matmul_groups(&rows[thread], file, w, xq, m, lo - starts[k]..hi - starts[k], out);
+            }
+        }
+    });
+}
+
+/// Rows `groups` (in groups of [`PACK_ROWS`]) of one weight against `xq`,
+/// into the columns of those rows in every output row.
+fn matmul_groups(
+    tmp: &Mutex<Vec<f32>>,
+    file: &[u8],
     w: &Linear,
     xq: &[u8],
     m: usize,
-    out: &mut [f32],
+    groups: std::ops::Range<usize>,
+    out: &DisjointSlice<'_>,
 ) {
     let n_out = w.n_out;
-    let out = DisjointSlice::new(out);
-    let n_groups = n_out.div_ceil(PACK_ROWS);
-    pool.for_chunks(n_groups, chunk_size(n_groups, pool.n_threads()), &|thread, groups| {
-        // Whole groups of packed rows per chunk.
-        let range = (groups.start * PACK_ROWS).min(n_out)..(groups.end * PACK_ROWS).min(n_out);
-        if range.is_empty() {
-            return;
-        }
-        let len = range.len();
-        if let Some(p) = &w.packed {
-            let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
-            tmp.resize(m * len, 0.0);
-            checked(p.matmul(range.clone(), xq, m, &mut tmp, len));
-            for t in 0..m {
-                // SAFETY: this thread owns columns `range` of every output row.
-                let o = unsafe { out.slice(t * n_out + range.start, len) };
-                o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
+    let range = (groups.start * PACK_ROWS).min(n_out)..(groups.end * PACK_ROWS).min(n_out);
+    if range.is_empty() {
+        return;
+    }
+    let len = range.len();
+    if m == 1 {
+        // SAFETY: this chunk owns out[range] (one row of output).
+        let o = unsafe { out.slice(range.start, len) };
+        match &w.packed {
+            Some(p) => checked(p.matmul(range, xq, 1, o, len)),
+            None => {
+                let w_bytes = &file[w.offset + range.start * w.row_bytes..w.offset + range.end * w.row_bytes];
+                checked(kernels::matmul(w.ty, w_bytes, len, xq, 1, w.n_in, o, len));
             }
-            return;
         }
-        let w_bytes = &file[w.offset + range.start * w.row_bytes..w.offset + range.end * w.row_bytes];
-        if m == 1 {
-            // SAFETY: this thread owns out[range] (one row of output).
-            let o = unsafe { out.slice(range.start, len) };
-            checked(kernels::matmul(w.ty, w_bytes, len, xq, 1, w.n_in, o, len));
-            return;
+        return;
+    }
+    let mut tmp = tmp.lock().unwrap_or_else(|e| e.into_inner());
+    tmp.resize(m * len, 0.0);
+    match &w.packed {
+        Some(p) => checked(p.matmul(range.clone(), xq, m, &mut tmp, len)),
+        None => {
+            let w_bytes = &file[w.offset + range.start * w.row_bytes..w.offset + range.end * w.row_bytes];
+            checked(kernels::matmul(w.ty, w_bytes, len, xq, m, w.n_in, &mut tmp, len));
         }
-        let mut tmp = rows[thread].lock().unwrap_or_else(|e| e.into_inner());
-        tmp.resize(m * len, 0.0);
-        checked(kernels::matmul(w.ty, w_bytes, len, xq, m, w.n_in, &mut tmp, len));
-        for t in 0..m {
-            // SAFETY: this thread owns columns `range` of every output row.
-            let o = unsafe { out.slice(t * n_out + range.start, len) };
-            o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
-        }
-    });
+    }
+    for t in 0..m {
+        // SAFETY: this chunk owns columns `range` of every output row.
+        let o = unsafe { out.slice(t * n_out + range.start, len) };
+        o.copy_from_slice(&tmp[t * len..(t + 1) * len]);
+    }
 }
 
 /// The precise path: dequantized weights against f32 activations.

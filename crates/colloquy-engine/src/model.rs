@@ -157,6 +157,36 @@ impl Model {
         self.runtime().pool.n_threads()
     }
 
+    /// Parallel sections (synchronizations of the thread pool) that this
+    /// model's forward passes have run so far: see
+    /// [`ThreadPool::sections`](crate::pool::ThreadPool::sections).
+    pub fn pool_sections(&self) -> u64 {
+        self.runtime().pool.sections()
+    }
+
+    /// Bytes that one decode step reads from memory at `context` tokens of
+    /// context: every weight matrix once, as the GGUF stores it (the token
+    /// embedding only when it is also the output head, since a step reads
+    /// just one of its rows otherwise), plus the K and V rows that attention
+    /// reads. The memory bound of decoding is bandwidth ÷ this.
+    ///
+    /// ```no_run
+    /// use colloquy_engine::model::{Model, ModelOptions};
+    ///
+    /// let model = Model::load("SmolLM2-135M-Instruct.Q4_1.gguf", ModelOptions::default())?;
+    /// let bytes = model.decode_bytes(0);
+    /// println!("bound at 20 GB/s: {:.0} tokens/s", 20e9 / bytes as f64);
+    /// # Ok::<(), colloquy_engine::Error>(())
+    /// ```
+    pub fn decode_bytes(&self, context: usize) -> u64 {
+        let tensors = self.gguf.tensors();
+        let tied = !tensors.iter().any(|t| t.name == "output.weight");
+        let weights: u64 =
+            tensors.iter().filter(|t| tied || t.name != "token_embd.weight").map(|t| t.size).sum();
+        let layout = self.arch.kv_layout(&self.runtime());
+        weights.saturating_add(layout.bytes_read_at(context) as u64)
+    }
+
     fn runtime(&self) -> std::sync::MutexGuard<'_, Runtime> {
         self.rt.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -67,8 +67,11 @@ struct Shared {
     claims: Vec<AtomicU64>,
     /// Chunks of the current chunked job that are done.
     finished: AtomicUsize,
-    /// The thread waiting in `for_chunks`, woken by the last chunk.
+    /// The thread waiting in `run` or `for_chunks`, woken by the last
+    /// worker or chunk.
     caller: Mutex<Option<std::thread::Thread>>,
+    /// Parallel sections started, for [`ThreadPool::sections`].
+    sections: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
@@ -109,7 +112,29 @@ impl std::fmt::Debug for ThreadPool {
     }
 }
 
-const SPIN_ITERS: u32 = 20_000;
+/// How long a waiting thread spins before it sleeps: long enough to catch
+/// the next section of a forward pass (they follow each other within
+/// microseconds), short enough that idle or descheduled-peer waits give the
+/// core back to whoever else needs it.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Spins until `ready()` or until [`SPIN`] has passed; returns `ready()`.
+#[inline]
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        // Check the clock only every 64 rounds: it costs more than a round.
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN {
+            return ready();
+        }
+    }
+}
 
 impl ThreadPool {
     /// Starts a pool of `n_threads` threads in all (the caller of [`run`](Self::run)
@@ -125,6 +150,7 @@ impl ThreadPool {
             claims: (0..n_threads).map(|_| AtomicU64::new(0)).collect(),
             finished: AtomicUsize::new(0),
             caller: Mutex::new(None),
+            sections: AtomicU64::new(0),
         });
         let workers = (1..n_threads)
             .map(|index| {
@@ -143,6 +169,24 @@ impl ThreadPool {
         self.n_threads
     }
 
+    /// Parallel sections started so far: calls of [`run`](Self::run) and
+    /// [`for_chunks`](Self::for_chunks) that woke the workers and waited for
+    /// them (one-thread and one-chunk calls run inline and are not counted).
+    /// Each is a synchronization, so this divided by tokens is the forward
+    /// pass's barrier count per token.
+    ///
+    /// ```
+    /// use colloquy_engine::pool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(2);
+    /// pool.for_chunks(100, 10, &|_, _| {});
+    /// pool.for_chunks(5, 10, &|_, _| {}); // one chunk: runs inline
+    /// assert_eq!(pool.sections(), 1);
+    /// ```
+    pub fn sections(&self) -> u64 {
+        self.shared.sections.load(Ordering::Relaxed)
+    }
+
     /// Runs `job(i)` once for every thread index `i` in `0..n_threads`, and returns
     /// when all calls have finished. Index 0 runs on the calling thread.
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
@@ -157,21 +201,21 @@ impl ThreadPool {
         let ptr: *const Job<'static> = unsafe { std::mem::transmute(job as *const Job<'_>) };
         {
             let mut slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            *self.shared.caller.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
             *slot = Some(JobPtr::PerThread(ptr));
             self.shared.done.store(0, Ordering::Relaxed);
             self.shared.epoch.fetch_add(1, Ordering::Release);
         }
+        self.shared.sections.fetch_add(1, Ordering::Relaxed);
         self.shared.wake.notify_all();
         // A panic in our share must not return while workers still use `job`.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0)));
+        // Spin briefly, then sleep until the last worker wakes this thread.
         let workers = self.n_threads - 1;
-        let mut spins = 0u32;
-        while self.shared.done.load(Ordering::Acquire) < workers {
-            if spins < SPIN_ITERS {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+        let all_done = || self.shared.done.load(Ordering::Acquire) >= workers;
+        if !spin_until(all_done) {
+            while !all_done() {
+                std::thread::park_timeout(std::time::Duration::from_millis(1));
             }
         }
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -243,17 +287,15 @@ impl ThreadPool {
             shared.epoch.store(epoch, Ordering::Release);
             job
         };
+        shared.sections.fetch_add(1, Ordering::Relaxed);
         shared.wake.notify_all();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_chunks(shared, ptr, 0, job)));
         // Wait for chunks other threads hold: spin briefly, then sleep (the
         // thread that finishes the last chunk wakes this one).
-        let mut spins = 0u32;
-        while shared.finished.load(Ordering::Acquire) < n_chunks {
-            if spins < SPIN_ITERS {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
+        let all_done = || shared.finished.load(Ordering::Acquire) >= n_chunks;
+        if !spin_until(all_done) {
+            while !all_done() {
                 std::thread::park_timeout(std::time::Duration::from_millis(1));
             }
         }
@@ -328,14 +370,10 @@ pub fn split_range(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
 fn worker_loop(shared: &Shared, index: usize) {
     let mut seen = 0u64;
     loop {
-        // Spin for a short while: the next section usually starts within microseconds.
-        let mut spins = 0u32;
-        let mut epoch = shared.epoch.load(Ordering::Acquire);
-        while epoch == seen && spins < SPIN_ITERS {
-            std::hint::spin_loop();
-            spins += 1;
-            epoch = shared.epoch.load(Ordering::Acquire);
-        }
+        // Spin for a short while (the next section usually starts within
+        // microseconds), then sleep on the condvar.
+        spin_until(|| shared.epoch.load(Ordering::Acquire) != seen);
+        let mut epoch;
         let job = {
             let mut slot = shared.job.lock().unwrap_or_else(|e| e.into_inner());
             loop {
@@ -358,7 +396,12 @@ fn worker_loop(shared: &Shared, index: usize) {
                 let f = unsafe { &*ptr };
                 // A panicking job must still count as done, or `run` would wait forever.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index)));
-                shared.done.fetch_add(1, Ordering::Release);
+                if shared.done.fetch_add(1, Ordering::AcqRel) + 2 == shared.claims.len() {
+                    // The last worker: wake `run` if it went to sleep.
+                    if let Some(caller) = shared.caller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                        caller.unpark();
+                    }
+                }
             }
             // `run_chunks` touches the job only after claiming one of its chunks.
             JobPtr::Chunks { f, job } => run_chunks(shared, f, index, job),

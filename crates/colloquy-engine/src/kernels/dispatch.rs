@@ -51,6 +51,54 @@ pub(super) fn dot_packed<const RX: usize>(
     None
 }
 
+/// Dots of one activation row with `out.len() / 8` consecutive packed
+/// groups (`gbytes` each, starting at `g`), the 8 results of each group in
+/// turn; `false` (nothing written) on the portable backend or a type
+/// without a packed SIMD kernel. Bit for bit what [`dot_packed`] gives per
+/// group.
+pub(super) fn dot_packed_run(
+    b: Backend,
+    ty: GgmlType,
+    g: &[u8],
+    gbytes: usize,
+    x: &[u8],
+    xp: &XPrep,
+    nb: usize,
+    out: &mut [f32],
+) -> bool {
+    let groups = out.len() / 8;
+    assert!(g.len() >= groups * gbytes && xp.d.len() >= nb, "dot_packed_run: short group or activation data");
+    #[cfg(target_arch = "x86_64")]
+    if b != Backend::Scalar {
+        use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
+        use super::packed_avx2::{plain, vnni};
+        let (gp, xq, op) = (g.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+        macro_rules! go {
+            ($k:expr) => {
+                // SAFETY: SIMD backends are only passed in when available; the
+                // groups and the output are sized above, the activation row
+                // and its preparation by the caller.
+                unsafe {
+                    if b == Backend::AvxVnni {
+                        vnni::dot_packed_run::<{ $k }>(gp, gbytes, groups, xq, xp, nb, op)
+                    } else {
+                        plain::dot_packed_run::<{ $k }>(gp, gbytes, groups, xq, xp, nb, op)
+                    }
+                }
+            };
+        }
+        match ty {
+            GgmlType::Q4_0 => go!(K_Q4_0),
+            GgmlType::Q4_1 => go!(K_Q4_1),
+            GgmlType::Q8_0 => go!(K_Q8_0),
+            _ => return false,
+        }
+        return true;
+    }
+    let _ = (b, ty, g, gbytes, x, xp, nb, out);
+    false
+}
+
 /// Copies the first `R` results into a 4-wide result array.
 #[inline(always)]
 fn widen<const R: usize>(r: [f32; R]) -> [f32; 4] {

@@ -246,15 +246,25 @@ impl PackedWeights {
         }
         blk.resize(wlen, 0);
         let pr = |t: usize| &preps[t];
+        // Full groups overlapping the range.
+        let g0 = rows.start / PACK_ROWS;
+        let g1 = rows.end.div_ceil(PACK_ROWS).min(groups);
+        // Decoding (one activation row): the groups wholly inside the range
+        // in one kernel call, straight into `out`.
+        let (fs, fe) = (rows.start.div_ceil(PACK_ROWS), (rows.end / PACK_ROWS).min(groups));
+        let run = m == 1 && fs < fe && !preps.is_empty() && {
+            let o = &mut out[fs * PACK_ROWS - rows.start..fe * PACK_ROWS - rows.start];
+            dispatch::dot_packed_run(b, ty, &self.data[fs * gbytes..fe * gbytes], gbytes, xr(0), pr(0), nb, o)
+        };
         let mut put = |t: usize, r: usize, v: f32| {
             if rows.contains(&r) {
                 out[t * out_stride + (r - rows.start)] = v;
             }
         };
-        // Full groups overlapping the range.
-        let g0 = rows.start / PACK_ROWS;
-        let g1 = rows.end.div_ceil(PACK_ROWS).min(groups);
         for g in g0..g1 {
+            if run && (fs..fe).contains(&g) {
+                continue;
+            }
             let gdata = &self.data[g * gbytes..(g + 1) * gbytes];
             let mut t = 0;
             while t < m {

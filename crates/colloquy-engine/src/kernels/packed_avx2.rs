@@ -41,6 +41,7 @@ macro_rules! packed_module {
             /// The CPU must have the module's features; `g` must cover `nb`
             /// group-blocks of kind `K`, every `xq[t]` `nb` activation
             /// blocks and every `xp[t]` `nb` entries.
+            #[inline]
             #[target_feature(enable = $feat)]
             pub(crate) unsafe fn dot_packed<const K: u8, const RX: usize>(
                 g: *const u8,
@@ -64,22 +65,29 @@ macro_rules! packed_module {
                         _mm_prefetch::<_MM_HINT_T0>(gb.wrapping_add(PREFETCH + off) as *const i8);
                         off += 64;
                     }
+                    // Integer sums are exact, so they may collect in two
+                    // chains that are added at the end: with one or two
+                    // activation rows, one chain of eight dependent dot
+                    // instructions would bound the loop, not the memory.
                     let mut si = [_mm256_setzero_si256(); 4];
+                    let mut sj = [_mm256_setzero_si256(); 4];
+                    let two = RX <= 2;
                     if K == K_Q8_0 {
                         for c in 0..8 {
                             let v = _mm256_loadu_si256(gb.add(qo + 32 * c) as *const __m256i);
+                            let s = if two && c % 2 == 1 { &mut sj } else { &mut si };
                             if $vnni {
                                 // (w + 128) . x, corrected by 128 * sum(x) below.
                                 let u = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
                                 for t in 0..RX {
                                     let y = bcast4(xq[t].add(b * xbs + xhdr + 4 * c));
-                                    si[t] = dot_acc(si[t], u, y);
+                                    s[t] = dot_acc(s[t], u, y);
                                 }
                             } else {
                                 let a = _mm256_sign_epi8(v, v);
                                 for t in 0..RX {
                                     let y = bcast4(xq[t].add(b * xbs + xhdr + 4 * c));
-                                    si[t] = dot_acc(si[t], a, _mm256_sign_epi8(y, v));
+                                    s[t] = dot_acc(s[t], a, _mm256_sign_epi8(y, v));
                                 }
                             }
                         }
@@ -91,8 +99,17 @@ macro_rules! packed_module {
                             for t in 0..RX {
                                 let xb = xq[t].add(b * xbs + xhdr);
                                 si[t] = dot_acc(si[t], lo, bcast4(xb.add(4 * c)));
-                                si[t] = dot_acc(si[t], hi, bcast4(xb.add(16 + 4 * c)));
+                                if two {
+                                    sj[t] = dot_acc(sj[t], hi, bcast4(xb.add(16 + 4 * c)));
+                                } else {
+                                    si[t] = dot_acc(si[t], hi, bcast4(xb.add(16 + 4 * c)));
+                                }
                             }
+                        }
+                    }
+                    if two {
+                        for t in 0..RX {
+                            si[t] = _mm256_add_epi32(si[t], sj[t]);
                         }
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb as *const __m128i));
@@ -118,6 +135,30 @@ macro_rules! packed_module {
                     _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
                 }
                 out
+            }
+
+            /// [`dot_packed`] with one activation row over `groups`
+            /// consecutive groups of `gbytes` bytes each, the 8 results of
+            /// group `i` stored at `out[8 * i..]`: decoding's matmul, in one
+            /// call, so that the weight stream is not broken per group.
+            ///
+            /// # Safety
+            /// As for [`dot_packed`], for every group; `out` must hold
+            /// `8 * groups` values.
+            #[target_feature(enable = $feat)]
+            pub(crate) unsafe fn dot_packed_run<const K: u8>(
+                g: *const u8,
+                gbytes: usize,
+                groups: usize,
+                xq: *const u8,
+                xp: &XPrep,
+                nb: usize,
+                out: *mut f32,
+            ) {
+                for i in 0..groups {
+                    let r = dot_packed::<K, 1>(g.add(i * gbytes), [xq], [xp], nb);
+                    std::ptr::copy_nonoverlapping(r[0].as_ptr(), out.add(8 * i), 8);
+                }
             }
         }
     };

@@ -79,6 +79,24 @@ impl KvLayout {
         self.n_layers.saturating_mul(2).saturating_mul(self.dtype.bytes(self.row()))
     }
 
+    /// Bytes of K and V that one query reads at `context` positions: every
+    /// position of the global layers, at most the window of the windowed ones.
+    ///
+    /// ```
+    /// use colloquy_engine::kv::{KvDtype, KvLayout, KvWindow};
+    ///
+    /// let window = KvWindow { size: 512, layers: 0b01 };
+    /// let layout = KvLayout::new(2, 1, 64, KvDtype::F16).with_window(Some(window));
+    /// // Layer 1 reads 1000 positions, layer 0 only its 512: K and V, 64 f16 each.
+    /// assert_eq!(layout.bytes_read_at(1000), (1000 + 512) * 2 * 64 * 2);
+    /// ```
+    pub fn bytes_read_at(&self, context: usize) -> usize {
+        let global = self.lane(false).n_layers.saturating_mul(context);
+        let windowed =
+            self.window.map_or(0, |w| self.lane(true).n_layers.saturating_mul(context.min(w.size)));
+        global.saturating_add(windowed).saturating_mul(2).saturating_mul(self.dtype.bytes(self.row()))
+    }
+
     /// Whether a K/V row can use this layout's storage type (Q8_0 needs whole
     /// 32-value blocks per head).
     pub fn is_valid(&self) -> bool {
