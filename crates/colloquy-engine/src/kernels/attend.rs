@@ -189,9 +189,25 @@ unsafe fn dot4_f32_f16_avx2(q: &[f32], k: [*const half::f16; 4]) -> [f32; 4] {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn weighted_sum_f16_avx2(p: &[f32], rows: &[half::f16], stride: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
-    // Four 8-wide output chunks at a time: independent chains, each summed in
-    // key order exactly as one chunk alone.
+    // Eight, then four 8-wide output chunks at a time: independent chains,
+    // each summed in key order exactly as one chunk alone (one chain per
+    // chunk would wait on the FMA latency at every key).
     let mut c = 0;
+    while c + 64 <= out.len() {
+        let mut acc = [0, 8, 16, 24, 32, 40, 48, 56].map(|o| _mm256_loadu_ps(out.as_ptr().add(c + o)));
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pj);
+            let row = rows.as_ptr().add(j * stride + c);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * i) as *const __m128i));
+                *a = _mm256_fmadd_ps(pv, v, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a);
+        }
+        c += 64;
+    }
     while c + 32 <= out.len() {
         let mut acc = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(out.as_ptr().add(c + o)));
         for (j, &pj) in p.iter().enumerate() {
