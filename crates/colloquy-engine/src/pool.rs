@@ -116,7 +116,7 @@ impl std::fmt::Debug for ThreadPool {
 /// the next section of a forward pass (they follow each other within
 /// microseconds), short enough that idle or descheduled-peer waits give the
 /// core back to whoever else needs it.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+const SPIN: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// Spins until `ready()` or until [`SPIN`] has passed; returns `ready()`.
 #[inline]
