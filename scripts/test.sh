@@ -28,6 +28,8 @@ python3 scripts/module-graph.py crates/colloquy/src crates/colloquy-engine/src c
 cargo build -j"$JOBS" --all-targets
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy -q -j"$JOBS" --all-targets -- -D warnings
+  # The fuzz targets too (their own workspace; plain clippy needs no sanitizer flags).
+  cargo clippy -q -j"$JOBS" --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 else
   echo "warning: clippy is not installed; the lint check is skipped" >&2
 fi

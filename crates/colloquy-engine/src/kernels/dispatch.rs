@@ -51,7 +51,7 @@ pub(super) fn dot_packed<const RX: usize>(
     None
 }
 
-/// Dots of one activation row with `out.len() / 8` consecutive packed
+/// Dots of one activation row `x` (prepared in `xp`) with `out.len() / 8` consecutive packed
 /// groups (`gbytes` each, starting at `g`), the 8 results of each group in
 /// turn; `false` (nothing written) on the portable backend or a type
 /// without a packed SIMD kernel. Bit for bit what [`dot_packed`] gives per
@@ -61,8 +61,7 @@ pub(super) fn dot_packed_run(
     ty: GgmlType,
     g: &[u8],
     gbytes: usize,
-    x: &[u8],
-    xp: &XPrep,
+    (x, xp): (&[u8], &XPrep),
     nb: usize,
     out: &mut [f32],
 ) -> bool {

@@ -254,7 +254,15 @@ impl PackedWeights {
         let (fs, fe) = (rows.start.div_ceil(PACK_ROWS), (rows.end / PACK_ROWS).min(groups));
         let run = m == 1 && fs < fe && !preps.is_empty() && {
             let o = &mut out[fs * PACK_ROWS - rows.start..fe * PACK_ROWS - rows.start];
-            dispatch::dot_packed_run(b, ty, &self.data[fs * gbytes..fe * gbytes], gbytes, xr(0), pr(0), nb, o)
+            dispatch::dot_packed_run(
+                b,
+                ty,
+                &self.data[fs * gbytes..fe * gbytes],
+                gbytes,
+                (xr(0), pr(0)),
+                nb,
+                o,
+            )
         };
         let mut put = |t: usize, r: usize, v: f32| {
             if rows.contains(&r) {
