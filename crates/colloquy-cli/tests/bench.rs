@@ -20,16 +20,33 @@ fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn json_has_one_line_per_figure() {
-    let lines = json_lines(&bench(&["--json"], None));
+    let lines = json_lines(&bench(&["--json", "--bandwidth-passes", "1"], None));
     let tests: Vec<&str> = lines.iter().map(|l| l["test"].as_str().unwrap()).collect();
-    assert_eq!(tests, ["pp16", "tg4", "tg4@d8", "rss_load_mb", "rss_peak_mb"]);
+    assert_eq!(tests, ["pp16", "tg4", "tg4@d8", "bandwidth", "rss_load_mb", "rss_peak_mb"]);
     for l in &lines[..3] {
         assert_eq!(l["threads"], 1);
         assert!(l["colloquy_tps"].as_f64().unwrap() > 0.0, "{l}");
         assert!(l["colloquy_spread"].as_f64().unwrap() >= 0.0, "{l}");
         assert!(l.get("peer_tps").is_none());
     }
-    assert!(lines[4]["colloquy_mb"].as_f64().unwrap() >= lines[3]["colloquy_mb"].as_f64().unwrap());
+    // Prompt tests have no memory bound; decode tests do, from the probe's line.
+    assert!(lines[0].get("bound_tps").is_none(), "{}", lines[0]);
+    let gbps = lines[3]["gbps"].as_f64().unwrap();
+    assert!(gbps > 0.0 && lines[3]["threads"] == 1, "{}", lines[3]);
+    for l in &lines[1..3] {
+        let bytes = l["bytes_per_token"].as_f64().unwrap();
+        // SmolLM2's tensors: about 98 MB a step.
+        assert!((90e6..110e6).contains(&bytes), "{l}");
+        let bound = l["bound_tps"].as_f64().unwrap();
+        assert!((bound - gbps * 1e9 / bytes).abs() < 1e-6 * bound, "{l}");
+        let frac = l["colloquy_of_bound"].as_f64().unwrap();
+        assert!((frac - l["colloquy_tps"].as_f64().unwrap() / bound).abs() < 1e-9, "{l}");
+        // One thread runs every section inline: no synchronizations.
+        assert_eq!(l["sections_per_token"], 0.0, "{l}");
+    }
+    // The deeper test reads more K/V.
+    assert!(lines[2]["bytes_per_token"].as_u64() > lines[1]["bytes_per_token"].as_u64());
+    assert!(lines[5]["colloquy_mb"].as_f64().unwrap() >= lines[4]["colloquy_mb"].as_f64().unwrap());
 }
 
 #[test]
@@ -57,7 +74,8 @@ echo '{"test":"rss_peak_mb","threads":1,"mb":20.0}'
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    let lines = json_lines(&bench(&["--json", "--peer", "llama.cpp"], Some(&script)));
+    let lines =
+        json_lines(&bench(&["--json", "--peer", "llama.cpp", "--bandwidth-passes", "0"], Some(&script)));
     assert_eq!(lines[0]["test"], "pp16");
     assert_eq!(lines[0]["peer_tps"], 1.0);
     assert_eq!(lines[0]["peer_spread"], 0.1);
@@ -69,12 +87,13 @@ echo '{"test":"rss_peak_mb","threads":1,"mb":20.0}'
     assert_eq!(lines[4]["peer_mb"], 20.0);
 
     // The table shows both engines and the ratio column.
-    let out = bench(&["--peer", "llama.cpp"], Some(&script));
+    let out = bench(&["--peer", "llama.cpp", "--bandwidth-passes", "1"], Some(&script));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("llama.cpp t/s") && table.contains("colloquy/llama.cpp"), "{table}");
     assert!(table.contains("| tg4@d8 "), "{table}");
     assert!(table.contains("4.00 ± 0.40"), "{table}");
+    assert!(table.contains("of bound") && table.contains("read bandwidth, 1 thread:"), "{table}");
 }
 
 #[test]
