@@ -25,15 +25,26 @@ impl Drop for Server {
 }
 
 pub fn send(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+    try_send(addr, method, path, headers, body).unwrap()
+}
+
+/// [`send`], for a server that may be gone: a refused connection or a
+/// failed write is an error, not a panic.
+pub fn try_send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(180)))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
-    s
+    )?;
+    Ok(s)
 }
 
 /// One request; its status, headers and body.
@@ -141,7 +152,11 @@ pub fn turns_until_killed(
         for k in 0.. {
             let text = format!("Round {round} turn {k}: say hi.");
             let body = json!({"session_id": id, "messages": [user(&text)], "max_tokens": max});
-            let mut s = send(&addr, "POST", "/v1/chat/completions", "", &body.to_string());
+            // The kill may land between two turns: then the next connect
+            // is refused, and nothing was sent to lose.
+            let Ok(mut s) = try_send(&addr, "POST", "/v1/chat/completions", "", &body.to_string()) else {
+                return ok;
+            };
             let mut raw = Vec::new();
             if s.read_to_end(&mut raw).is_err() || !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200")
             {
