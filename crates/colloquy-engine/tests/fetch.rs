@@ -87,9 +87,12 @@ fn os(args: &[&str]) -> Vec<OsString> {
 }
 
 #[test]
-fn registry_has_the_two_models() {
+fn registry_has_the_three_models() {
     let names: Vec<&str> = known_models().iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["smollm2", "gemma3"]);
+    assert_eq!(names, ["smollm2", "gemma3", "r1-header"]);
+    let r1 = model("deepseek-r1-distill-qwen-7b-header").unwrap();
+    assert_eq!(r1.parts.len(), 2);
+    assert_eq!(r1.size, 199_229_440);
     assert_eq!(DEFAULT_MODEL, "smollm2");
 
     let smol = model("smollm2").unwrap();

@@ -214,19 +214,14 @@ impl ChatRequest {
         let mut out = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.iter().enumerate() {
             let param = format!("messages[{i}]");
-            let role = match m.role.as_str() {
-                "system" | "developer" => MessageType::SystemPrompt,
-                "user" => MessageType::UserMessage,
-                "assistant" => MessageType::ModelAnswer,
-                "tool" => MessageType::ToolResult,
-                other => {
-                    return Err(ApiError::invalid(
-                        &format!("{param}.role"),
-                        format!(
-                            "role {other:?} is not supported; use system, developer, user, assistant or tool"
-                        ),
-                    ))
-                }
+            let Some(role) = MessageType::from_role(&m.role) else {
+                return Err(ApiError::invalid(
+                    &format!("{param}.role"),
+                    format!(
+                        "role {:?} is not supported; use system, developer, user, assistant or tool",
+                        m.role
+                    ),
+                ));
             };
             let text = match &m.content {
                 None => String::new(),

@@ -19,7 +19,7 @@ use crate::message::ChatMessage;
 use crate::params::GenerationParameters;
 use crate::running::{self, RunningTurn, StepStats};
 use crate::session::{Fingerprint, LlamaChatSession, SessionState};
-use crate::template::{ChatTemplate, CHATML, GEMMA};
+use crate::template::ChatTemplate;
 use crate::traits::ChatModel;
 use crate::turn;
 
@@ -309,11 +309,9 @@ impl LlamaBuilder {
         let model = Model::load(&path, opts)?;
         let template = match &self.template {
             Some(t) => t.clone(),
-            None => model_template(&model),
+            None => crate::template::source_for(model.gguf()),
         };
-        let tok = model.tokenizer();
-        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default().to_string();
-        let template = ChatTemplate::new(&template, &text(tok.bos()), &text(Some(tok.eos())))?;
+        let template = ChatTemplate::for_tokenizer(&template, model.tokenizer())?;
         let fingerprint = Fingerprint::of(&model);
         if model.precision() == Precision::Fast {
             // Hashing read every weight page; the fast path needs its packed copies only.
@@ -343,16 +341,6 @@ impl LlamaBuilder {
         };
         Ok(Llama { inner: Arc::new(inner) })
     }
-}
-
-/// The model's own template, or the documented fallback: Gemma's turn format
-/// for `gemma*` architectures, ChatML otherwise.
-fn model_template(model: &Model) -> String {
-    if let Ok(t) = model.gguf().get_str("tokenizer.chat_template") {
-        return t.to_string();
-    }
-    let arch = model.gguf().get_str("general.architecture").unwrap_or_default();
-    if arch.starts_with("gemma") { GEMMA } else { CHATML }.to_string()
 }
 
 /// A chat model loaded from a GGUF file. Cloning is cheap and shares the model.

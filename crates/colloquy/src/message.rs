@@ -29,6 +29,24 @@ impl MessageType {
         }
     }
 
+    /// The role for an OpenAI role name: `system` (or `developer`), `user`,
+    /// `assistant` or `tool`; `None` for any other.
+    ///
+    /// ```
+    /// use colloquy::language::*;
+    /// assert_eq!(MessageType::from_role("developer"), Some(MessageType::SystemPrompt));
+    /// assert_eq!(MessageType::from_role("narrator"), None);
+    /// ```
+    pub fn from_role(role: &str) -> Option<MessageType> {
+        match role {
+            "system" | "developer" => Some(MessageType::SystemPrompt),
+            "user" => Some(MessageType::UserMessage),
+            "assistant" => Some(MessageType::ModelAnswer),
+            "tool" => Some(MessageType::ToolResult),
+            _ => None,
+        }
+    }
+
     pub(crate) fn to_byte(self) -> u8 {
         match self {
             MessageType::SystemPrompt => 0,

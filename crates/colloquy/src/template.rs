@@ -4,6 +4,10 @@
 //! Python-style string and dict methods (minijinja-contrib's pycompat),
 //! `raise_exception` and `strftime_now`.
 
+use std::path::Path;
+
+use colloquy_engine::gguf::Gguf;
+use colloquy_engine::tokenizer::Tokenizer;
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 
 use crate::error::{Error, Result};
@@ -118,6 +122,74 @@ impl ChatTemplate {
         })
         .map_err(Error::TemplateRender)
     }
+}
+
+/// The template source a model file calls for: its `tokenizer.chat_template`,
+/// or the documented fallback, [`GEMMA`] for `gemma*` architectures and
+/// [`CHATML`] otherwise.
+///
+/// ```
+/// use colloquy::engine::gguf::Gguf;
+/// use colloquy::template::{source_for, CHATML};
+///
+/// let mut bytes = b"GGUF".to_vec();
+/// bytes.extend(3u32.to_le_bytes());
+/// bytes.extend([0u8; 16]); // no tensors, no metadata
+/// assert_eq!(source_for(&Gguf::from_bytes(bytes)?), CHATML);
+/// # Ok::<(), colloquy::engine::Error>(())
+/// ```
+pub fn source_for(gguf: &Gguf) -> String {
+    if let Ok(t) = gguf.get_str("tokenizer.chat_template") {
+        return t.to_string();
+    }
+    let arch = gguf.get_str("general.architecture").unwrap_or_default();
+    if arch.starts_with("gemma") { GEMMA } else { CHATML }.to_string()
+}
+
+impl ChatTemplate {
+    /// Compiles `source` with the texts of `tokenizer`'s BOS and EOS tokens.
+    pub fn for_tokenizer(source: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+        let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default().to_string();
+        ChatTemplate::new(source, &text(tokenizer.bos()), &text(Some(tokenizer.eos())))
+    }
+
+    /// The template of a model file, read as llama.cpp's `vocab_only` does: the
+    /// metadata alone, so a header-only slice of a large model is enough. Also
+    /// returns the tokenizer, to turn the rendered text into ids.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] when the file cannot be read or its tokenizer is not
+    /// supported; [`Error::TemplateSyntax`] when its template does not compile.
+    pub fn from_model_file(path: impl AsRef<Path>) -> Result<(ChatTemplate, Tokenizer)> {
+        let gguf = Gguf::open_vocab_only(path)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        Ok((ChatTemplate::for_tokenizer(&source_for(&gguf), &tokenizer)?, tokenizer))
+    }
+}
+
+/// The ids of a rendered conversation, as a turn feeds them: special-token text
+/// parsed, and the BOS put in front when the model asks for one and the
+/// template did not already write it.
+///
+/// ```no_run
+/// use colloquy::language::*;
+/// use colloquy::template::{prompt_ids, ChatTemplate};
+///
+/// let (template, tokenizer) = ChatTemplate::from_model_file("model.gguf")?;
+/// let text = template.render(&[ChatMessage::new(MessageType::UserMessage, "Hi")], true)?;
+/// println!("{:?}", prompt_ids(&tokenizer, &text));
+/// # Ok::<(), colloquy::Error>(())
+/// ```
+pub fn prompt_ids(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
+    let body = tokenizer.encode(text, true);
+    let mut ids = Vec::with_capacity(body.len() + 1);
+    if let Some(bos) = tokenizer.bos().filter(|_| tokenizer.add_bos()) {
+        if body.first() != Some(&bos) {
+            ids.push(bos);
+        }
+    }
+    ids.extend(body);
+    ids
 }
 
 /// `messages` with `tools` described in the system prompt: prepended to the

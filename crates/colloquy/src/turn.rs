@@ -25,16 +25,7 @@ pub(crate) fn prompt_bar(enabled: bool, tokens: usize) -> indicatif::ProgressBar
 /// Renders and tokenizes a conversation, ending where the answer starts.
 pub(crate) fn render(inner: &ModelContext, conversation: &[ChatMessage], tools: &[Tool]) -> Result<Vec<u32>> {
     let text = inner.template.render_with_tools(conversation, tools, true)?;
-    let tok = inner.model.tokenizer();
-    let mut ids = Vec::new();
-    let body = tok.encode(&text, true);
-    if let Some(bos) = tok.bos().filter(|_| tok.add_bos()) {
-        if body.first() != Some(&bos) {
-            ids.push(bos);
-        }
-    }
-    ids.extend(body);
-    Ok(ids)
+    Ok(crate::template::prompt_ids(inner.model.tokenizer(), &text))
 }
 
 /// Renders `conversation`, applying the context policy: under

@@ -118,6 +118,20 @@ fn pre_tokenizer_for(pre: &str) -> Option<(PreTokenizer, bool, bool, bool)> {
 }
 
 impl Tokenizer {
+    /// Loads the tokenizer of a model file without its weights, as llama.cpp's
+    /// `vocab_only` does ([`Gguf::open_vocab_only`]): the tensor data may be
+    /// truncated or absent.
+    ///
+    /// ```no_run
+    /// # use colloquy_engine::tokenizer::Tokenizer;
+    /// let tok = Tokenizer::from_file("DeepSeek-R1-Distill-Qwen-7B.header.gguf")?;
+    /// println!("{:?}", tok.encode("<think>", true));
+    /// # Ok::<(), colloquy_engine::error::Error>(())
+    /// ```
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Tokenizer> {
+        Tokenizer::from_gguf(&Gguf::open_vocab_only(path)?)
+    }
+
     /// Builds the tokenizer from a GGUF's `tokenizer.ggml.*` metadata.
     ///
     /// Reads the token list, token types, scores (SentencePiece), merges (BPE),
