@@ -58,16 +58,10 @@ fn check_case(ty: GgmlType, n: usize, seed: u64) {
         );
         got.push(v);
     }
-    // Quantized dots are bit-identical on every backend; the float types agree
-    // within rounding (their SIMD accumulation order differs from scalar's),
-    // and the SIMD backends agree with each other bit for bit.
-    let float = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-    for (i, v) in got.iter().enumerate().skip(1) {
-        assert!((v - got[0]).abs() as f64 <= tol, "{ty} n={n}: backends {got:?}");
-        let j = if float { 1 } else { 0 };
-        if i > j {
-            assert_eq!(v.to_bits(), got[j].to_bits(), "{ty} n={n}: backends differ {got:?}");
-        }
+    // Every dot, the float types' included, is bit-identical on every backend:
+    // the portable kernels follow the SIMD kernels' order of operations.
+    for v in &got[1..] {
+        assert_eq!(v.to_bits(), got[0].to_bits(), "{ty} n={n}: backends differ {got:?}");
     }
 }
 
@@ -163,8 +157,15 @@ fn dot_f32_backends_agree() {
         let b = rng.floats(n, 1.0);
         let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         let mag: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+        let portable = kernels::dot_f32_with(Backend::Scalar, &a, &b);
         for be in backends() {
             let got = kernels::dot_f32_with(be, &a, &b);
+            assert_eq!(
+                got.to_bits(),
+                portable.to_bits(),
+                "n={n} {}: {got} vs portable {portable}",
+                be.name()
+            );
             assert!((got as f64 - want).abs() <= 1e-5 * mag + 1e-6, "n={n} {}: {got} vs {want}", be.name());
             // Same answer every call.
             assert_eq!(got.to_bits(), kernels::dot_f32_with(be, &a, &b).to_bits());

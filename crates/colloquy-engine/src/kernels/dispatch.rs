@@ -1,14 +1,137 @@
-//! Routes a validated tile of dot products to the backend's kernel.
+//! Every choice of a kernel by backend, in one place: the [`Kernels`]
+//! tables (quantizers, attention, the f32 dot), chosen once per backend,
+//! and the routing of validated dot-product tiles and packed groups, whose
+//! kernels are generic over their shape.
 //!
+//! A tile
 //! A tile is `RW` weight rows by `RX` activation rows with one of the two
 //! equal to 1; result `p` is the dot of pair `p` (entries past
 //! `max(RW, RX)` are unused). Every kernel computes each pair with the same
 //! operation sequence as a 1 x 1 tile, so tiling never changes a result.
 
-use super::dot_scalar;
+use super::backend::{Backend, Kernels};
 use super::prep::XPrep;
 use super::types::GgmlType;
-use super::Backend;
+use super::{attend, blocks, packed_k, quantize};
+
+/// The portable kernels: the reference every other table must equal.
+static PORTABLE: Kernels = Kernels {
+    backend: Backend::Scalar,
+    q8_0: quantize::q8_0,
+    q8_1: quantize::q8_1,
+    q8_k: quantize::q8_k,
+    scores_f32: attend::scores_f32,
+    scores_f16: attend::scores_f16,
+    weighted_sum_f32: attend::weighted_sum_f32,
+    weighted_sum_f16: attend::weighted_sum_f16,
+    dot_f32: blocks::float::dot_f32,
+};
+
+/// The AVX2 table (the AVX-VNNI one differs only in its dot tiles).
+///
+/// SAFETY (every entry): these tables are only handed out by
+/// [`Backend::kernels`] for a backend that [`Backend::is_available`] on this
+/// CPU, which means AVX2, FMA and F16C; the bounds are checked by the
+/// [`Kernels`] methods before the entry is called.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_table {
+    ($backend:expr) => {
+        Kernels {
+            backend: $backend,
+            q8_0: |x, y| {
+                if !unsafe { super::quantize_avx2::q8_0_or_1(x, y, false) } {
+                    quantize::q8_0(x, y)
+                }
+            },
+            q8_1: |x, y| {
+                if !unsafe { super::quantize_avx2::q8_0_or_1(x, y, true) } {
+                    quantize::q8_1(x, y)
+                }
+            },
+            q8_k: |x, y| {
+                if !unsafe { super::quantize_avx2::q8_k(x, y) } {
+                    quantize::q8_k(x, y)
+                }
+            },
+            scores_f32: |q, r, s, sc, o| unsafe { attend::avx2::scores_f32(q, r, s, sc, o) },
+            scores_f16: |q, r, s, sc, o| unsafe { attend::avx2::scores_f16(q, r, s, sc, o) },
+            weighted_sum_f32: |p, r, s, o| unsafe { attend::avx2::weighted_sum_f32(p, r, s, o) },
+            weighted_sum_f16: |p, r, s, o| unsafe { attend::avx2::weighted_sum_f16(p, r, s, o) },
+            dot_f32: |a, b| unsafe {
+                use super::dot_avx2::{dot_float, F_F32};
+                dot_float::<F_F32, F_F32>(a.as_ptr().cast(), b.as_ptr().cast(), a.len().min(b.len()))
+            },
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels = avx2_table!(Backend::Avx2);
+#[cfg(target_arch = "x86_64")]
+static AVX_VNNI: Kernels = avx2_table!(Backend::AvxVnni);
+
+impl Backend {
+    /// The kernel table of this backend, or of [`Backend::Scalar`] when this
+    /// CPU cannot run it.
+    pub fn kernels(self) -> &'static Kernels {
+        match self.usable() {
+            Backend::Scalar => &PORTABLE,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => &AVX2,
+            #[cfg(target_arch = "x86_64")]
+            Backend::AvxVnni => &AVX_VNNI,
+            #[cfg(not(target_arch = "x86_64"))]
+            Backend::Avx2 | Backend::AvxVnni => &PORTABLE,
+        }
+    }
+}
+
+impl Kernels {
+    /// The table of [`Backend::active`], chosen once per process.
+    pub fn active() -> &'static Kernels {
+        Backend::active().kernels()
+    }
+}
+
+/// Dots of one packed Q4_K (`six = false`) or Q6_K group (`g`, `nb`
+/// group-blocks) with `xs` (1 or 4 Q8_K rows; with fewer than 4, only the
+/// first is read). Result `[t][r]`: activation row `t`, group row `r`.
+pub(super) fn dot_group_k(
+    b: Backend,
+    six: bool,
+    g: &[u8],
+    xs: [&[u8]; 4],
+    k: usize,
+    nb: usize,
+) -> [[f32; 8]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if b != Backend::Scalar {
+        use super::packed_k::{plain, vnni};
+        let (g4, x4) = (g.as_ptr(), xs.map(|x| x.as_ptr()));
+        macro_rules! go {
+            ($m:ident) => {
+                // SAFETY: SIMD backends are only passed in when available; the
+                // caller checked that the group and the rows cover `nb` blocks.
+                unsafe {
+                    match (k, six) {
+                        (4, false) => $m::dot_group(g4, x4, nb),
+                        (_, false) => $m::dot_group(g4, [x4[0]], nb),
+                        (4, true) => $m::dot_group_q6(g4, x4, nb),
+                        (_, true) => $m::dot_group_q6(g4, [x4[0]], nb),
+                    }
+                }
+            };
+        }
+        return if b == Backend::AvxVnni { go!(vnni) } else { go!(plain) };
+    }
+    let _ = b;
+    match (k, six) {
+        (4, false) => packed_k::dot_group(g, xs, nb),
+        (_, false) => packed_k::dot_group(g, [xs[0]], nb),
+        (4, true) => packed_k::dot_group_q6(g, xs, nb),
+        (_, true) => packed_k::dot_group_q6(g, [xs[0]], nb),
+    }
+}
 
 /// Dots of one packed 8-row group (`g`, `nb` group-blocks of type `ty`)
 /// with `RX` activation rows; `None` on the portable backend (which then
@@ -24,26 +147,26 @@ pub(super) fn dot_packed<const RX: usize>(
     debug_assert!(RX <= 4 && xp.iter().all(|p| p.d.len() >= nb));
     #[cfg(target_arch = "x86_64")]
     if b != Backend::Scalar {
-        use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
+        use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
         use super::packed_avx2::{plain, vnni};
         let (gp, xq) = (g.as_ptr(), xs.map(|s| s.as_ptr()));
         macro_rules! go {
-            ($k:expr) => {
+            ($k:ty) => {
                 // SAFETY: SIMD backends are only passed in when available; the
                 // caller sized the group, activation rows and preparations.
                 unsafe {
                     if b == Backend::AvxVnni {
-                        vnni::dot_packed::<{ $k }, RX>(gp, xq, xp, nb)
+                        vnni::dot_packed::<$k, RX>(gp, xq, xp, nb)
                     } else {
-                        plain::dot_packed::<{ $k }, RX>(gp, xq, xp, nb)
+                        plain::dot_packed::<$k, RX>(gp, xq, xp, nb)
                     }
                 }
             };
         }
         return match ty {
-            GgmlType::Q4_0 => Some(go!(K_Q4_0)),
-            GgmlType::Q4_1 => Some(go!(K_Q4_1)),
-            GgmlType::Q8_0 => Some(go!(K_Q8_0)),
+            GgmlType::Q4_0 => Some(go!(BlockQ4_0)),
+            GgmlType::Q4_1 => Some(go!(BlockQ4_1)),
+            GgmlType::Q8_0 => Some(go!(BlockQ8_0)),
             _ => None,
         };
     }
@@ -69,27 +192,27 @@ pub(super) fn dot_packed_run(
     assert!(g.len() >= groups * gbytes && xp.d.len() >= nb, "dot_packed_run: short group or activation data");
     #[cfg(target_arch = "x86_64")]
     if b != Backend::Scalar {
-        use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
+        use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
         use super::packed_avx2::{plain, vnni};
         let (gp, xq, op) = (g.as_ptr(), x.as_ptr(), out.as_mut_ptr());
         macro_rules! go {
-            ($k:expr) => {
+            ($k:ty) => {
                 // SAFETY: SIMD backends are only passed in when available; the
                 // groups and the output are sized above, the activation row
                 // and its preparation by the caller.
                 unsafe {
                     if b == Backend::AvxVnni {
-                        vnni::dot_packed_run::<{ $k }>(gp, gbytes, groups, xq, xp, nb, op)
+                        vnni::dot_packed_run::<$k>(gp, gbytes, groups, xq, xp, nb, op)
                     } else {
-                        plain::dot_packed_run::<{ $k }>(gp, gbytes, groups, xq, xp, nb, op)
+                        plain::dot_packed_run::<$k>(gp, gbytes, groups, xq, xp, nb, op)
                     }
                 }
             };
         }
         match ty {
-            GgmlType::Q4_0 => go!(K_Q4_0),
-            GgmlType::Q4_1 => go!(K_Q4_1),
-            GgmlType::Q8_0 => go!(K_Q8_0),
+            GgmlType::Q4_0 => go!(BlockQ4_0),
+            GgmlType::Q4_1 => go!(BlockQ4_1),
+            GgmlType::Q8_0 => go!(BlockQ8_0),
             _ => return false,
         }
         return true;
@@ -137,11 +260,11 @@ pub(super) fn dot_tile_pf<const RW: usize, const RX: usize>(
     }
     let _ = (b, pf);
     if RW == 1 {
-        widen(dot_scalar::dot_rows::<RX>(ty, w[0], xs, n))
+        widen(blocks::dot_rows::<RX>(ty, w[0], xs, n))
     } else {
         let mut out = [0.0f32; 4];
         for (o, wr) in out.iter_mut().zip(w) {
-            let [v] = dot_scalar::dot_rows::<1>(ty, wr, [xs[0]], n);
+            let [v] = blocks::dot_rows::<1>(ty, wr, [xs[0]], n);
             *o = v;
         }
         out
@@ -150,8 +273,8 @@ pub(super) fn dot_tile_pf<const RW: usize, const RX: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
     use super::super::dot_avx2::{self, plain, vnni, F_BF16, F_F16, F_F32};
-    use super::super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0};
     use super::super::dot_avx2_k::{dot_q45k, dot_q6k};
     use super::widen;
     use super::GgmlType;
@@ -172,11 +295,11 @@ mod x86 {
         let xp = xs.map(|s| s.as_ptr());
         let nb = n / ty.block_size();
         macro_rules! q32 {
-            ($k:expr) => {
+            ($k:ty) => {
                 if use_vnni {
-                    vnni::dot_q32::<{ $k }, RW, RX>(wp, xp, nb, pf)
+                    vnni::dot_q32::<$k, RW, RX>(wp, xp, nb, pf)
                 } else {
-                    plain::dot_q32::<{ $k }, RW, RX>(wp, xp, nb, pf)
+                    plain::dot_q32::<$k, RW, RX>(wp, xp, nb, pf)
                 }
             };
         }
@@ -206,18 +329,21 @@ mod x86 {
             }};
         }
         match ty {
-            GgmlType::Q4_0 => q32!(K_Q4_0),
-            GgmlType::Q4_1 => q32!(K_Q4_1),
-            GgmlType::Q5_0 => q32!(K_Q5_0),
-            GgmlType::Q5_1 => q32!(K_Q5_1),
-            GgmlType::Q8_0 => q32!(K_Q8_0),
+            GgmlType::Q4_0 => q32!(BlockQ4_0),
+            GgmlType::Q4_1 => q32!(BlockQ4_1),
+            GgmlType::Q5_0 => q32!(BlockQ5_0),
+            GgmlType::Q5_1 => q32!(BlockQ5_1),
+            GgmlType::Q8_0 => q32!(BlockQ8_0),
             GgmlType::Q4_K => per_w!(dot_q45k, false),
             GgmlType::Q5_K => per_w!(dot_q45k, true),
             GgmlType::Q6_K => per_w!(dot_q6k),
             GgmlType::F32 => float!(F_F32, F_F32),
             GgmlType::F16 => float!(F_F16, F_F16),
             GgmlType::BF16 => float!(F_BF16, F_F32),
-            _ => super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n),
+            // Activation-only and unsupported types never reach a tile.
+            GgmlType::Q8_1 | GgmlType::Q8_K | GgmlType::Q2_K | GgmlType::Q3_K => {
+                super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n)
+            }
         }
     }
 }

@@ -13,14 +13,11 @@
 //! every weight byte as long as the activation bytes avoid -128, which
 //! [`super::quantize_row`] never produces.
 
+use super::blocks::{
+    BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, GgmlBlock, WeightBlock,
+};
 use std::arch::x86_64::*;
-
-/// 32-wide weight kinds, as const-generic tags.
-pub(crate) const K_Q4_0: u8 = 0;
-pub(crate) const K_Q5_0: u8 = 1;
-pub(crate) const K_Q8_0: u8 = 2;
-pub(crate) const K_Q4_1: u8 = 3;
-pub(crate) const K_Q5_1: u8 = 4;
+use std::mem::offset_of;
 
 /// Horizontal sum of 8 floats in a fixed order: `(lo + hi)`, then pairs, then lanes 0 + 1.
 #[inline]
@@ -78,39 +75,71 @@ fn bits_to_bytes(x: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit)
 }
 
-/// The 32 weight quants of one block as bytes: signed (`q - offset`) for the
-/// symmetric kinds, unsigned for Q4_1/Q5_1.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_w<const K: u8>(wb: *const u8) -> __m256i {
-    match K {
-        K_Q4_0 => _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8)),
-        K_Q5_0 => {
-            // q - 16 as i8: the nibble with 0xF0 or-ed in where the high bit is clear.
-            let hb = bits_to_bytes(rd_u32(wb.add(2)));
-            let neg = _mm256_andnot_si256(hb, _mm256_set1_epi8(0xF0u8 as i8));
-            _mm256_or_si256(nibbles(wb.add(6)), neg)
-        }
-        K_Q8_0 => _mm256_loadu_si256(wb.add(2) as *const __m256i),
-        K_Q4_1 => nibbles(wb.add(4)),
-        _ => {
-            let hb = bits_to_bytes(rd_u32(wb.add(4)));
-            let hi = _mm256_and_si256(hb, _mm256_set1_epi8(0x10));
-            _mm256_or_si256(nibbles(wb.add(8)), hi)
-        }
+/// A 32-wide weight block as these kernels read it.
+pub(crate) trait Q32Avx: WeightBlock {
+    /// No min: pairs with Q8_0 (`d` at 0, quants at 2); otherwise with Q8_1
+    /// (`d`, `s`, quants at 4), and the block has its min after `d`.
+    const SYM: bool;
+    /// Bytes of one activation block.
+    const X_BYTES: usize = <Self::Activation as GgmlBlock>::BYTES;
+    /// Where the activation block's quants start.
+    const X_QS: usize = if Self::SYM { offset_of!(BlockQ8_0, qs) } else { offset_of!(BlockQ8_1, qs) };
+
+    /// The 32 weight quants of the block at `wb` as bytes: signed (`q -
+    /// offset`) for the symmetric types, unsigned for those with a min.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `wb` must point at a whole block.
+    unsafe fn load_w(wb: *const u8) -> __m256i;
+}
+
+impl Q32Avx for BlockQ4_0 {
+    const SYM: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(wb: *const u8) -> __m256i {
+        _mm256_sub_epi8(nibbles(wb.add(offset_of!(BlockQ4_0, qs))), _mm256_set1_epi8(8))
     }
 }
 
-const fn is_sym(k: u8) -> bool {
-    k <= K_Q8_0
+impl Q32Avx for BlockQ5_0 {
+    const SYM: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(wb: *const u8) -> __m256i {
+        // q - 16 as i8: the nibble with 0xF0 or-ed in where the high bit is clear.
+        let hb = bits_to_bytes(rd_u32(wb.add(offset_of!(BlockQ5_0, qh))));
+        let neg = _mm256_andnot_si256(hb, _mm256_set1_epi8(0xF0u8 as i8));
+        _mm256_or_si256(nibbles(wb.add(offset_of!(BlockQ5_0, qs))), neg)
+    }
 }
-const fn w_block(k: u8) -> usize {
-    match k {
-        K_Q4_0 => 18,
-        K_Q5_0 => 22,
-        K_Q8_0 => 34,
-        K_Q4_1 => 20,
-        _ => 24,
+
+impl Q32Avx for BlockQ8_0 {
+    const SYM: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(wb: *const u8) -> __m256i {
+        _mm256_loadu_si256(wb.add(offset_of!(BlockQ8_0, qs)) as *const __m256i)
+    }
+}
+
+impl Q32Avx for BlockQ4_1 {
+    const SYM: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(wb: *const u8) -> __m256i {
+        nibbles(wb.add(offset_of!(BlockQ4_1, qs)))
+    }
+}
+
+impl Q32Avx for BlockQ5_1 {
+    const SYM: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(wb: *const u8) -> __m256i {
+        let hb = bits_to_bytes(rd_u32(wb.add(offset_of!(BlockQ5_1, qh))));
+        let hi = _mm256_and_si256(hb, _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles(wb.add(offset_of!(BlockQ5_1, qs))), hi)
     }
 }
 
@@ -121,14 +150,14 @@ const fn w_block(k: u8) -> usize {
 /// multiplications, whatever the tile shape.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_scales<const K: u8, const RW: usize, const RX: usize>(
+unsafe fn tile_scales<B: Q32Avx, const RW: usize, const RX: usize>(
     w: &[*const u8; RW],
     xs: &[*const u8; RX],
     wo: usize,
     xo: usize,
 ) -> __m256 {
     let pc = if RW > RX { RW } else { RX };
-    if is_sym(K) {
+    if B::SYM {
         let single = if RW == 1 { rd_u16(w[0].add(wo)) } else { rd_u16(xs[0].add(xo)) };
         let mut lo = 0u64;
         for p in 0..pc {
@@ -182,7 +211,7 @@ macro_rules! q32_module {
 
             #[inline]
             #[target_feature(enable = $feat)]
-            unsafe fn block<const K: u8, const RW: usize, const RX: usize>(
+            unsafe fn block<B: Q32Avx, const RW: usize, const RX: usize>(
                 w: &[*const u8; RW],
                 xs: &[*const u8; RX],
                 ib: usize,
@@ -190,34 +219,33 @@ macro_rules! q32_module {
                 acc: &mut __m128,
             ) {
                 let pc = if RW > RX { RW } else { RX };
-                let wo = ib * w_block(K);
+                let wo = ib * B::BYTES;
                 if pf != 0 {
                     for wi in w.iter() {
                         _mm_prefetch::<_MM_HINT_T0>(wi.wrapping_add(wo + pf) as *const i8);
                     }
                 }
-                let xo = ib * if is_sym(K) { 34 } else { 36 };
+                let xo = ib * B::X_BYTES;
                 let mut qw = [_mm256_setzero_si256(); 4];
                 for i in 0..RW {
-                    qw[i] = load_w::<K>(w[i].add(wo));
+                    qw[i] = B::load_w(w[i].add(wo));
                 }
                 let mut qy = [_mm256_setzero_si256(); 4];
-                let hdr = if is_sym(K) { 2 } else { 4 };
                 for t in 0..RX {
-                    qy[t] = _mm256_loadu_si256(xs[t].add(xo + hdr) as *const __m256i);
+                    qy[t] = _mm256_loadu_si256(xs[t].add(xo + B::X_QS) as *const __m256i);
                 }
                 let mut v = [_mm256_setzero_si256(); 4];
                 for p in 0..pc {
                     let (i, t) = if RW == 1 { (0, p) } else { (p, 0) };
-                    v[p] = if is_sym(K) {
+                    v[p] = if B::SYM {
                         mul_sum(_mm256_sign_epi8(qw[i], qw[i]), _mm256_sign_epi8(qy[t], qw[i]))
                     } else {
                         mul_sum(qw[i], qy[t])
                     };
                 }
                 let sumi = _mm_cvtepi32_ps(hsum4_i32(v));
-                let s = tile_scales::<K, RW, RX>(w, xs, wo, xo);
-                if is_sym(K) {
+                let s = tile_scales::<B, RW, RX>(w, xs, wo, xo);
+                if B::SYM {
                     *acc = _mm_add_ps(*acc, _mm_mul_ps(sumi, _mm256_castps256_ps128(s)));
                 } else {
                     let lo = _mm256_castps256_ps128(s);
@@ -233,23 +261,21 @@ macro_rules! q32_module {
             /// to lane 0 of `acc` one block at a time, in order.
             #[inline]
             #[target_feature(enable = $feat)]
-            unsafe fn single4<const K: u8>(w: *const u8, x: *const u8, ib: usize, acc: &mut __m128) {
-                let wsz = w_block(K);
-                let xsz = if is_sym(K) { 34 } else { 36 };
-                let hdr = if is_sym(K) { 2 } else { 4 };
+            unsafe fn single4<B: Q32Avx>(w: *const u8, x: *const u8, ib: usize, acc: &mut __m128) {
+                let (wsz, xsz, hdr) = (B::BYTES, B::X_BYTES, B::X_QS);
                 let mut v = [_mm256_setzero_si256(); 4];
                 for (k, vk) in v.iter_mut().enumerate() {
                     let wb = w.add((ib + k) * wsz);
-                    let qw = load_w::<K>(wb);
+                    let qw = B::load_w(wb);
                     let qy = _mm256_loadu_si256(x.add((ib + k) * xsz + hdr) as *const __m256i);
-                    *vk = if is_sym(K) {
+                    *vk = if B::SYM {
                         mul_sum(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qy, qw))
                     } else {
                         mul_sum(qw, qy)
                     };
                 }
                 let sumi = _mm_cvtepi32_ps(hsum4_i32(v));
-                let t = if is_sym(K) {
+                let t = if B::SYM {
                     let mut wl = 0u64;
                     let mut xl = 0u64;
                     for k in 0..4 {
@@ -295,7 +321,7 @@ macro_rules! q32_module {
             /// The CPU must have the module's features; every pointer must
             /// cover `nb` blocks of its format.
             #[target_feature(enable = $feat)]
-            pub(crate) unsafe fn dot_q32<const K: u8, const RW: usize, const RX: usize>(
+            pub(crate) unsafe fn dot_q32<B: Q32Avx, const RW: usize, const RX: usize>(
                 w: [*const u8; RW],
                 xs: [*const u8; RX],
                 nb: usize,
@@ -306,12 +332,12 @@ macro_rules! q32_module {
                 let mut ib = 0;
                 if RW == 1 && RX == 1 {
                     while ib + 4 <= nb {
-                        single4::<K>(w[0], xs[0], ib, &mut acc);
+                        single4::<B>(w[0], xs[0], ib, &mut acc);
                         ib += 4;
                     }
                 }
                 while ib < nb {
-                    block::<K, RW, RX>(&w, &xs, ib, pf, &mut acc);
+                    block::<B, RW, RX>(&w, &xs, ib, pf, &mut acc);
                     ib += 1;
                 }
                 let mut out = [0.0f32; 4];

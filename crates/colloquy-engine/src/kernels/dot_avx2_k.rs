@@ -5,8 +5,8 @@
 //! ([`finish_k`], [`finish_q6k`]), so these dots are bit-identical to
 //! `dot_scalar` and independent of how many rows run together.
 
+use super::blocks::{finish_k, finish_q6k};
 use super::dot_avx2::{h2f, hsum_i32};
-use super::dot_scalar::{finish_k, finish_q6k};
 use std::arch::x86_64::*;
 
 #[inline(always)]

@@ -27,9 +27,9 @@
 //! handle 8 rows per SIMD operation and are 2-3x faster again.
 
 mod attend;
-mod dequant;
+mod backend;
+pub mod blocks;
 mod dispatch;
-mod dot_scalar;
 mod ops;
 mod packed;
 mod packed_k;
@@ -46,7 +46,7 @@ mod packed_avx2;
 #[cfg(target_arch = "x86_64")]
 mod quantize_avx2;
 
-pub use attend::{scores_f16, scores_f32, weighted_sum_f16, weighted_sum_f32};
+pub use backend::{Backend, Kernels};
 pub use ops::{
     add_inplace, f16_to_f32_row, f32_to_f16_row, gelu_mul, gelu_tanh, gelu_tanh_f32, mul_inplace, rms_norm,
     rope_cache, rope_cache_ext, rope_neox, rope_neox_cached, rope_norm, rope_norm_cached, scale_inplace,
@@ -56,101 +56,6 @@ pub use packed::{PackedWeights, PACK_ROWS};
 pub use types::{GgmlType, QK32, QK_K};
 
 use crate::error::{Error, Result};
-use std::sync::OnceLock;
-
-/// Which implementation runs the dot products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// Portable Rust, any CPU.
-    Scalar,
-    /// x86-64 AVX2 + FMA + F16C.
-    Avx2,
-    /// [`Backend::Avx2`] plus AVX-VNNI for the 32-wide quants; results are
-    /// bit-identical to [`Backend::Avx2`].
-    AvxVnni,
-}
-
-impl Backend {
-    /// Every backend, for tests and benchmarks.
-    pub const ALL: [Backend; 3] = [Backend::Scalar, Backend::Avx2, Backend::AvxVnni];
-
-    /// Whether this CPU can run the backend.
-    pub fn is_available(self) -> bool {
-        match self {
-            Backend::Scalar => true,
-            Backend::Avx2 => cpu::avx2(),
-            Backend::AvxVnni => cpu::avx2() && cpu::avxvnni(),
-        }
-    }
-
-    /// The fastest backend this CPU supports (ignores the environment).
-    pub fn detect() -> Backend {
-        [Backend::AvxVnni, Backend::Avx2].into_iter().find(|b| b.is_available()).unwrap_or(Backend::Scalar)
-    }
-
-    /// The backend used by the functions without an explicit backend:
-    /// [`Backend::detect`], unless the environment variable
-    /// `COLLOQUY_KERNELS` names another available one (`scalar`, `avx2`,
-    /// `avxvnni`). Decided once per process.
-    pub fn active() -> Backend {
-        static ACTIVE: OnceLock<Backend> = OnceLock::new();
-        *ACTIVE.get_or_init(|| {
-            let wanted = std::env::var("COLLOQUY_KERNELS").ok();
-            Backend::ALL
-                .into_iter()
-                .find(|b| wanted.as_deref().is_some_and(|w| w.eq_ignore_ascii_case(b.name())))
-                .filter(|b| b.is_available())
-                .unwrap_or_else(Backend::detect)
-        })
-    }
-
-    /// A short name (`"scalar"`, `"avx2"`, `"avxvnni"`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Scalar => "scalar",
-            Backend::Avx2 => "avx2",
-            Backend::AvxVnni => "avxvnni",
-        }
-    }
-
-    /// `self` if this CPU can run it, [`Backend::Scalar`] otherwise.
-    fn usable(self) -> Backend {
-        if self.is_available() {
-            self
-        } else {
-            Backend::Scalar
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod cpu {
-    use std::sync::OnceLock;
-
-    pub(super) fn avx2() -> bool {
-        static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        })
-    }
-
-    pub(super) fn avxvnni() -> bool {
-        static OK: OnceLock<bool> = OnceLock::new();
-        *OK.get_or_init(|| is_x86_feature_detected!("avxvnni"))
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-mod cpu {
-    pub(super) fn avx2() -> bool {
-        false
-    }
-    pub(super) fn avxvnni() -> bool {
-        false
-    }
-}
 
 fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
@@ -175,7 +80,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     let src = src.get(..len).ok_or_else(|| {
         invalid(format!("{ty} row of {} elements needs {len} bytes, got {}", dst.len(), src.len()))
     })?;
-    dequant::dequantize(ty, src, dst);
+    blocks::dequantize(ty, src, dst);
     Ok(())
 }
 
@@ -185,6 +90,11 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// Supported: the activation formats F32, F16, BF16, Q8_0, Q8_1, Q8_K, and
 /// the weight formats Q4_0, Q4_1, Q5_0, Q5_1.
 pub fn quantize_row(ty: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<()> {
+    quantize_row_with(Backend::active(), ty, x, dst)
+}
+
+/// [`quantize_row`] on an explicit backend (the same bytes on every one).
+pub fn quantize_row_with(backend: Backend, ty: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<()> {
     if !quantize::can_quantize(ty) {
         return Err(invalid(format!("no quantizer for {ty}")));
     }
@@ -193,7 +103,7 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<()> {
     let dst = dst
         .get_mut(..len)
         .ok_or_else(|| invalid(format!("{ty} row of {} elements needs {len} bytes, got {have}", x.len())))?;
-    quantize::quantize(ty, x, dst);
+    quantize::quantize(backend.kernels(), ty, x, dst);
     Ok(())
 }
 
@@ -411,23 +321,37 @@ pub fn matmul_with(
     Ok(())
 }
 
-/// Dot product of two f32 slices (the shorter length), fixed order per backend.
+/// Dot product of two f32 slices (the shorter length), in one fixed order
+/// that every backend follows.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    dot_f32_with(Backend::active(), a, b)
+    Kernels::active().dot_f32(a, b)
 }
 
 /// [`dot_f32`] on an explicit backend.
 pub fn dot_f32_with(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    match backend.usable() {
-        #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 | Backend::AvxVnni => {
-            use dot_avx2::F_F32;
-            // SAFETY: AVX2/FMA/F16C checked by `usable`; both cover `n` floats.
-            unsafe {
-                dot_avx2::dot_float::<F_F32, F_F32>(a.as_ptr() as *const u8, b.as_ptr() as *const u8, n)
-            }
-        }
-        _ => dot_scalar::dot_f32(&a[..n], &b[..n]),
-    }
+    backend.kernels().dot_f32(a, b)
+}
+
+/// `out[j] = dot_f32(q, rows[j * stride..j * stride + q.len()]) * scale` for
+/// `j < out.len()`: the attention scores of one query against a run of keys.
+/// Each value depends only on `q` and its key, and is the same on every backend.
+pub fn scores_f32(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    Kernels::active().scores_f32(q, rows, stride, scale, out)
+}
+
+/// [`scores_f32`] for keys stored as f16, converting in registers (no f32
+/// copy of the cache).
+pub fn scores_f16(q: &[f32], rows: &[half::f16], stride: usize, scale: f32, out: &mut [f32]) {
+    Kernels::active().scores_f16(q, rows, stride, scale, out)
+}
+
+/// `out += Σ_j p[j] · rows[j * stride..j * stride + out.len()]`, accumulated
+/// in `j` order: the weighted sum of values in attention.
+pub fn weighted_sum_f32(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    Kernels::active().weighted_sum_f32(p, rows, stride, out)
+}
+
+/// [`weighted_sum_f32`] for values stored as f16.
+pub fn weighted_sum_f16(p: &[f32], rows: &[half::f16], stride: usize, out: &mut [f32]) {
+    Kernels::active().weighted_sum_f16(p, rows, stride, out)
 }

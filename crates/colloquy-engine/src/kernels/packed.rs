@@ -16,11 +16,11 @@
 //! per-row float sequence is the same exact-integer-then-f32 one), for any
 //! number of activation rows, row range or backend.
 
-use super::dispatch;
-use super::dot_scalar;
+use super::blocks::{as_blocks, as_bytes, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlBlock, Q32Weight};
 use super::packed_k;
-use super::prep::XPrep;
+use super::prep::{group_layout, XPrep};
 use super::types::GgmlType;
+use super::{blocks, dispatch};
 use super::{invalid, row_len, Backend};
 use crate::error::Result;
 use std::ops::Range;
@@ -30,8 +30,7 @@ thread_local! {
     static BLOCK: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Rows per interleaved group.
-pub const PACK_ROWS: usize = 8;
+pub use super::prep::PACK_ROWS;
 
 /// A weight matrix (`rows` x `n`, type Q4_0, Q4_1 or Q8_0) repacked for
 /// [`PackedWeights::matmul`].
@@ -46,11 +45,21 @@ pub struct PackedWeights {
 /// Byte offsets inside one packed group-block: (scales, mins, quants, size).
 pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
     match ty {
-        GgmlType::Q4_0 => (0, 0, 16, 144),
-        GgmlType::Q4_1 => (0, 16, 32, 160),
+        GgmlType::Q4_0 => group_layout::<BlockQ4_0>(),
+        GgmlType::Q4_1 => group_layout::<BlockQ4_1>(),
+        // Q5_0 is stored widened to Q8_0 (see the module docs).
+        GgmlType::Q8_0 | GgmlType::Q5_0 => group_layout::<BlockQ8_0>(),
         GgmlType::Q4_K => (0, 0, 0, packed_k::GROUP_BYTES),
         GgmlType::Q6_K => (0, 0, 0, packed_k::GROUP_BYTES_Q6),
-        _ => (0, 0, 16, 272),
+        GgmlType::F32
+        | GgmlType::F16
+        | GgmlType::BF16
+        | GgmlType::Q5_1
+        | GgmlType::Q8_1
+        | GgmlType::Q2_K
+        | GgmlType::Q3_K
+        | GgmlType::Q5_K
+        | GgmlType::Q8_K => unreachable!("{ty} weights are never packed"),
     }
 }
 
@@ -108,7 +117,7 @@ impl PackedWeights {
             let mut src = &w[start * wlen..end * wlen];
             if ty == GgmlType::Q5_0 {
                 wide.clear();
-                wide.extend(src.chunks_exact(22).flat_map(widen_q5_0));
+                wide.extend(as_blocks::<BlockQ5_0>(src).iter().flat_map(widen_q5_0));
                 src = &wide;
             }
             let dst = &mut data[packed_len(stored, start, n, slen)..packed_len(stored, end, n, slen)];
@@ -318,7 +327,7 @@ impl PackedWeights {
                                 self.block_of(g * PACK_ROWS + lane, b_i, chunk);
                             }
                             for (i, row) in r4.iter_mut().enumerate().take(k) {
-                                let [v] = dot_scalar::dot_rows::<1>(ty, &blk, [xr(t + i)], n);
+                                let [v] = blocks::dot_rows::<1>(ty, &blk, [xr(t + i)], n);
                                 row[lane] = v;
                             }
                         }
@@ -368,39 +377,8 @@ impl PackedWeights {
             let mut t = 0;
             while t < m {
                 let k = (m - t).min(4);
-                let (g4, x4) = (gdata.as_ptr(), [0, 1, 2, 3].map(|i| xr(t + i.min(k - 1)).as_ptr()));
-                let res = match (b, k, six) {
-                    (Backend::Scalar, 4, false) => {
-                        packed_k::dot_group(gdata, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], nb)
-                    }
-                    (Backend::Scalar, _, false) => packed_k::dot_group(gdata, [xr(t)], nb),
-                    (Backend::Scalar, 4, true) => {
-                        packed_k::dot_group_q6(gdata, [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], nb)
-                    }
-                    (Backend::Scalar, _, true) => packed_k::dot_group_q6(gdata, [xr(t)], nb),
-                    // SAFETY (all of these): `usable` checked the CPU features; the
-                    // group and activation rows cover `nb` blocks (checked above).
-                    #[cfg(target_arch = "x86_64")]
-                    (Backend::AvxVnni, 4, false) => unsafe { packed_k::vnni::dot_group(g4, x4, nb) },
-                    #[cfg(target_arch = "x86_64")]
-                    (Backend::AvxVnni, _, false) => unsafe { packed_k::vnni::dot_group(g4, [x4[0]], nb) },
-                    #[cfg(target_arch = "x86_64")]
-                    (Backend::AvxVnni, 4, true) => unsafe { packed_k::vnni::dot_group_q6(g4, x4, nb) },
-                    #[cfg(target_arch = "x86_64")]
-                    (Backend::AvxVnni, _, true) => unsafe { packed_k::vnni::dot_group_q6(g4, [x4[0]], nb) },
-                    #[cfg(target_arch = "x86_64")]
-                    (_, 4, false) => unsafe { packed_k::plain::dot_group(g4, x4, nb) },
-                    #[cfg(target_arch = "x86_64")]
-                    (_, _, false) => unsafe { packed_k::plain::dot_group(g4, [x4[0]], nb) },
-                    #[cfg(target_arch = "x86_64")]
-                    (_, 4, true) => unsafe { packed_k::plain::dot_group_q6(g4, x4, nb) },
-                    #[cfg(target_arch = "x86_64")]
-                    (_, _, true) => unsafe { packed_k::plain::dot_group_q6(g4, [x4[0]], nb) },
-                    #[cfg(not(target_arch = "x86_64"))]
-                    (_, _, false) => packed_k::dot_group(gdata, [xr(t)], nb),
-                    #[cfg(not(target_arch = "x86_64"))]
-                    (_, _, true) => packed_k::dot_group_q6(gdata, [xr(t)], nb),
-                };
+                let x4 = [0, 1, 2, 3].map(|i| xr(t + i.min(k - 1)));
+                let res = dispatch::dot_group_k(b, six, gdata, x4, k, nb);
                 let k = if k == 4 { 4 } else { 1 };
                 for (i, row) in res.iter().enumerate().take(k) {
                     for (lane, v) in row.iter().enumerate() {
@@ -484,17 +462,10 @@ fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
     dst[tail..].copy_from_slice(&src[tail..]);
 }
 
-/// One Q5_0 block (f16 scale, 32 high bits, 16 bytes of low nibbles) as a
-/// Q8_0 block with the same scale and the same values (`q - 16`).
-fn widen_q5_0(b: &[u8]) -> [u8; 34] {
-    let mut out = [0u8; 34];
-    out[..2].copy_from_slice(&b[..2]);
-    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    for j in 0..16 {
-        let lo = (b[6 + j] & 0xF) | (((qh >> j) & 1) << 4) as u8;
-        let hi = (b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
-        out[2 + j] = (lo as i8 - 16) as u8;
-        out[18 + j] = (hi as i8 - 16) as u8;
-    }
+/// One Q5_0 block as a Q8_0 block with the same scale and the same values (`q - 16`).
+fn widen_q5_0(b: &BlockQ5_0) -> [u8; BlockQ8_0::BYTES] {
+    let wide = BlockQ8_0 { d: b.d, qs: b.quants() };
+    let mut out = [0u8; BlockQ8_0::BYTES];
+    out.copy_from_slice(as_bytes(std::slice::from_ref(&wide)));
     out
 }

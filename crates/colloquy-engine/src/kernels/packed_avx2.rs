@@ -5,9 +5,31 @@
 //! the float steps are then those of the portable kernels, lane-wise:
 //! `acc + sumi * (d_w * d_x)` or `acc + ((d_w * d_x) * sumi + m_w * s_x)`.
 
-use super::dot_avx2::{K_Q4_0, K_Q4_1, K_Q8_0};
-use super::prep::XPrep;
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use super::dot_avx2::Q32Avx;
+use super::prep::{PackedLayout, XPrep};
 use std::arch::x86_64::*;
+
+/// A 32-wide type with packed kernels: how its group-blocks are read.
+pub(crate) trait PackedAvx: Q32Avx + PackedLayout {
+    /// Whole-byte signed quants (Q8_0), rather than nibbles.
+    const BYTE_QUANTS: bool;
+    /// What each unsigned nibble stands for minus itself (`-8` for Q4_0's `q - 8`).
+    const NIBBLE_OFFSET: i32;
+}
+
+impl PackedAvx for BlockQ4_0 {
+    const BYTE_QUANTS: bool = false;
+    const NIBBLE_OFFSET: i32 = -8;
+}
+impl PackedAvx for BlockQ4_1 {
+    const BYTE_QUANTS: bool = false;
+    const NIBBLE_OFFSET: i32 = 0;
+}
+impl PackedAvx for BlockQ8_0 {
+    const BYTE_QUANTS: bool = true;
+    const NIBBLE_OFFSET: i32 = 0;
+}
 
 /// Bytes ahead of the current group-block to prefetch.
 const PREFETCH: usize = 2048;
@@ -39,21 +61,17 @@ macro_rules! packed_module {
             ///
             /// # Safety
             /// The CPU must have the module's features; `g` must cover `nb`
-            /// group-blocks of kind `K`, every `xq[t]` `nb` activation
+            /// group-blocks of type `B`, every `xq[t]` `nb` activation
             /// blocks and every `xp[t]` `nb` entries.
             #[inline]
             #[target_feature(enable = $feat)]
-            pub(crate) unsafe fn dot_packed<const K: u8, const RX: usize>(
+            pub(crate) unsafe fn dot_packed<B: PackedAvx, const RX: usize>(
                 g: *const u8,
                 xq: [*const u8; RX],
                 xp: [&XPrep; RX],
                 nb: usize,
             ) -> [[f32; 8]; 4] {
-                let (gbs, qo, xbs, xhdr) = match K {
-                    K_Q4_0 => (144, 16, 34, 2),
-                    K_Q4_1 => (160, 32, 36, 4),
-                    _ => (272, 16, 34, 2),
-                };
+                let (gbs, qo, xbs, xhdr) = (B::GROUP, B::QUANTS, B::X_BYTES, B::X_QS);
                 let m4 = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 for b in 0..nb {
@@ -72,7 +90,7 @@ macro_rules! packed_module {
                     let mut si = [_mm256_setzero_si256(); 4];
                     let mut sj = [_mm256_setzero_si256(); 4];
                     let two = RX <= 2;
-                    if K == K_Q8_0 {
+                    if B::BYTE_QUANTS {
                         for c in 0..8 {
                             let v = _mm256_loadu_si256(gb.add(qo + 32 * c) as *const __m256i);
                             let s = if two && c % 2 == 1 { &mut sj } else { &mut si };
@@ -114,15 +132,17 @@ macro_rules! packed_module {
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb as *const __m128i));
                     for t in 0..RX {
-                        let sumi = match K {
-                            K_Q4_0 => _mm256_sub_epi32(si[t], _mm256_set1_epi32(8 * xp[t].sum[b])),
-                            K_Q8_0 if $vnni => _mm256_sub_epi32(si[t], _mm256_set1_epi32(128 * xp[t].sum[b])),
-                            _ => si[t],
+                        let sumi = if B::NIBBLE_OFFSET != 0 {
+                            _mm256_add_epi32(si[t], _mm256_set1_epi32(B::NIBBLE_OFFSET * xp[t].sum[b]))
+                        } else if B::BYTE_QUANTS && $vnni {
+                            _mm256_sub_epi32(si[t], _mm256_set1_epi32(128 * xp[t].sum[b]))
+                        } else {
+                            si[t]
                         };
                         let sf = _mm256_cvtepi32_ps(sumi);
                         let dd = _mm256_mul_ps(dw, _mm256_set1_ps(xp[t].d[b]));
-                        if K == K_Q4_1 {
-                            let mw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(16) as *const __m128i));
+                        if B::HAS_MIN {
+                            let mw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(B::MINS) as *const __m128i));
                             let ms = _mm256_mul_ps(mw, _mm256_set1_ps(xp[t].s[b]));
                             acc[t] = _mm256_add_ps(acc[t], _mm256_add_ps(_mm256_mul_ps(dd, sf), ms));
                         } else {
@@ -146,7 +166,7 @@ macro_rules! packed_module {
             /// As for [`dot_packed`], for every group; `out` must hold
             /// `8 * groups` values.
             #[target_feature(enable = $feat)]
-            pub(crate) unsafe fn dot_packed_run<const K: u8>(
+            pub(crate) unsafe fn dot_packed_run<B: PackedAvx>(
                 g: *const u8,
                 gbytes: usize,
                 groups: usize,
@@ -156,7 +176,7 @@ macro_rules! packed_module {
                 out: *mut f32,
             ) {
                 for i in 0..groups {
-                    let r = dot_packed::<K, 1>(g.add(i * gbytes), [xq], [xp], nb);
+                    let r = dot_packed::<B, 1>(g.add(i * gbytes), [xq], [xp], nb);
                     std::ptr::copy_nonoverlapping(r[0].as_ptr(), out.add(8 * i), 8);
                 }
             }

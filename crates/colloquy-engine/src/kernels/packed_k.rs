@@ -21,7 +21,7 @@
 //! (`acc + (dx·d·sumi − dx·dmin·summ)`), so results are bit-identical to
 //! `vec_dot` on the original rows.
 
-use super::dot_scalar::{finish_k, finish_q6k, k4_scales};
+use super::blocks::{finish_k, finish_q6k, k4_scales, BlockQ8_K, GgmlBlock};
 use super::PACK_ROWS;
 
 /// Bytes of one group-superblock.
@@ -30,7 +30,7 @@ const SCALES: usize = 64;
 const MINS: usize = 128;
 const QUANTS: usize = 192;
 /// Bytes of one Q8_K activation block.
-const XBLOCK: usize = 292;
+const XBLOCK: usize = <BlockQ8_K as GgmlBlock>::BYTES;
 
 /// Writes one group-superblock from the 8 rows' superblocks `rows[r]` (144 bytes each).
 pub(crate) fn pack_group(rows: [&[u8]; PACK_ROWS], out: &mut [u8]) {

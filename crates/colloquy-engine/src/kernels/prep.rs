@@ -3,6 +3,40 @@
 //! above the block types, so that they and the dispatch share it without
 //! importing each other.
 
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlBlock};
+
+/// Rows per interleaved group of packed weights.
+pub const PACK_ROWS: usize = 8;
+
+/// The layout of one packed group-block of a 32-wide type: the blocks of
+/// [`PACK_ROWS`] rows interleaved, their scales first, then their mins (if
+/// the type has them), then their quants in 4-byte chunks, row after row.
+pub(crate) trait PackedLayout: GgmlBlock {
+    /// Whether the block has a min after its scale.
+    const HAS_MIN: bool;
+    /// Offset of the eight mins (0 without them).
+    const MINS: usize = if Self::HAS_MIN { 2 * PACK_ROWS } else { 0 };
+    /// Offset of the interleaved quants.
+    const QUANTS: usize = if Self::HAS_MIN { 4 * PACK_ROWS } else { 2 * PACK_ROWS };
+    /// Bytes of one group-block.
+    const GROUP: usize = Self::BYTES * PACK_ROWS;
+}
+
+impl PackedLayout for BlockQ4_0 {
+    const HAS_MIN: bool = false;
+}
+impl PackedLayout for BlockQ4_1 {
+    const HAS_MIN: bool = true;
+}
+impl PackedLayout for BlockQ8_0 {
+    const HAS_MIN: bool = false;
+}
+
+/// `(0, mins, quants, group bytes)` of `B`'s packed group-block.
+pub(crate) const fn group_layout<B: PackedLayout>() -> (usize, usize, usize, usize) {
+    (0, B::MINS, B::QUANTS, B::GROUP)
+}
+
 /// Per-block activation values the kernels need, precomputed once per row.
 pub(crate) struct XPrep {
     /// `d` of each block, as f32.
@@ -24,7 +58,7 @@ impl XPrep {
     /// Refills this preparation for another row, reusing its buffers.
     pub(crate) fn fill(&mut self, x: &[u8], nb: usize, min: bool) {
         let h = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
-        let bs = if min { 36 } else { 34 };
+        let bs = if min { BlockQ8_1::BYTES } else { BlockQ8_0::BYTES };
         self.d.clear();
         self.s.clear();
         self.sum.clear();

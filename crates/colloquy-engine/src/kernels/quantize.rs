@@ -5,7 +5,9 @@
 //! Each function takes `dst` holding exactly the blocks for `x` (checked by
 //! the public wrapper in `mod.rs`).
 
-use super::types::{GgmlType, QK32, QK_K};
+use super::backend::Kernels;
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, BlockQ8_K, GgmlBlock};
+use super::types::{GgmlType, QK_K};
 use half::{bf16, f16};
 
 #[inline(always)]
@@ -43,7 +45,7 @@ pub(crate) fn round_away(v: f32) -> f32 {
 /// Quantizes `x` into `dst` in format `ty`. `ty` must be an activation type
 /// (F32, F16, BF16, Q8_0, Q8_1, Q8_K) or one of Q4_0, Q4_1, Q5_0, Q5_1, and
 /// `dst.len()` must equal `ty.row_bytes(x.len())`.
-pub(crate) fn quantize(ty: GgmlType, x: &[f32], dst: &mut [u8]) {
+pub(crate) fn quantize(ks: &Kernels, ty: GgmlType, x: &[f32], dst: &mut [u8]) {
     match ty {
         GgmlType::F32 => {
             for (d, v) in dst.chunks_exact_mut(4).zip(x) {
@@ -60,14 +62,14 @@ pub(crate) fn quantize(ty: GgmlType, x: &[f32], dst: &mut [u8]) {
                 d.copy_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes());
             }
         }
-        GgmlType::Q8_0 => blocks(x, dst, QK32, 34, q8_0_fast),
-        GgmlType::Q8_1 => blocks(x, dst, QK32, 36, q8_1_fast),
-        GgmlType::Q8_K => blocks(x, dst, QK_K, 292, q8_k_fast),
-        GgmlType::Q4_0 => blocks(x, dst, QK32, 18, q4_0),
-        GgmlType::Q4_1 => blocks(x, dst, QK32, 20, q4_1),
-        GgmlType::Q5_0 => blocks(x, dst, QK32, 22, q5_0),
-        GgmlType::Q5_1 => blocks(x, dst, QK32, 24, q5_1),
-        _ => {
+        GgmlType::Q8_0 => blocks::<BlockQ8_0>(x, dst, ks.q8_0),
+        GgmlType::Q8_1 => blocks::<BlockQ8_1>(x, dst, ks.q8_1),
+        GgmlType::Q8_K => blocks::<BlockQ8_K>(x, dst, ks.q8_k),
+        GgmlType::Q4_0 => blocks::<BlockQ4_0>(x, dst, q4_0),
+        GgmlType::Q4_1 => blocks::<BlockQ4_1>(x, dst, q4_1),
+        GgmlType::Q5_0 => blocks::<BlockQ5_0>(x, dst, q5_0),
+        GgmlType::Q5_1 => blocks::<BlockQ5_1>(x, dst, q5_1),
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             debug_assert!(false, "no quantizer for {ty}");
             dst.fill(0);
         }
@@ -92,8 +94,8 @@ pub(crate) fn can_quantize(ty: GgmlType) -> bool {
 }
 
 #[inline(always)]
-fn blocks(x: &[f32], dst: &mut [u8], elems: usize, bytes: usize, f: fn(&[f32], &mut [u8])) {
-    for (xb, yb) in x.chunks_exact(elems).zip(dst.chunks_exact_mut(bytes)) {
+fn blocks<B: GgmlBlock>(x: &[f32], dst: &mut [u8], f: fn(&[f32], &mut [u8])) {
+    for (xb, yb) in x.chunks_exact(B::ELEMS).zip(dst.chunks_exact_mut(B::BYTES)) {
         f(xb, yb);
     }
 }
@@ -123,43 +125,8 @@ fn signed_max_of(x: &[f32]) -> (f32, f32) {
     (amax, max)
 }
 
-/// Whether the AVX2 quantizers can run here.
-fn simd() -> bool {
-    cfg!(target_arch = "x86_64")
-        && matches!(super::Backend::active().usable(), super::Backend::Avx2 | super::Backend::AvxVnni)
-}
-
-/// [`q8_0`], through the AVX2 quantizer when it can run (same bytes).
-fn q8_0_fast(x: &[f32], y: &mut [u8]) {
-    // SAFETY: AVX2/FMA/F16C checked by `simd`; `blocks` passes whole blocks.
-    #[cfg(target_arch = "x86_64")]
-    if simd() && unsafe { super::quantize_avx2::q8_0_or_1(x, y, false) } {
-        return;
-    }
-    q8_0(x, y)
-}
-
-/// [`q8_1`], through the AVX2 quantizer when it can run (same bytes).
-fn q8_1_fast(x: &[f32], y: &mut [u8]) {
-    // SAFETY: as in `q8_0_fast`.
-    #[cfg(target_arch = "x86_64")]
-    if simd() && unsafe { super::quantize_avx2::q8_0_or_1(x, y, true) } {
-        return;
-    }
-    q8_1(x, y)
-}
-
-/// [`q8_k`], through the AVX2 quantizer when it can run (same bytes).
-fn q8_k_fast(x: &[f32], y: &mut [u8]) {
-    // SAFETY: as in `q8_0_fast`.
-    #[cfg(target_arch = "x86_64")]
-    if simd() && unsafe { super::quantize_avx2::q8_k(x, y) } {
-        return;
-    }
-    q8_k(x, y)
-}
-
-fn q8_0(x: &[f32], y: &mut [u8]) {
+/// ggml's `quantize_row_q8_0_ref` for one block.
+pub(crate) fn q8_0(x: &[f32], y: &mut [u8]) {
     let d = amax_of(x) / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     put_f16(y, 0, d);
@@ -168,7 +135,8 @@ fn q8_0(x: &[f32], y: &mut [u8]) {
     }
 }
 
-fn q8_1(x: &[f32], y: &mut [u8]) {
+/// ggml's `quantize_row_q8_1_ref` for one block.
+pub(crate) fn q8_1(x: &[f32], y: &mut [u8]) {
     let d = amax_of(x) / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     put_f16(y, 0, d);
@@ -181,7 +149,8 @@ fn q8_1(x: &[f32], y: &mut [u8]) {
     put_f16(y, 2, sum as f32 * d);
 }
 
-fn q8_k(x: &[f32], y: &mut [u8]) {
+/// ggml's `quantize_row_q8_K_ref` for one block.
+pub(crate) fn q8_k(x: &[f32], y: &mut [u8]) {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &v in x {
@@ -293,6 +262,7 @@ fn q5_1(x: &[f32], y: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Backend;
 
     #[test]
     fn round_away_equals_roundf() {
@@ -318,9 +288,13 @@ mod tests {
     /// The AVX2 quantizers write the portable ones' bytes, special values included.
     #[test]
     fn simd_quantizers_equal_portable() {
-        if !simd() {
-            return;
+        let portable_set = Backend::Scalar.kernels();
+        for backend in Backend::ALL.into_iter().filter(|b| *b != Backend::Scalar && b.is_available()) {
+            check_quantizers(backend.kernels(), portable_set);
         }
+    }
+
+    fn check_quantizers(simd: &Kernels, portable_set: &Kernels) {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             s ^= s << 13;
@@ -349,7 +323,9 @@ mod tests {
                 let blocks_n = 256 / n;
                 let mut fast = vec![0u8; bs * blocks_n];
                 let mut slow = vec![0u8; bs * blocks_n];
-                quantize(ty, &x, &mut fast);
+                quantize(simd, ty, &x, &mut fast);
+                let mut whole = vec![0u8; bs * blocks_n];
+                quantize(portable_set, ty, &x, &mut whole);
                 let portable = match ty {
                     GgmlType::Q8_0 => q8_0,
                     GgmlType::Q8_1 => q8_1,
@@ -358,7 +334,8 @@ mod tests {
                 for (xb, yb) in x.chunks_exact(n).zip(slow.chunks_exact_mut(bs)) {
                     portable(xb, yb);
                 }
-                assert_eq!(fast, slow, "{ty} case {case}");
+                assert_eq!(fast, slow, "{ty} case {case} on {}", simd.backend().name());
+                assert_eq!(whole, slow, "{ty} case {case}, portable set");
             }
         }
     }

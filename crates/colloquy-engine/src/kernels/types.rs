@@ -108,45 +108,6 @@ impl GgmlType {
         }
     }
 
-    /// Elements per block.
-    pub fn block_size(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::Q8_1 => QK32,
-            GgmlType::Q2_K
-            | GgmlType::Q3_K
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-            | GgmlType::Q8_K => QK_K,
-        }
-    }
-
-    /// Bytes per block, exactly as ggml lays blocks out.
-    pub fn type_size(self) -> usize {
-        match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q4_0 => 18,
-            GgmlType::Q4_1 => 20,
-            GgmlType::Q5_0 => 22,
-            GgmlType::Q5_1 => 24,
-            GgmlType::Q8_0 => 34,
-            GgmlType::Q8_1 => 36,
-            GgmlType::Q2_K => 84,
-            GgmlType::Q3_K => 110,
-            GgmlType::Q4_K => 144,
-            GgmlType::Q5_K => 176,
-            GgmlType::Q6_K => 210,
-            GgmlType::Q8_K => 292,
-        }
-    }
-
     /// Bytes taken by `n_elems` elements, `None` if `n_elems` is not a whole
     /// number of blocks (or the size overflows).
     pub fn row_bytes(self, n_elems: usize) -> Option<usize> {
@@ -165,28 +126,6 @@ impl GgmlType {
     /// Whether [`crate::kernels::vec_dot`] accepts this as a weight type.
     pub fn can_dot(self) -> bool {
         GgmlType::DOT_TYPES.contains(&self)
-    }
-
-    /// The format activations must be converted to before a dot product
-    /// against weights of this type (ggml's `vec_dot_type`).
-    ///
-    /// Q4_0/Q5_0/Q8_0 pair with Q8_0, Q4_1/Q5_1 with Q8_1, the K-quants with
-    /// Q8_K, F16 with F16 and F32 with F32. BF16 weights pair with F32
-    /// activations here (ggml uses BF16); the activation keeps full precision.
-    pub fn vec_dot_type(self) -> GgmlType {
-        match self {
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
-            GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
-            GgmlType::Q2_K
-            | GgmlType::Q3_K
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-            | GgmlType::Q8_K => GgmlType::Q8_K,
-            GgmlType::F16 => GgmlType::F16,
-            GgmlType::Q8_1 => GgmlType::Q8_1,
-            GgmlType::F32 | GgmlType::BF16 => GgmlType::F32,
-        }
     }
 }
 
