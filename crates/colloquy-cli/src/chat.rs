@@ -167,9 +167,10 @@ async fn turn(chat: &mut Chat<Llama>, message: &str, stats: bool) -> Result<()> 
     if stats {
         if let Some(s) = last {
             eprintln!(
-                "stats: prompt_tokens={} reused_tokens={} generated_tokens={} ttft_ms={:.1} total_ms={:.1}",
+                "stats: prompt_tokens={} reused_tokens={} rewound_tokens={} generated_tokens={} ttft_ms={:.1} total_ms={:.1}",
                 s.prompt_tokens,
                 s.reused_tokens,
+                s.rewound_tokens,
                 s.generated_tokens,
                 s.time_to_first_token.as_secs_f64() * 1e3,
                 s.total_time.as_secs_f64() * 1e3

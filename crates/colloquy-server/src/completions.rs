@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+use crate::reasoning::{self, ReasoningStream};
 use crate::scheduler::Event;
 use crate::sessions::{new_id, Held};
 use crate::structured::{answer_calls, tool_calls_json, CallStream};
@@ -59,12 +60,20 @@ fn session_id(req: &ChatRequest, headers: &HeaderMap) -> Option<String> {
 /// of them when it sends only the new ones.
 fn new_messages(transcript: &[ChatMessage], sent: Vec<ChatMessage>) -> Vec<ChatMessage> {
     let repeats = sent.len() >= transcript.len()
-        && transcript.iter().zip(&sent).all(|(a, b)| a.role() == b.role() && a.content() == b.content());
+        && transcript.iter().zip(&sent).all(|(a, b)| a.role() == b.role() && same_text(a, b));
     if repeats {
         sent.into_iter().skip(transcript.len()).collect()
     } else {
         sent
     }
+}
+
+/// Whether a resent message is the stored one. A client resends an answer
+/// without its reasoning (it got that as `reasoning_content`), so answers
+/// compare by their answer part.
+fn same_text(stored: &ChatMessage, sent: &ChatMessage) -> bool {
+    stored.content() == sent.content()
+        || (stored.role() == MessageType::ModelAnswer && stored.answer() == sent.answer())
 }
 
 /// `POST /v1/chat/completions`.
@@ -249,17 +258,24 @@ async fn whole_reply(
     };
     let done = finish(&app, turn, reply.held.take()).await?;
     let logprobs = logprobs_json(&reply, &lps, 0);
-    let calls = if reply.calls_expected { answer_calls(&text) } else { Vec::new() };
-    let choice = match reply.kind {
+    let (thinking, answer) = match reply.kind {
+        Kind::Chat => reasoning::split(&text),
+        Kind::Text => (None, text.as_str()),
+    };
+    let calls = if reply.calls_expected { answer_calls(answer) } else { Vec::new() };
+    let mut choice = match reply.kind {
         Kind::Chat if !calls.is_empty() => json!({"index": 0,
             "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)?},
             "logprobs": logprobs, "finish_reason": "tool_calls"}),
-        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
+        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": answer},
                               "logprobs": logprobs, "finish_reason": done.finish_reason}),
         Kind::Text => {
             json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": done.finish_reason})
         }
     };
+    if let Some(r) = thinking.filter(|r| !r.is_empty()) {
+        choice["message"]["reasoning_content"] = json!(r);
+    }
     let object = if reply.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
     let mut body = json!({"id": reply.id, "object": object, "created": reply.created, "model": reply.model,
                           "system_fingerprint": app.system_fingerprint(),
@@ -315,6 +331,7 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
             return;
         }
         let mut offset = 0;
+        let mut thinking = ReasoningStream::new();
         let mut calls = CallStream::new(reply.calls_expected);
         let turn = loop {
             let ev = tokio::select! {
@@ -325,13 +342,20 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
                 Some(Event::Text(t, l)) => {
                     let lp = logprobs_json(&reply, &l, offset);
                     offset += t.len();
-                    let deltas = match calls.push(&t) {
+                    let (r, t) = match reply.kind {
+                        Kind::Chat => thinking.push(&t),
+                        Kind::Text => (String::new(), t),
+                    };
+                    let mut deltas = match calls.push(&t) {
                         Ok(d) => d,
                         Err(e) => {
                             let _ = tx.send(e.body()).await;
                             return;
                         }
                     };
+                    if !r.is_empty() {
+                        deltas.insert(0, json!({"reasoning_content": r}));
+                    }
                     // Log-probabilities go out even while text is held back.
                     let deltas = if deltas.is_empty() && !lp.is_null() {
                         vec![json!({"content": ""})]
@@ -355,13 +379,26 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
                 None => return,
             }
         };
-        let (last, is_call) = match calls.finish() {
+        let (r, t) = thinking.finish();
+        let mut last = Vec::new();
+        if !r.is_empty() {
+            last.push(json!({"reasoning_content": r}));
+        }
+        match calls.push(&t) {
+            Ok(d) => last.extend(d),
+            Err(e) => {
+                let _ = tx.send(e.body()).await;
+                return;
+            }
+        }
+        let (tail, is_call) = match calls.finish() {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(e.body()).await;
                 return;
             }
         };
+        last.extend(tail);
         match finish(&app, turn, reply.held.take()).await {
             Ok(done) => {
                 for d in last {

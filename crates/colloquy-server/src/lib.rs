@@ -40,6 +40,7 @@ use serde_json::json;
 mod completions;
 mod error;
 mod metrics;
+pub mod reasoning;
 mod scheduler;
 mod sessions;
 pub mod structured;

@@ -106,7 +106,7 @@ pub use constraint::Constraint;
 pub use context::ContextPolicy;
 pub use error::{Error, Result};
 pub use llama::{Llama, LlamaBuilder, LlamaSource, DEFAULT_CONTEXT_MEMORY};
-pub use message::{ChatMessage, MessageType};
+pub use message::{split_reasoning, ChatMessage, MessageType};
 pub use params::GenerationParameters;
 pub use running::{FinishReason, RunningTurn};
 /// The `schemars` this crate derives schemas with, for `#[derive(JsonSchema)]`
@@ -124,6 +124,7 @@ pub use traits::{ChatModel, ChatSession};
 /// let params = GenerationParameters::default();
 /// ```
 pub mod language {
+    pub use crate::split_reasoning;
     pub use crate::{
         Chat, ChatMessage, ChatModel, ChatResponseBuilder, ChatSession, Constraint, ContextPolicy, Error,
         FinishReason, GenerationParameters, Llama, LlamaBuilder, LlamaChatSession, LlamaSource, MessageType,

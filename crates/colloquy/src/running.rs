@@ -100,6 +100,8 @@ pub struct RunningTurn {
     prompt: Vec<u32>,
     fed: usize,
     cached: usize,
+    /// Held tokens dropped because the render no longer starts with them.
+    rewound: usize,
     dropped_messages: usize,
     input: Vec<u32>,
     next: Option<u32>,
@@ -198,7 +200,11 @@ impl RunningTurn {
         // Reuse the longest common prefix; recompute the rest. At least the
         // last prompt token is run, for its logits.
         let common = st.tokens.iter().zip(&prompt).take_while(|(a, b)| a == b).count();
-        st.kv.truncate(common.min(prompt.len() - 1));
+        let keep = common.min(prompt.len() - 1);
+        // Tokens the session had read that this render does not start with: a
+        // template that rewrites history (R1's drops past thinking) lands here.
+        let rewound = st.tokens.len().saturating_sub(keep);
+        st.kv.truncate(keep);
         // Blocks that another session of this model already computed are adopted.
         let common = inner.prefix().extend(&mut st.kv, &prompt, prompt.len() - 1);
         st.tokens.clear();
@@ -219,6 +225,7 @@ impl RunningTurn {
             conversation: None,
             fed: common,
             cached: common,
+            rewound,
             dropped_messages: 0,
             input: Vec::new(),
             next: None,
@@ -339,6 +346,7 @@ impl RunningTurn {
         let stats = TurnStats {
             prompt_tokens: self.prompt.len() - self.cached,
             reused_tokens: self.cached,
+            rewound_tokens: self.rewound,
             generated_tokens: self.generated,
             dropped_messages: self.dropped_messages,
             time_to_first_token: self.ttft.unwrap_or_else(|| self.t0.elapsed()),

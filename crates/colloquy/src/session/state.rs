@@ -119,6 +119,12 @@ pub struct TurnStats {
     /// Prompt tokens whose K/V was reused: from the session itself, or from
     /// blocks another session of the same model computed (the prefix cache).
     pub reused_tokens: usize,
+    /// Tokens the session had read that this turn's render of the conversation
+    /// no longer starts with, so the KV cache was rewound to the longest common
+    /// prefix and the conversation re-read from there. 0 for templates that only
+    /// append; R1's drops the thinking of past answers, so the whole previous
+    /// answer is rewound on its next turn.
+    pub rewound_tokens: usize,
     /// Tokens generated.
     pub generated_tokens: usize,
     /// Messages dropped from the context before this turn to make room
