@@ -37,6 +37,9 @@ fi
 # Models the real-model tests use (a no-op when they are cached).
 cargo run -q -j"$JOBS" -p colloquy-cli -- pull smollm2
 cargo run -q -j"$JOBS" -p colloquy-cli -- pull gemma3
+# DeepSeek-R1-Distill-Qwen-7B's header (199 MB: vocabulary and template, no
+# weights), for the tokenizer checks and the synthetic reasoning model.
+cargo run -q -j"$JOBS" -p colloquy-cli -- pull r1-header
 
 # The official openai client, pinned, in a venv (its test also runs this).
 bash scripts/openai-venv.sh

@@ -210,7 +210,13 @@ async fn blocking_keep<T: Send + 'static>(
 }
 
 fn message_json(m: &colloquy::ChatMessage) -> Value {
-    json!({"role": m.role().as_role(), "content": m.content()})
+    // An answer that thought shows its thinking apart, as a reply gave it.
+    match (m.role(), crate::reasoning::split(m.content())) {
+        (colloquy::MessageType::ModelAnswer, (Some(r), answer)) => {
+            json!({"role": "assistant", "content": answer, "reasoning_content": r})
+        }
+        _ => json!({"role": m.role().as_role(), "content": m.content()}),
+    }
 }
 
 /// `POST /v1/sessions`: a new, empty session.

@@ -102,6 +102,22 @@ fn read_choice(v: Option<&Value>) -> Result<ToolChoice, ApiError> {
     }
 }
 
+/// Reads the `grammar` extension (mistral.rs's form): `{"type": "regex",
+/// "value": RE}`, `{"type": "lark", "value": GRAMMAR}` or `{"type":
+/// "json_schema", "value": SCHEMA}`, or a 400 naming it.
+pub fn grammar(g: &Value) -> Result<Constraint, ApiError> {
+    let bad = |m: &str| ApiError::invalid("grammar", m);
+    let value = g.get("value").ok_or_else(|| bad("grammar needs a \"value\""))?;
+    let text = || value.as_str().ok_or_else(|| bad("grammar.value must be a string for regex and lark"));
+    match g.get("type").and_then(Value::as_str) {
+        Some("regex") => Ok(Constraint::regex(text()?)),
+        Some("lark") => Ok(Constraint::lark(text()?)),
+        Some("json_schema") if value.is_object() => Ok(Constraint::json_schema(value.clone())),
+        Some("json_schema") => Err(bad("grammar.value must be a JSON Schema object for json_schema")),
+        _ => Err(bad("grammar type must be \"regex\", \"lark\" or \"json_schema\"")),
+    }
+}
+
 /// The request's structure: tools take precedence over `response_format`
 /// (the two together are refused).
 pub fn structure(
@@ -309,6 +325,28 @@ impl CallStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grammars_read_and_refuse() {
+        assert_eq!(grammar(&json!({"type": "regex", "value": "a+"})).unwrap(), Constraint::regex("a+"));
+        assert_eq!(
+            grammar(&json!({"type": "lark", "value": "start: \"x\""})).unwrap(),
+            Constraint::lark("start: \"x\"")
+        );
+        let schema = json!({"type": "integer"});
+        assert_eq!(
+            grammar(&json!({"type": "json_schema", "value": schema})).unwrap(),
+            Constraint::json_schema(schema)
+        );
+        for bad in [
+            json!({"type": "regex"}),
+            json!({"type": "gbnf", "value": "x"}),
+            json!({"type": "regex", "value": 1}),
+            json!({"type": "json_schema", "value": "x"}),
+        ] {
+            assert_eq!(grammar(&bad).unwrap_err().body()["error"]["param"], "grammar", "{bad}");
+        }
+    }
 
     #[test]
     fn response_formats_read_and_refuse() {

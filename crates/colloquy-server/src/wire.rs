@@ -111,6 +111,9 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
     /// `text`, `json_object`, or `json_schema` with its schema.
     pub response_format: Option<Value>,
+    /// An extension, as mistral.rs's server takes it: `{"type": "regex" |
+    /// "lark" | "json_schema", "value": ...}` constrains the answer.
+    pub grammar: Option<Value>,
 }
 
 /// `POST /v1/completions`.
@@ -269,6 +272,19 @@ impl ChatRequest {
 
     /// The answer's shape: its constraint and tools.
     pub fn structure(&self) -> Result<Structure, ApiError> {
+        if let Some(g) = &self.grammar {
+            if self.tools.as_ref().is_some_and(|t| !t.is_empty()) || self.response_format.is_some() {
+                return Err(ApiError::invalid(
+                    "grammar",
+                    "send grammar alone, without tools or response_format",
+                ));
+            }
+            return Ok(Structure {
+                constraint: Some(structured::grammar(g)?),
+                param: "grammar",
+                ..Structure::default()
+            });
+        }
         structured::structure(self.tools.as_deref(), self.tool_choice.as_ref(), self.response_format.as_ref())
     }
 
