@@ -106,6 +106,16 @@ impl GgufWriter {
 
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let (mut out, align) = self.head();
+        for t in &self.tensors {
+            out.extend(&t.data);
+            out.resize(out.len().next_multiple_of(align), 0);
+        }
+        out
+    }
+
+    /// Everything before the tensor data (padded to the alignment), and the alignment.
+    fn head(&self) -> (Vec<u8>, usize) {
         let align = self
             .metadata
             .iter()
@@ -135,18 +145,33 @@ impl GgufWriter {
             offset += t.data.len().next_multiple_of(align);
         }
         out.resize(out.len().next_multiple_of(align), 0);
-        for t in &self.tensors {
-            out.extend(&t.data);
-            out.resize(out.len().next_multiple_of(align), 0);
-        }
-        out
+        (out, align)
     }
 
-    /// Writes the file atomically (a temporary file beside it, then a rename).
+    /// Writes the file atomically (a temporary file beside it, synced, then
+    /// a rename), streaming the tensors so that a large model is not copied.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        use std::io::Write;
         let path = path.as_ref();
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&tmp, self.to_bytes()).map_err(|e| Error::io(&tmp, e))?;
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let (head, align) = self.head();
+        let pad = vec![0u8; align];
+        let mut written = head.len();
+        let mut put = |w: &mut std::io::BufWriter<std::fs::File>| -> std::io::Result<()> {
+            w.write_all(&head)?;
+            for t in &self.tensors {
+                w.write_all(&t.data)?;
+                written += t.data.len();
+                let n = written.next_multiple_of(align) - written;
+                w.write_all(&pad[..n])?;
+                written += n;
+            }
+            w.flush()?;
+            w.get_ref().sync_all()
+        };
+        put(&mut w).map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 }
@@ -229,6 +254,12 @@ mod tests {
         let q = g.tensor("q").unwrap();
         assert_eq!(q.offset % 32, 0);
         assert_eq!(g.tensor_data(q), &[1u8; 34][..]);
+        // Written to a file, the same bytes.
+        let dir = std::env::temp_dir().join(format!("gguf-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        w.write(dir.join("m.gguf")).unwrap();
+        assert_eq!(std::fs::read(dir.join("m.gguf")).unwrap(), w.to_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
