@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Bench-only: builds llama.cpp's own tools (llama-bench, llama-batched-bench,
-# llama-server) from the llama.cpp that the llama-cpp-python 0.3.36 sdist
+# llama-server, llama-quantize) from the llama.cpp that the llama-cpp-python 0.3.36 sdist
 # vendors, with GGML_NATIVE=ON, into target/llama.cpp/bin. Tests never use it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="$PWD/target/llama.cpp"
 VERSION=0.3.36
-if [ -x "$OUT/bin/llama-bench" ] && [ -x "$OUT/bin/llama-batched-bench" ] && [ -x "$OUT/bin/llama-server" ]; then
+if [ -x "$OUT/bin/llama-bench" ] && [ -x "$OUT/bin/llama-batched-bench" ] && [ -x "$OUT/bin/llama-server" ] \
+  && [ -x "$OUT/bin/llama-quantize" ]; then
   echo "$OUT/bin"
   exit 0
 fi
@@ -21,7 +22,8 @@ fi
 SRC="$OUT/src/llama-cpp-python-$VERSION/vendor/llama.cpp"
 cmake -S "$SRC" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
-cmake --build "$OUT/build" -j"${CARGO_BUILD_JOBS:-2}" --target llama-bench llama-batched-bench llama-server >&2
+cmake --build "$OUT/build" -j"${CARGO_BUILD_JOBS:-2}" --target llama-bench llama-batched-bench llama-server llama-quantize >&2
 mkdir -p "$OUT/bin"
-cp "$OUT/build/bin/llama-bench" "$OUT/build/bin/llama-batched-bench" "$OUT/build/bin/llama-server" "$OUT/bin/"
+cp "$OUT/build/bin/llama-bench" "$OUT/build/bin/llama-batched-bench" "$OUT/build/bin/llama-server" \
+  "$OUT/build/bin/llama-quantize" "$OUT/bin/"
 echo "$OUT/bin"

@@ -18,6 +18,8 @@ const SMOLLM2_DIR: &str = "smollm2-135m-instruct-q4_1";
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const GEMMA3_DIR: &str = "gemma-3-270m-q4_k_m";
 const GEMMA3_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+const R1_DIR: &str = "deepseek-r1-header";
+const R1_FILE: &str = "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.header.gguf";
 
 #[derive(Deserialize)]
 struct Case {
@@ -70,6 +72,16 @@ fn smollm2() -> &'static Tokenizer {
 fn gemma3() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| load(GEMMA3_FILE, "gemma3"))
+}
+
+/// DeepSeek-R1-Distill-Qwen-7B's tokenizer, read vocab-only from the 199 MB
+/// header slice (the weights are not there).
+fn r1() -> &'static Tokenizer {
+    static TOK: OnceLock<Tokenizer> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let path = model_path(R1_FILE, "r1-header");
+        Tokenizer::from_file(&path).unwrap_or_else(|e| panic!("tokenizer of {}: {e}", path.display()))
+    })
 }
 
 fn fixture(dir: &str) -> Fixture {
@@ -161,6 +173,27 @@ fn smollm2_matches_llama_cpp() {
 #[test]
 fn gemma3_matches_llama_cpp() {
     check_fixture(gemma3(), GEMMA3_DIR);
+}
+
+#[test]
+fn r1_header_matches_llama_cpp() {
+    check_fixture(r1(), R1_DIR);
+}
+
+#[test]
+fn r1_header_special_tokens_and_full_load() {
+    let tok = r1();
+    assert_eq!(tok.pre_tokenizer_name(), "deepseek-r1-qwen");
+    assert_eq!(tok.token_to_id("<think>"), Some(151648));
+    assert_eq!(tok.token_to_id("</think>"), Some(151649));
+    assert_eq!(tok.encode("<｜User｜>", true), [151644]);
+    // The whole file is a slice: a full load is the typed error it always was.
+    let path = model_path(R1_FILE, "r1-header");
+    match Gguf::open(&path) {
+        Err(Error::TensorOutOfBounds { .. } | Error::GgufTruncated { .. }) => {}
+        other => panic!("a full load of the header slice gave {other:?}"),
+    }
+    assert!(Gguf::open_vocab_only(&path).unwrap().tensors().is_empty());
 }
 
 #[test]

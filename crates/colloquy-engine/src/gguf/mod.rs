@@ -12,6 +12,10 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::kernels::GgmlType;
 
+mod split;
+pub use split::shard_paths;
+use split::Spliced;
+
 const MAGIC: [u8; 4] = *b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 
@@ -116,6 +120,25 @@ impl TensorInfo {
 enum Backing {
     Mmap(memmap2::Mmap),
     Owned(Vec<u8>),
+    /// The shards of a split model, side by side.
+    Spliced(Spliced),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => m,
+            Backing::Owned(v) => v,
+            Backing::Spliced(s) => s.bytes(),
+        }
+    }
+}
+
+/// What one file's header says.
+struct Parsed {
+    version: u32,
+    metadata: HashMap<String, Value>,
+    tensors: Vec<TensorInfo>,
 }
 
 /// A parsed GGUF file: metadata, tensor table and the (memory-mapped) bytes.
@@ -140,14 +163,21 @@ impl std::fmt::Debug for Gguf {
 }
 
 impl Gguf {
-    /// Opens and memory-maps a GGUF file, then parses its header.
+    /// Opens and memory-maps a GGUF file, then parses its header. The first
+    /// shard of a split model (`NAME-00001-of-00003.gguf`, as llama.cpp's
+    /// `gguf-split` writes it) opens the whole model: its shards are read
+    /// from beside it and appear as one file.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only. Like every mmap-based loader, we rely on
         // the model file not being truncated by another process while it is open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(Backing::Mmap(map), false)
+        let first = Self::parse(Backing::Mmap(map), false)?;
+        match first.split_count()? {
+            n if n > 1 => Self::open_split(path, n, first.metadata),
+            _ => Ok(first),
+        }
     }
 
     /// Opens a GGUF for its metadata only, as llama.cpp's `vocab_only` does:
@@ -190,107 +220,24 @@ impl Gguf {
     }
 
     fn parse(bytes: Backing, vocab_only: bool) -> Result<Gguf> {
-        let data: &[u8] = match &bytes {
-            Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
-        };
-        let mut r = Reader { data, pos: 0 };
-        let magic: [u8; 4] = r.take(4)?.try_into().map_err(|_| corrupt("magic"))?;
-        if magic != MAGIC {
-            return Err(Error::GgufBadMagic { found: magic });
-        }
-        let version = r.u32()?;
-        if version != 2 && version != 3 {
-            return Err(Error::GgufUnsupportedVersion(version));
-        }
-        let n_tensors = r.u64()?;
-        let n_kv = r.u64()?;
-        // Each metadata entry takes at least 12 bytes, each tensor entry at least 24.
-        r.check_count(n_kv, 12)?;
-        if !vocab_only {
-            r.check_count(n_tensors, 24)?;
-        }
-
-        let mut metadata = HashMap::with_capacity(n_kv as usize);
-        for _ in 0..n_kv {
-            let key = r.string()?;
-            let ty = r.u32()?;
-            let value = r.value(ty, 0)?;
-            metadata.insert(key, value);
-        }
-        if vocab_only {
-            let (tensors, by_name) = (Vec::new(), HashMap::new());
-            return Ok(Gguf { bytes, version, metadata, tensors, by_name, vocab_only });
-        }
-
-        let mut raw = Vec::with_capacity(n_tensors as usize);
-        for _ in 0..n_tensors {
-            let name = r.string()?;
-            let n_dims = r.u32()?;
-            if n_dims == 0 || n_dims > 4 {
-                return Err(corrupt(format!("tensor {name} has {n_dims} dimensions")));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(r.u64()?);
-            }
-            let type_id = r.u32()?;
-            let offset = r.u64()?;
-            raw.push((name, dims, type_id, offset));
-        }
-
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => return Err(corrupt("general.alignment is not a power of two")),
-            },
-        };
-        let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-        let len = data.len() as u64;
-
-        let mut tensors = Vec::with_capacity(raw.len());
-        let mut by_name = HashMap::with_capacity(raw.len());
-        for (name, dims, type_id, rel) in raw {
-            let ty = GgmlType::from_id(type_id)
-                .ok_or_else(|| Error::UnknownTensorType { tensor: name.clone(), type_id })?;
-            let elements = dims
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| corrupt(format!("tensor {name} has an overflowing shape")))?;
-            let size = row_bytes_checked(ty, dims[0])
-                .and_then(|row| row.checked_mul(elements / dims[0].max(1)))
-                .ok_or_else(|| {
-                    corrupt(format!(
-                        "tensor {name}: row length {} is not a multiple of {}'s block size",
-                        dims[0],
-                        ty.name()
-                    ))
-                })?;
-            if rel % alignment != 0 {
-                return Err(corrupt(format!("tensor {name} is not aligned")));
-            }
-            let offset = data_start
-                .checked_add(rel)
-                .ok_or_else(|| corrupt(format!("tensor {name} offset overflows")))?;
-            let end = offset.saturating_add(size);
-            if end > len {
-                return Err(Error::TensorOutOfBounds { tensor: name, end, len });
-            }
-            if by_name.insert(name.clone(), tensors.len()).is_some() {
-                return Err(corrupt(format!("tensor {name} appears twice")));
-            }
-            tensors.push(TensorInfo { name, dims, ty, offset, size });
-        }
-        Ok(Gguf { bytes, version, metadata, tensors, by_name, vocab_only })
+        let parsed = parse_at(bytes.bytes(), 0, vocab_only)?;
+        Self::assemble(bytes, parsed, vocab_only)
     }
 
-    /// All bytes of the file.
-    pub fn bytes(&self) -> &[u8] {
-        match &self.bytes {
-            Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
+    fn assemble(bytes: Backing, p: Parsed, vocab_only: bool) -> Result<Gguf> {
+        let mut by_name = HashMap::with_capacity(p.tensors.len());
+        for (i, t) in p.tensors.iter().enumerate() {
+            if by_name.insert(t.name.clone(), i).is_some() {
+                return Err(corrupt(format!("tensor {} appears twice", t.name)));
+            }
         }
+        Ok(Gguf { bytes, version: p.version, metadata: p.metadata, tensors: p.tensors, by_name, vocab_only })
+    }
+
+    /// All bytes of the file (of a split model: its shards side by side, each
+    /// at a page boundary, which the tensor offsets account for).
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.bytes()
     }
 
     /// Tells the kernel that the mapped pages are not needed now (after the
@@ -298,10 +245,15 @@ impl Gguf {
     /// process's resident memory. Later reads fault them back in from the page
     /// cache, so this never changes what the file reads as.
     pub fn release_pages(&self) {
-        if let Backing::Mmap(m) = &self.bytes {
-            // SAFETY: the map is a read-only, file-backed, private mapping: after
-            // MADV_DONTNEED its pages read back from the file, unchanged.
-            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        match &self.bytes {
+            Backing::Mmap(m) => {
+                // SAFETY: the map is a read-only, file-backed, private mapping: after
+                // MADV_DONTNEED its pages read back from the file, unchanged.
+                let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            }
+            #[cfg(unix)]
+            Backing::Spliced(s) => s.release(0, s.bytes().len()),
+            _ => {}
         }
     }
 
@@ -316,11 +268,14 @@ impl Gguf {
     /// file from `offset` (pages partly in the range are released too; they
     /// read back unchanged).
     pub fn release_range(&self, offset: usize, len: usize) {
-        if let Backing::Mmap(m) = &self.bytes {
-            if offset.checked_add(len).is_some_and(|end| end <= m.len()) {
+        match &self.bytes {
+            Backing::Mmap(m) if offset.checked_add(len).is_some_and(|end| end <= m.len()) => {
                 // SAFETY: as in `release_pages`; memmap2 aligns the range to pages.
                 let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
             }
+            #[cfg(unix)]
+            Backing::Spliced(s) => s.release(offset, len),
+            _ => {}
         }
     }
 
@@ -454,6 +409,94 @@ impl Gguf {
         let start = info.offset as usize;
         &self.bytes()[start..start + info.size as usize]
     }
+}
+
+/// Parses one file's header from `data`, which starts at `base` in the
+/// model's bytes (tensor offsets are made relative to the model's bytes).
+fn parse_at(data: &[u8], base: u64, vocab_only: bool) -> Result<Parsed> {
+    let mut r = Reader { data, pos: 0 };
+    let magic: [u8; 4] = r.take(4)?.try_into().map_err(|_| corrupt("magic"))?;
+    if magic != MAGIC {
+        return Err(Error::GgufBadMagic { found: magic });
+    }
+    let version = r.u32()?;
+    if version != 2 && version != 3 {
+        return Err(Error::GgufUnsupportedVersion(version));
+    }
+    let n_tensors = r.u64()?;
+    let n_kv = r.u64()?;
+    // Each metadata entry takes at least 12 bytes, each tensor entry at least 24.
+    r.check_count(n_kv, 12)?;
+    if !vocab_only {
+        r.check_count(n_tensors, 24)?;
+    }
+
+    let mut metadata = HashMap::with_capacity(n_kv as usize);
+    for _ in 0..n_kv {
+        let key = r.string()?;
+        let ty = r.u32()?;
+        let value = r.value(ty, 0)?;
+        metadata.insert(key, value);
+    }
+    if vocab_only {
+        return Ok(Parsed { version, metadata, tensors: Vec::new() });
+    }
+
+    let mut raw = Vec::with_capacity(n_tensors as usize);
+    for _ in 0..n_tensors {
+        let name = r.string()?;
+        let n_dims = r.u32()?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(corrupt(format!("tensor {name} has {n_dims} dimensions")));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(r.u64()?);
+        }
+        let type_id = r.u32()?;
+        let offset = r.u64()?;
+        raw.push((name, dims, type_id, offset));
+    }
+
+    let alignment = match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() => a,
+            _ => return Err(corrupt("general.alignment is not a power of two")),
+        },
+    };
+    let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+    let len = data.len() as u64;
+
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, dims, type_id, rel) in raw {
+        let ty = GgmlType::from_id(type_id)
+            .ok_or_else(|| Error::UnknownTensorType { tensor: name.clone(), type_id })?;
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| corrupt(format!("tensor {name} has an overflowing shape")))?;
+        let size = row_bytes_checked(ty, dims[0])
+            .and_then(|row| row.checked_mul(elements / dims[0].max(1)))
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "tensor {name}: row length {} is not a multiple of {}'s block size",
+                    dims[0],
+                    ty.name()
+                ))
+            })?;
+        if rel % alignment != 0 {
+            return Err(corrupt(format!("tensor {name} is not aligned")));
+        }
+        let offset =
+            data_start.checked_add(rel).ok_or_else(|| corrupt(format!("tensor {name} offset overflows")))?;
+        let end = offset.saturating_add(size);
+        if end > len {
+            return Err(Error::TensorOutOfBounds { tensor: name, end, len });
+        }
+        tensors.push(TensorInfo { name, dims, ty, offset: base + offset, size });
+    }
+    Ok(Parsed { version, metadata, tensors })
 }
 
 fn row_bytes_checked(ty: GgmlType, n: u64) -> Option<u64> {
