@@ -37,7 +37,9 @@ struct Cli {
 enum Cmd {
     /// Download a known model into the cache and print its path.
     Pull {
-        /// smollm2, gemma3 or r1-header (the tokenizer and template of DeepSeek-R1-Distill-Qwen-7B, no weights).
+        /// smollm2, gemma3, r1-header (the tokenizer and template of DeepSeek-R1-Distill-Qwen-7B, no
+        /// weights), or hf:ORG/NAME/FILE (a Hugging Face file, into the hub's own cache; HF_ENDPOINT,
+        /// HF_TOKEN, HF_HOME and HF_HUB_CACHE apply).
         #[arg(default_value = "smollm2")]
         name: String,
     },

@@ -149,6 +149,14 @@ pub enum Error {
         /// Found sha256 (hex).
         found: String,
     },
+    /// A Hugging Face download failed.
+    #[error("could not download {url}: {message}\nCheck the repository, revision and file name, and HF_ENDPOINT and HF_TOKEN (a gated or private repository needs a token), then retry `colloquy pull`")]
+    HubDownload {
+        /// The file's resolve URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The engine's result type.

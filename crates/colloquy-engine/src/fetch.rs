@@ -36,6 +36,7 @@
 //! # Ok::<(), colloquy_engine::error::Error>(())
 //! ```
 
+mod hf;
 mod pip;
 mod store;
 
@@ -49,6 +50,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::error::{Error, Result};
 
+pub use hf::{cached_hf, hub_cache, pull_hf, HfFile};
 pub use store::sha256_file;
 
 /// The name of the model used when none is given.
@@ -375,6 +377,8 @@ pub fn cached_model(model: &KnownModel, cache: &Path) -> Result<Option<PathBuf>>
 /// Ensures the model called `name` is in the cache and returns its path.
 ///
 /// See [`pull_model`]; an unknown name fails with [`Error::UnknownModel`].
+/// `hf:ORG/NAME/FILE` (or `hf:ORG/NAME@REVISION/FILE`) is a file of a Hugging
+/// Face repository, in the hub's own cache (see [`pull_hf`]).
 ///
 /// ```no_run
 /// use colloquy_engine::fetch::{pull, PullOptions};
@@ -384,6 +388,13 @@ pub fn cached_model(model: &KnownModel, cache: &Path) -> Result<Option<PathBuf>>
 /// # Ok::<(), colloquy_engine::error::Error>(())
 /// ```
 pub fn pull(name: &str, opts: &PullOptions) -> Result<PathBuf> {
+    if let Some(spec) = name.strip_prefix("hf:") {
+        let file = HfFile::parse(spec)?;
+        let bar = opts.progress_bar();
+        let result = pull_hf(&file, opts.force, &bar);
+        bar.finish_and_clear();
+        return result;
+    }
     pull_model(model(name)?, opts)
 }
 
@@ -505,6 +516,9 @@ pub fn resolve_model(arg: &str, opts: &PullOptions) -> Result<PathBuf> {
     }
     if let Some(model) = find_model(arg) {
         return pull_model(model, opts);
+    }
+    if arg.starts_with("hf:") {
+        return pull(arg, opts);
     }
     if path.is_dir() {
         return Err(Error::InvalidArgument(format!(

@@ -36,6 +36,14 @@ pub enum LlamaSource {
     Named(String),
     /// A local GGUF file.
     Gguf(PathBuf),
+    /// A file of a Hugging Face model repository, downloaded into the hub's
+    /// own cache on first use (see [`LlamaSource::huggingface`]).
+    HuggingFace {
+        /// `ORG/NAME`, optionally `@REVISION`.
+        repo: String,
+        /// The file's path in the repository.
+        file: String,
+    },
 }
 
 impl Default for LlamaSource {
@@ -75,7 +83,20 @@ impl LlamaSource {
         LlamaSource::Named("gemma3".into())
     }
 
-    /// A known model name or a path to a `.gguf` file.
+    /// A GGUF file of a Hugging Face repository (`repo` is `ORG/NAME`, or
+    /// `ORG/NAME@REVISION`), downloaded on first use into the cache the Python
+    /// `huggingface_hub` uses, so a file it already fetched is used in place.
+    /// `HF_ENDPOINT`, `HF_TOKEN`, `HF_HOME` and `HF_HUB_CACHE` apply.
+    ///
+    /// ```
+    /// # use colloquy::language::*;
+    /// let src = LlamaSource::huggingface("bartowski/Qwen2.5-1.5B-Instruct-GGUF", "Qwen2.5-1.5B-Instruct-Q4_K_M.gguf");
+    /// ```
+    pub fn huggingface(repo: impl Into<String>, file: impl Into<String>) -> Self {
+        LlamaSource::HuggingFace { repo: repo.into(), file: file.into() }
+    }
+
+    /// A known model name, `hf:ORG/NAME/FILE`, or a path to a `.gguf` file.
     ///
     /// ```
     /// # use colloquy::language::*;
@@ -90,6 +111,7 @@ impl LlamaSource {
         Ok(match self {
             LlamaSource::Named(n) => fetch::resolve_model(n, &opts)?,
             LlamaSource::Gguf(p) => p.clone(),
+            LlamaSource::HuggingFace { repo, file } => fetch::pull(&format!("hf:{repo}/{file}"), &opts)?,
         })
     }
 }
