@@ -340,8 +340,12 @@ mod x86 {
             GgmlType::F32 => float!(F_F32, F_F32),
             GgmlType::F16 => float!(F_F16, F_F16),
             GgmlType::BF16 => float!(F_BF16, F_F32),
-            // Activation-only and unsupported types never reach a tile.
-            GgmlType::Q8_1 | GgmlType::Q8_K | GgmlType::Q2_K | GgmlType::Q3_K => {
+            // No SIMD kernel yet: the portable one (the same bits, slower).
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS => {
+                super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n)
+            }
+            // Activation-only types never reach a tile.
+            GgmlType::Q8_1 | GgmlType::Q8_K => {
                 super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n)
             }
         }

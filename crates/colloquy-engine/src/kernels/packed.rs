@@ -59,7 +59,9 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         | GgmlType::Q2_K
         | GgmlType::Q3_K
         | GgmlType::Q5_K
-        | GgmlType::Q8_K => unreachable!("{ty} weights are never packed"),
+        | GgmlType::Q8_K
+        | GgmlType::IQ4_NL
+        | GgmlType::IQ4_XS => unreachable!("{ty} weights are never packed"),
     }
 }
 

@@ -69,7 +69,13 @@ pub(crate) fn quantize(ks: &Kernels, ty: GgmlType, x: &[f32], dst: &mut [u8]) {
         GgmlType::Q4_1 => blocks::<BlockQ4_1>(x, dst, q4_1),
         GgmlType::Q5_0 => blocks::<BlockQ5_0>(x, dst, q5_0),
         GgmlType::Q5_1 => blocks::<BlockQ5_1>(x, dst, q5_1),
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+        GgmlType::Q2_K
+        | GgmlType::Q3_K
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::IQ4_NL
+        | GgmlType::IQ4_XS => {
             debug_assert!(false, "no quantizer for {ty}");
             dst.fill(0);
         }

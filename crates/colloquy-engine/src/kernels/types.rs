@@ -26,9 +26,9 @@ pub enum GgmlType {
     Q8_0 = 8,
     /// 8-bit, 32 per block, f16 scale and f16 `d * sum(q)` (activation type).
     Q8_1 = 9,
-    /// 2-bit K-quant (listed, not computed with).
+    /// 2-bit K-quant, 256 per super-block, 4-bit sub-block scales and mins.
     Q2_K = 10,
-    /// 3-bit K-quant (listed, not computed with).
+    /// 3-bit K-quant, 256 per super-block, 6-bit sub-block scales.
     Q3_K = 11,
     /// 4-bit K-quant, 256 per super-block, 6-bit sub-block scales and mins.
     Q4_K = 12,
@@ -38,13 +38,17 @@ pub enum GgmlType {
     Q6_K = 14,
     /// 8-bit K-quant, f32 scale plus 16-wide sums (activation type).
     Q8_K = 15,
+    /// 4-bit non-linear (a fixed table of 16 values), 32 per block, one f16 scale.
+    IQ4_NL = 20,
+    /// IQ4_NL's values in 256-wide super-blocks with 6-bit sub-block scales.
+    IQ4_XS = 23,
     /// bfloat16.
     BF16 = 30,
 }
 
 impl GgmlType {
     /// Every type this enum knows, in id order.
-    pub const ALL: [GgmlType; 15] = [
+    pub const ALL: [GgmlType; 17] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -59,11 +63,13 @@ impl GgmlType {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::Q8_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
         GgmlType::BF16,
     ];
 
     /// The weight types that [`crate::kernels::vec_dot`] can compute with.
-    pub const DOT_TYPES: [GgmlType; 11] = [
+    pub const DOT_TYPES: [GgmlType; 15] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -72,9 +78,13 @@ impl GgmlType {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ];
 
     /// Maps a ggml type id to the type, `None` for ids this engine does not know.
@@ -104,6 +114,8 @@ impl GgmlType {
             GgmlType::Q5_K => "q5_K",
             GgmlType::Q6_K => "q6_K",
             GgmlType::Q8_K => "q8_K",
+            GgmlType::IQ4_NL => "iq4_nl",
+            GgmlType::IQ4_XS => "iq4_xs",
             GgmlType::BF16 => "bf16",
         }
     }
@@ -117,10 +129,10 @@ impl GgmlType {
         (n_elems / self.block_size()).checked_mul(self.type_size())
     }
 
-    /// Whether the kernels can dequantize this type (everything but Q2_K/Q3_K;
-    /// the activation-only types Q8_1/Q8_K included).
+    /// Whether the kernels can dequantize this type (every type listed, the
+    /// activation-only types Q8_1/Q8_K included).
     pub fn is_supported(self) -> bool {
-        !matches!(self, GgmlType::Q2_K | GgmlType::Q3_K)
+        true
     }
 
     /// Whether [`crate::kernels::vec_dot`] accepts this as a weight type.
@@ -145,6 +157,7 @@ mod tests {
             assert_eq!(GgmlType::from_id(t.id()), Some(t));
         }
         assert_eq!(GgmlType::from_id(4), None);
+        assert_eq!(GgmlType::from_id(21), None);
         assert_eq!(GgmlType::from_id(31), None);
     }
 

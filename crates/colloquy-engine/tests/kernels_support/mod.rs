@@ -73,6 +73,12 @@ pub fn random_weights(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
                 put_f16(b, 2, rng.range(1e-4, 2e-3));
             }
             GgmlType::Q6_K => put_f16(b, 208, sign * rng.range(1e-4, 2e-3)),
+            GgmlType::Q2_K => {
+                put_f16(b, 80, rng.range(1e-4, 2e-3));
+                put_f16(b, 82, rng.range(1e-4, 2e-3));
+            }
+            GgmlType::Q3_K => put_f16(b, 108, sign * rng.range(1e-4, 2e-3)),
+            GgmlType::IQ4_NL | GgmlType::IQ4_XS => put_f16(b, 0, sign * rng.range(1e-4, 2e-3)),
             _ => panic!("no generator for {ty}"),
         }
     }

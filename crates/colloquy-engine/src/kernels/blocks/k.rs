@@ -1,13 +1,14 @@
-//! The K-quant super-blocks (256 elements): Q4_K, Q5_K and Q6_K weights,
-//! the Q8_K activations they pair with, and the layouts of Q2_K and Q3_K.
+//! The K-quant super-blocks (256 elements): Q2_K, Q3_K, Q4_K, Q5_K and Q6_K
+//! weights and the Q8_K activations they pair with.
 //!
 //! Each super-block's integer sums are exact; its float finish is
-//! [`finish_k`] (Q4_K/Q5_K) or [`finish_q6k`] (Q6_K), shared by every backend.
+//! [`finish_k`] (the types with mins: Q2_K, Q4_K, Q5_K) or [`finish_q6k`]
+//! (Q3_K, Q6_K), shared by every backend.
 
 use super::{block, f16_table, Dequantize, F16Bits, WeightBlock};
 use crate::kernels::types::{GgmlType, QK_K};
 
-/// Q2_K (layout only: no kernels yet).
+/// Q2_K: sixteen sub-blocks of 16, each `d * sc * q - dmin * m` with 4-bit `sc`, `m` and 2-bit `q`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockQ2_K {
@@ -22,7 +23,7 @@ pub struct BlockQ2_K {
 }
 block!(BlockQ2_K, GgmlType::Q2_K, elems: QK_K, bytes: 84);
 
-/// Q3_K (layout only: no kernels yet).
+/// Q3_K: sixteen sub-blocks of 16, each `d * (sc - 32) * (q - 4 * !high)` with 6-bit `sc`, 2-bit `q` and a high bit.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockQ3_K {
@@ -303,6 +304,126 @@ impl Dequantize for BlockQ8_K {
         let d = self.scale();
         for (v, &q) in y.iter_mut().zip(&self.qs) {
             *v = d * q as f32;
+        }
+    }
+}
+
+impl BlockQ2_K {
+    /// The 256 2-bit quants, in element order.
+    #[inline(always)]
+    fn quants(&self) -> [u8; QK_K] {
+        let mut q = [0u8; QK_K];
+        // Each 32 bytes hold four 32-element groups, two bits apiece.
+        for (half, qs) in self.qs.chunks_exact(32).enumerate() {
+            for shift in 0..4 {
+                for l in 0..32 {
+                    q[128 * half + 32 * shift + l] = (qs[l] >> (2 * shift)) & 3;
+                }
+            }
+        }
+        q
+    }
+}
+
+impl WeightBlock for BlockQ2_K {
+    type Activation = BlockQ8_K;
+    fn dot_rows<const R: usize>(w: &[Self], xs: [&[BlockQ8_K]; R]) -> [f32; R] {
+        let mut acc = [0.0f32; R];
+        for (ib, wb) in w.iter().enumerate() {
+            let q = wb.quants();
+            let (wd, wdmin) = (wb.d.to_f32(), wb.dmin.to_f32());
+            for r in 0..R {
+                let xb = &xs[r][ib];
+                let (mut sumi, mut summ) = (0i32, 0i32);
+                for j in 0..16 {
+                    let mut dot = 0i32;
+                    for l in 0..16 {
+                        dot += q[16 * j + l] as i32 * xb.qs[16 * j + l] as i32;
+                    }
+                    sumi += (wb.scales[j] & 0xF) as i32 * dot;
+                    summ += (wb.scales[j] >> 4) as i32 * xb.bsum(j);
+                }
+                acc[r] = finish_k(acc[r], xb.scale(), wd, wdmin, sumi, summ);
+            }
+        }
+        acc
+    }
+}
+
+impl Dequantize for BlockQ2_K {
+    fn dequantize(&self, y: &mut [f32]) {
+        let (d, min) = (self.d.to_f32(), self.dmin.to_f32());
+        let q = self.quants();
+        for (j, (qj, out)) in q.chunks_exact(16).zip(y.chunks_exact_mut(16)).enumerate() {
+            let (dl, ml) = (d * (self.scales[j] & 0xF) as f32, min * (self.scales[j] >> 4) as f32);
+            for (o, &v) in out.iter_mut().zip(qj) {
+                *o = dl * v as f32 - ml;
+            }
+        }
+    }
+}
+
+impl BlockQ3_K {
+    /// The sixteen 6-bit scales, unpacked (ggml's `kmask1`/`kmask2` shuffle), minus 32.
+    #[inline(always)]
+    fn scales(&self) -> [i8; 16] {
+        let s = &self.scales;
+        std::array::from_fn(|j| {
+            let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+            let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+            (low | (high << 4)) as i8 - 32
+        })
+    }
+
+    /// The 256 quants: the 2-bit value, minus 4 where the high bit is clear.
+    #[inline(always)]
+    fn quants(&self) -> [i8; QK_K] {
+        let mut q = [0i8; QK_K];
+        for (half, qs) in self.qs.chunks_exact(32).enumerate() {
+            for shift in 0..4 {
+                let bit = 1u8 << (4 * half + shift);
+                for l in 0..32 {
+                    let low = ((qs[l] >> (2 * shift)) & 3) as i8;
+                    q[128 * half + 32 * shift + l] = low - if self.hmask[l] & bit != 0 { 0 } else { 4 };
+                }
+            }
+        }
+        q
+    }
+}
+
+impl WeightBlock for BlockQ3_K {
+    type Activation = BlockQ8_K;
+    fn dot_rows<const R: usize>(w: &[Self], xs: [&[BlockQ8_K]; R]) -> [f32; R] {
+        let mut acc = [0.0f32; R];
+        for (ib, wb) in w.iter().enumerate() {
+            let (q, sc, wd) = (wb.quants(), wb.scales(), wb.d.to_f32());
+            for r in 0..R {
+                let xb = &xs[r][ib];
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    let mut dot = 0i32;
+                    for l in 0..16 {
+                        dot += q[16 * j + l] as i32 * xb.qs[16 * j + l] as i32;
+                    }
+                    sumi += sc[j] as i32 * dot;
+                }
+                acc[r] = finish_q6k(acc[r], xb.scale(), wd, sumi);
+            }
+        }
+        acc
+    }
+}
+
+impl Dequantize for BlockQ3_K {
+    fn dequantize(&self, y: &mut [f32]) {
+        let d = self.d.to_f32();
+        let (q, sc) = (self.quants(), self.scales());
+        for (j, (qj, out)) in q.chunks_exact(16).zip(y.chunks_exact_mut(16)).enumerate() {
+            let dl = d * sc[j] as f32;
+            for (o, &v) in out.iter_mut().zip(qj) {
+                *o = dl * v as f32;
+            }
         }
     }
 }

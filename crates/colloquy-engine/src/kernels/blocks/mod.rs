@@ -4,7 +4,7 @@
 //! ggml's), its exact dequantization and its portable dot product live
 //! together, behind three traits:
 //!
-//! * [`GgmlBlock`]: the layout (every type, Q2_K and Q3_K included);
+//! * [`GgmlBlock`]: the layout;
 //! * [`Dequantize`]: the block as f32, bit-identical to ggml's
 //!   `dequantize_row_*`;
 //! * [`WeightBlock`]: the activation block it pairs with (ggml's
@@ -23,10 +23,12 @@
 //! into another type's layout.
 
 pub(crate) mod float;
+mod iq4;
 mod k;
 mod q32;
 
 pub use float::{Bf16Block, F16Block, F32Block};
+pub use iq4::{BlockIQ4_NL, BlockIQ4_XS, IQ4_VALUES};
 pub use k::{BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, BlockQ8_K};
 pub use q32::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 
@@ -169,10 +171,10 @@ pub(crate) fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q5_K => dequantize_as::<BlockQ5_K>(src, dst),
         GgmlType::Q6_K => dequantize_as::<BlockQ6_K>(src, dst),
         GgmlType::Q8_K => dequantize_as::<BlockQ8_K>(src, dst),
-        GgmlType::Q2_K | GgmlType::Q3_K => {
-            debug_assert!(false, "dequantize called for unsupported type {ty}");
-            dst.fill(0.0);
-        }
+        GgmlType::Q2_K => dequantize_as::<BlockQ2_K>(src, dst),
+        GgmlType::Q3_K => dequantize_as::<BlockQ3_K>(src, dst),
+        GgmlType::IQ4_NL => dequantize_as::<BlockIQ4_NL>(src, dst),
+        GgmlType::IQ4_XS => dequantize_as::<BlockIQ4_XS>(src, dst),
     }
 }
 
@@ -202,7 +204,11 @@ pub(crate) fn dot_rows<const R: usize>(ty: GgmlType, w: &[u8], xs: Rows<'_, R>, 
         GgmlType::Q4_K => dot_as::<BlockQ4_K, R>(w, xs),
         GgmlType::Q5_K => dot_as::<BlockQ5_K, R>(w, xs),
         GgmlType::Q6_K => dot_as::<BlockQ6_K, R>(w, xs),
-        GgmlType::Q8_1 | GgmlType::Q8_K | GgmlType::Q2_K | GgmlType::Q3_K => {
+        GgmlType::Q2_K => dot_as::<BlockQ2_K, R>(w, xs),
+        GgmlType::Q3_K => dot_as::<BlockQ3_K, R>(w, xs),
+        GgmlType::IQ4_NL => dot_as::<BlockIQ4_NL, R>(w, xs),
+        GgmlType::IQ4_XS => dot_as::<BlockIQ4_XS, R>(w, xs),
+        GgmlType::Q8_1 | GgmlType::Q8_K => {
             debug_assert!(false, "dot for unsupported type {ty}");
             [0.0; R]
         }
@@ -233,6 +239,8 @@ impl GgmlType {
             GgmlType::Q5_K => geometry::<BlockQ5_K>(),
             GgmlType::Q6_K => geometry::<BlockQ6_K>(),
             GgmlType::Q8_K => geometry::<BlockQ8_K>(),
+            GgmlType::IQ4_NL => geometry::<BlockIQ4_NL>(),
+            GgmlType::IQ4_XS => geometry::<BlockIQ4_XS>(),
         }
     }
 
@@ -270,8 +278,12 @@ impl GgmlType {
             GgmlType::Q4_K => act::<BlockQ4_K>(),
             GgmlType::Q5_K => act::<BlockQ5_K>(),
             GgmlType::Q6_K => act::<BlockQ6_K>(),
+            GgmlType::Q2_K => act::<BlockQ2_K>(),
+            GgmlType::Q3_K => act::<BlockQ3_K>(),
+            GgmlType::IQ4_NL => act::<BlockIQ4_NL>(),
+            GgmlType::IQ4_XS => act::<BlockIQ4_XS>(),
             GgmlType::Q8_1 => GgmlType::Q8_1,
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q8_K => GgmlType::Q8_K,
+            GgmlType::Q8_K => GgmlType::Q8_K,
         }
     }
 }
@@ -299,6 +311,8 @@ mod tests {
             (GgmlType::Q5_K, 256, 176),
             (GgmlType::Q6_K, 256, 210),
             (GgmlType::Q8_K, 256, 292),
+            (GgmlType::IQ4_NL, 32, 18),
+            (GgmlType::IQ4_XS, 256, 136),
         ];
         assert_eq!(ggml.len(), GgmlType::ALL.len());
         for (ty, elems, bytes) in ggml {

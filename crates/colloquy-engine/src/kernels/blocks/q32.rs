@@ -150,7 +150,7 @@ fn idot32(q: &[i8; QK32], x: &[i8; QK32]) -> i32 {
 
 /// The dot of a symmetric weight row (no min) with `R` Q8_0 rows.
 #[inline(always)]
-fn dot_sym<const R: usize, B: Q32Weight + WeightBlock<Activation = BlockQ8_0>>(
+pub(super) fn dot_sym<const R: usize, B: Q32Weight + WeightBlock<Activation = BlockQ8_0>>(
     w: &[B],
     xs: [&[BlockQ8_0]; R],
     d: impl Fn(&B) -> F16Bits,
