@@ -29,6 +29,15 @@ for target in $(cargo fuzz list); do
 </tool_call>' > "$corpus/seed-call.txt"
     printf '%s' '{"prompt":["Once upon"],"max_tokens":8,"logprobs":2,"echo":true,"presence_penalty":0.5}' > "$corpus/seed-text.json"
   fi
+  if [ "$target" = model_text ]; then
+    printf '%s' '<think>
+Let me add.
+</think>
+
+4' > "$corpus/seed-think.txt"
+    printf '%s' 'bartowski/Qwen2.5-1.5B-GGUF@main/sub/Qwen2.5-1.5B-Q4_K_M.gguf' > "$corpus/seed-hf.txt"
+    printf '%s' 'model-00001-of-00003.gguf' > "$corpus/seed-shard.txt"
+  fi
   echo "fuzzing $target for ${SECONDS_PER_TARGET}s"
   # -timeout: an input that takes seconds to refuse is a bug too (a fuzzer once
   # found a header that took 22 s).
