@@ -31,7 +31,7 @@ impl LogitsFor {
     }
 }
 
-/// One sequence's part of a [`Batch`]: `tokens` at positions `kv.len()..`.
+/// One sequence's part of a batch: `tokens` at positions `kv.len()..`.
 ///
 /// ```
 /// use colloquy_engine::batch::{LogitsFor, Sequence};

@@ -1,7 +1,7 @@
 //! Model architectures and their registry.
 //!
 //! An architecture turns tokens into logits, reading and appending K/V in a
-//! [`KvCache`]. Adding a family means one file here and one line in the
+//! [`KvCache`](crate::kv::KvCache). Adding a family means one file here and one line in the
 //! registry (`REGISTRY`, used by [`load_architecture`]).
 
 use std::sync::Arc;

@@ -46,7 +46,7 @@ pub struct BlockQ4_K {
     pub d: F16Bits,
     /// Super-block scale of the mins.
     pub dmin: F16Bits,
-    /// Eight 6-bit scales and eight 6-bit mins ([`scale_min_k4`]).
+    /// Eight 6-bit scales and eight 6-bit mins (ggml's `get_scale_min_k4` layout).
     pub scales: [u8; 12],
     /// 4-bit quants: 64 elements per 32 bytes, low nibbles first.
     pub qs: [u8; QK_K / 2],

@@ -18,7 +18,7 @@
 //! Blocks have alignment 1 and hold only byte arrays, so any byte slice
 //! casts to a slice of blocks ([`as_blocks`]) without copying. The matches
 //! from a [`GgmlType`] to its block ([`GgmlType::type_size`],
-//! [`dequantize`], `dot_rows`) list every type by name: a new
+//! `dequantize`, `dot_rows`) list every type by name: a new
 //! type fails to compile until it is placed in each, instead of falling
 //! into another type's layout.
 
@@ -44,7 +44,7 @@ use std::sync::OnceLock;
 /// # Safety
 /// Implementors are `#[repr(C)]`, have alignment 1 and no padding, and hold
 /// only integer byte arrays, so every byte pattern is a valid block and
-/// [`as_blocks`] may reinterpret bytes as blocks. [`block!`] checks this at
+/// [`as_blocks`] may reinterpret bytes as blocks. The `block!` macro checks this at
 /// compile time.
 pub unsafe trait GgmlBlock: Copy + Send + Sync + 'static {
     /// The ggml type these blocks make up.
