@@ -273,7 +273,7 @@ pub(super) fn dot_tile_pf<const RW: usize, const RX: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
+    use super::super::blocks::{BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
     use super::super::dot_avx2::{self, plain, vnni, F_BF16, F_F16, F_F32};
     use super::super::dot_avx2_k::{dot_q45k, dot_q6k};
     use super::widen;
@@ -334,6 +334,7 @@ mod x86 {
             GgmlType::Q5_0 => q32!(BlockQ5_0),
             GgmlType::Q5_1 => q32!(BlockQ5_1),
             GgmlType::Q8_0 => q32!(BlockQ8_0),
+            GgmlType::IQ4_NL => q32!(BlockIQ4_NL),
             GgmlType::Q4_K => per_w!(dot_q45k, false),
             GgmlType::Q5_K => per_w!(dot_q45k, true),
             GgmlType::Q6_K => per_w!(dot_q6k),
@@ -341,7 +342,7 @@ mod x86 {
             GgmlType::F16 => float!(F_F16, F_F16),
             GgmlType::BF16 => float!(F_BF16, F_F32),
             // No SIMD kernel yet: the portable one (the same bits, slower).
-            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS => {
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::IQ4_XS => {
                 super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n)
             }
             // Activation-only types never reach a tile.

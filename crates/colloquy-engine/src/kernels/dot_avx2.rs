@@ -14,7 +14,8 @@
 //! [`super::quantize_row`] never produces.
 
 use super::blocks::{
-    BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, GgmlBlock, WeightBlock,
+    BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, GgmlBlock, WeightBlock,
+    IQ4_VALUES,
 };
 use std::arch::x86_64::*;
 use std::mem::offset_of;
@@ -120,6 +121,17 @@ impl Q32Avx for BlockQ8_0 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_w(wb: *const u8) -> __m256i {
         _mm256_loadu_si256(wb.add(offset_of!(BlockQ8_0, qs)) as *const __m256i)
+    }
+}
+
+impl Q32Avx for BlockIQ4_NL {
+    const SYM: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(wb: *const u8) -> __m256i {
+        // Each nibble indexes the 16 values (both 128-bit lanes hold the table).
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_VALUES.as_ptr() as *const __m128i));
+        _mm256_shuffle_epi8(table, nibbles(wb.add(offset_of!(BlockIQ4_NL, qs))))
     }
 }
 
