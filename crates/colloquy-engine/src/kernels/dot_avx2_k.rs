@@ -5,7 +5,7 @@
 //! ([`finish_k`], [`finish_q6k`]), so these dots are bit-identical to
 //! `dot_scalar` and independent of how many rows run together.
 
-use super::blocks::{finish_k, finish_q6k};
+use super::blocks::{finish_k, finish_q6k, BlockIQ4_XS, BlockQ8_K, GgmlBlock, IQ4_VALUES};
 use super::dot_avx2::{h2f, hsum_i32};
 use std::arch::x86_64::*;
 
@@ -211,6 +211,43 @@ pub(crate) unsafe fn dot_q6k<const R: usize>(w: *const u8, xs: [*const u8; R], n
                 let sumi = hsum_i32(sums[r]).wrapping_sub(corr.wrapping_mul(32));
                 acc[r] = finish_q6k(acc[r], rd_f32(xs[r].add(ib * 292)), wd, sumi);
             }
+        }
+    }
+    acc
+}
+
+/// IQ4_XS weight row of `nb` super-blocks against `R` Q8_K activation rows:
+/// each 32-wide sub-block's values are looked up by a byte shuffle, its exact
+/// integer dot (the sign trick, as for Q8_0) is scaled by the sub-block's
+/// scale, and the super-block ends with [`finish_q6k`], as the portable dot.
+///
+/// # Safety
+/// As for [`dot_q45k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_iq4xs<const R: usize>(w: *const u8, xs: [*const u8; R], nb: usize) -> [f32; R] {
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_VALUES.as_ptr() as *const __m128i));
+    let (m4, ones) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1));
+    let xbytes = <BlockQ8_K as GgmlBlock>::BYTES;
+    let mut acc = [0.0f32; R];
+    for ib in 0..nb {
+        // SAFETY: the caller sized the row; blocks have alignment 1.
+        let blk = &*(w.add(ib * <BlockIQ4_XS as GgmlBlock>::BYTES) as *const BlockIQ4_XS);
+        let wd = h2f(u16::from_le_bytes(blk.d.0));
+        let mut v = [_mm256_setzero_si256(); 8];
+        for (j, vj) in v.iter_mut().enumerate() {
+            let t = _mm_loadu_si128(blk.qs.as_ptr().add(16 * j) as *const __m128i);
+            let idx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(t), t), m4);
+            *vj = _mm256_shuffle_epi8(table, idx);
+        }
+        for r in 0..R {
+            let xb = xs[r].add(ib * xbytes);
+            let mut sumi = 0i32;
+            for (j, vj) in v.iter().enumerate() {
+                let y = _mm256_loadu_si256(xb.add(4 + 32 * j) as *const __m256i);
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(*vj, *vj), _mm256_sign_epi8(y, *vj));
+                sumi += blk.scale(j) * hsum_i32(_mm256_madd_epi16(p, ones));
+            }
+            acc[r] = finish_q6k(acc[r], rd_f32(xb), wd, sumi);
         }
     }
     acc

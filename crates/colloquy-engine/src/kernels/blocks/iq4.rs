@@ -69,7 +69,7 @@ impl Dequantize for BlockIQ4_NL {
 impl BlockIQ4_XS {
     /// Sub-block `ib`'s scale, minus 32.
     #[inline(always)]
-    fn scale(&self, ib: usize) -> i32 {
+    pub(crate) fn scale(&self, ib: usize) -> i32 {
         let low = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
         let high = (u16::from_le_bytes(self.scales_h) >> (2 * ib)) & 3;
         (low as i32 | (high as i32) << 4) - 32
