@@ -275,7 +275,7 @@ pub(super) fn dot_tile_pf<const RW: usize, const RX: usize>(
 mod x86 {
     use super::super::blocks::{BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
     use super::super::dot_avx2::{self, plain, vnni, F_BF16, F_F16, F_F32};
-    use super::super::dot_avx2_k::{dot_iq4xs, dot_q45k, dot_q6k};
+    use super::super::dot_avx2_k::{dot_iq4xs, dot_q2k, dot_q3k, dot_q45k, dot_q6k};
     use super::widen;
     use super::GgmlType;
 
@@ -339,13 +339,11 @@ mod x86 {
             GgmlType::Q5_K => per_w!(dot_q45k, true),
             GgmlType::Q6_K => per_w!(dot_q6k),
             GgmlType::IQ4_XS => per_w!(dot_iq4xs),
+            GgmlType::Q2_K => per_w!(dot_q2k),
+            GgmlType::Q3_K => per_w!(dot_q3k),
             GgmlType::F32 => float!(F_F32, F_F32),
             GgmlType::F16 => float!(F_F16, F_F16),
             GgmlType::BF16 => float!(F_BF16, F_F32),
-            // No SIMD kernel yet: the portable one (the same bits, slower).
-            GgmlType::Q2_K | GgmlType::Q3_K => {
-                super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n)
-            }
             // Activation-only types never reach a tile.
             GgmlType::Q8_1 | GgmlType::Q8_K => {
                 super::dot_tile::<RW, RX>(super::Backend::Scalar, ty, w, xs, n)

@@ -5,7 +5,9 @@
 //! ([`finish_k`], [`finish_q6k`]), so these dots are bit-identical to
 //! `dot_scalar` and independent of how many rows run together.
 
-use super::blocks::{finish_k, finish_q6k, BlockIQ4_XS, BlockQ8_K, GgmlBlock, IQ4_VALUES};
+use super::blocks::{
+    finish_k, finish_q6k, BlockIQ4_XS, BlockQ2_K, BlockQ3_K, BlockQ8_K, GgmlBlock, IQ4_VALUES,
+};
 use super::dot_avx2::{h2f, hsum_i32};
 use std::arch::x86_64::*;
 
@@ -247,6 +249,116 @@ pub(crate) unsafe fn dot_iq4xs<const R: usize>(w: *const u8, xs: [*const u8; R],
                 let p = _mm256_maddubs_epi16(_mm256_sign_epi8(*vj, *vj), _mm256_sign_epi8(y, *vj));
                 sumi += blk.scale(j) * hsum_i32(_mm256_madd_epi16(p, ones));
             }
+            acc[r] = finish_q6k(acc[r], rd_f32(xb), wd, sumi);
+        }
+    }
+    acc
+}
+
+/// The 2-bit groups of a Q2_K/Q3_K super-block: group `4 h + s` holds
+/// elements `128 h + 32 s ..+ 32`, bits `2 s` of bytes `32 h ..+ 32`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn two_bit_groups(qs: *const u8) -> [__m256i; 8] {
+    let m3 = _mm256_set1_epi8(3);
+    let mut g = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        let v = _mm256_loadu_si256(qs.add(32 * h) as *const __m256i);
+        g[4 * h] = _mm256_and_si256(v, m3);
+        g[4 * h + 1] = _mm256_and_si256(_mm256_srli_epi16::<2>(v), m3);
+        g[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m3);
+        g[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16::<6>(v), m3);
+    }
+    g
+}
+
+/// Sixteen i16 lanes: `a` for the first 8 (the group's first 16 bytes), `b` for the rest.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn two_scales(a: i16, b: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
+}
+
+/// The activation's sum of quants `16 j ..+ 16` (Q8_K's `bsums`).
+#[inline(always)]
+unsafe fn bsum(xb: *const u8, j: usize) -> i32 {
+    i16::from_le_bytes([*xb.add(260 + 2 * j), *xb.add(261 + 2 * j)]) as i32
+}
+
+/// Q2_K weight row of `nb` super-blocks against `R` Q8_K activation rows: the
+/// unsigned 2-bit quants against the activations (exact), each 16-element
+/// sum times its 4-bit scale, the mins through the activation's 16-wide sums,
+/// then [`finish_k`], as the portable dot.
+///
+/// # Safety
+/// As for [`dot_q45k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_q2k<const R: usize>(w: *const u8, xs: [*const u8; R], nb: usize) -> [f32; R] {
+    let xbytes = <BlockQ8_K as GgmlBlock>::BYTES;
+    let mut acc = [0.0f32; R];
+    for ib in 0..nb {
+        // SAFETY: the caller sized the row; blocks have alignment 1.
+        let blk = &*(w.add(ib * <BlockQ2_K as GgmlBlock>::BYTES) as *const BlockQ2_K);
+        let (wd, wdmin) = (h2f(u16::from_le_bytes(blk.d.0)), h2f(u16::from_le_bytes(blk.dmin.0)));
+        let q = two_bit_groups(blk.qs.as_ptr());
+        let sc: [__m256i; 8] = std::array::from_fn(|k| {
+            two_scales((blk.scales[2 * k] & 0xF) as i16, (blk.scales[2 * k + 1] & 0xF) as i16)
+        });
+        for r in 0..R {
+            let xb = xs[r].add(ib * xbytes);
+            let mut sumv = _mm256_setzero_si256();
+            for k in 0..8 {
+                let y = _mm256_loadu_si256(xb.add(4 + 32 * k) as *const __m256i);
+                sumv = _mm256_add_epi32(sumv, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], y), sc[k]));
+            }
+            let mut summ = 0i32;
+            for j in 0..16 {
+                summ += (blk.scales[j] >> 4) as i32 * bsum(xb, j);
+            }
+            acc[r] = finish_k(acc[r], rd_f32(xb), wd, wdmin, hsum_i32(sumv), summ);
+        }
+    }
+    acc
+}
+
+/// Q3_K weight row of `nb` super-blocks against `R` Q8_K activation rows: the
+/// quants as `q + 4` (0..7, unsigned, the high bit at bit 2) against the
+/// activations, each 16-element sum times its signed scale, the `-4` taken
+/// out exactly through the activation's 16-wide sums, then [`finish_q6k`].
+///
+/// # Safety
+/// As for [`dot_q45k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_q3k<const R: usize>(w: *const u8, xs: [*const u8; R], nb: usize) -> [f32; R] {
+    let xbytes = <BlockQ8_K as GgmlBlock>::BYTES;
+    let one = _mm256_set1_epi8(1);
+    let mut acc = [0.0f32; R];
+    for ib in 0..nb {
+        // SAFETY: the caller sized the row; blocks have alignment 1.
+        let blk = &*(w.add(ib * <BlockQ3_K as GgmlBlock>::BYTES) as *const BlockQ3_K);
+        let wd = h2f(u16::from_le_bytes(blk.d.0));
+        let scales = blk.scales();
+        let hmask = _mm256_loadu_si256(blk.hmask.as_ptr() as *const __m256i);
+        let mut q = two_bit_groups(blk.qs.as_ptr());
+        for (k, qk) in q.iter_mut().enumerate() {
+            // Group k's high bits are bit k of each hmask byte.
+            let hb = _mm256_and_si256(_mm256_srl_epi16(hmask, _mm_cvtsi32_si128(k as i32)), one);
+            *qk = _mm256_or_si256(*qk, _mm256_slli_epi16::<2>(hb));
+        }
+        let sc: [__m256i; 8] =
+            std::array::from_fn(|k| two_scales(scales[2 * k] as i16, scales[2 * k + 1] as i16));
+        for r in 0..R {
+            let xb = xs[r].add(ib * xbytes);
+            let mut sumv = _mm256_setzero_si256();
+            for k in 0..8 {
+                let y = _mm256_loadu_si256(xb.add(4 + 32 * k) as *const __m256i);
+                sumv = _mm256_add_epi32(sumv, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], y), sc[k]));
+            }
+            let mut corr = 0i32;
+            for (j, &s) in scales.iter().enumerate() {
+                corr += s as i32 * bsum(xb, j);
+            }
+            let sumi = hsum_i32(sumv).wrapping_sub(corr.wrapping_mul(4));
             acc[r] = finish_q6k(acc[r], rd_f32(xb), wd, sumi);
         }
     }

@@ -366,7 +366,7 @@ impl Dequantize for BlockQ2_K {
 impl BlockQ3_K {
     /// The sixteen 6-bit scales, unpacked (ggml's `kmask1`/`kmask2` shuffle), minus 32.
     #[inline(always)]
-    fn scales(&self) -> [i8; 16] {
+    pub(crate) fn scales(&self) -> [i8; 16] {
         let s = &self.scales;
         std::array::from_fn(|j| {
             let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
