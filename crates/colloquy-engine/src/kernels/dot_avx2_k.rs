@@ -279,6 +279,19 @@ fn two_scales(a: i16, b: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
 }
 
+/// `sum_k sc[k] . (q[k] x activation group k)` over the eight 32-byte groups
+/// of a Q8_K block at `xb`, as 8 exact i32 lanes (unsigned `q` up to 7).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scaled_groups(q: &[__m256i; 8], sc: &[__m256i; 8], xb: *const u8) -> __m256i {
+    let mut sumv = _mm256_setzero_si256();
+    for k in 0..8 {
+        let y = _mm256_loadu_si256(xb.add(4 + 32 * k) as *const __m256i);
+        sumv = _mm256_add_epi32(sumv, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], y), sc[k]));
+    }
+    sumv
+}
+
 /// The activation's sum of quants `16 j ..+ 16` (Q8_K's `bsums`).
 #[inline(always)]
 unsafe fn bsum(xb: *const u8, j: usize) -> i32 {
@@ -306,11 +319,7 @@ pub(crate) unsafe fn dot_q2k<const R: usize>(w: *const u8, xs: [*const u8; R], n
         });
         for r in 0..R {
             let xb = xs[r].add(ib * xbytes);
-            let mut sumv = _mm256_setzero_si256();
-            for k in 0..8 {
-                let y = _mm256_loadu_si256(xb.add(4 + 32 * k) as *const __m256i);
-                sumv = _mm256_add_epi32(sumv, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], y), sc[k]));
-            }
+            let sumv = scaled_groups(&q, &sc, xb);
             let mut summ = 0i32;
             for j in 0..16 {
                 summ += (blk.scales[j] >> 4) as i32 * bsum(xb, j);
@@ -349,11 +358,7 @@ pub(crate) unsafe fn dot_q3k<const R: usize>(w: *const u8, xs: [*const u8; R], n
             std::array::from_fn(|k| two_scales(scales[2 * k] as i16, scales[2 * k + 1] as i16));
         for r in 0..R {
             let xb = xs[r].add(ib * xbytes);
-            let mut sumv = _mm256_setzero_si256();
-            for k in 0..8 {
-                let y = _mm256_loadu_si256(xb.add(4 + 32 * k) as *const __m256i);
-                sumv = _mm256_add_epi32(sumv, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], y), sc[k]));
-            }
+            let sumv = scaled_groups(&q, &sc, xb);
             let mut corr = 0i32;
             for (j, &s) in scales.iter().enumerate() {
                 corr += s as i32 * bsum(xb, j);
