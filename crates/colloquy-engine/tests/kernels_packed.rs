@@ -74,18 +74,18 @@ fn packed_matches_vec_dot() {
     }
 }
 
-/// Q4_K and Q6_K (256-wide superblocks, their own packed layouts): lossless,
+/// Q4_K, Q5_K and Q6_K (256-wide superblocks, their own packed layouts): lossless,
 /// and the bits of `vec_dot`.
 #[test]
 fn packed_k_quants_match_vec_dot() {
-    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
         check_shapes(ty, [(8, 256), (16, 512), (13, 256), (24, 1536), (5, 256)], 512);
     }
 }
 
 #[test]
 fn packing_rejects_bad_input() {
-    assert!(PackedWeights::pack(GgmlType::Q5_K, &[0u8; 176 * 8], 8, 256).is_err());
+    assert!(PackedWeights::pack(GgmlType::Q3_K, &[0u8; 110 * 8], 8, 256).is_err());
     assert!(PackedWeights::pack(GgmlType::Q4_1, &[0u8; 20 * 8 - 1], 8, 32).is_err());
     assert!(PackedWeights::pack(GgmlType::Q4_1, &[0u8; 20 * 8], 8, 33).is_err());
     let p = PackedWeights::pack(GgmlType::Q4_1, &[0u8; 20 * 8], 8, 32).unwrap();

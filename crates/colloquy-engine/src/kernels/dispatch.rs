@@ -12,7 +12,7 @@
 use super::backend::{Backend, Kernels};
 use super::prep::XPrep;
 use super::types::GgmlType;
-use super::{attend, blocks, packed_k, quantize};
+use super::{attend, blocks, packed_k, packed_q6k, quantize};
 
 /// The portable kernels: the reference every other table must equal.
 static PORTABLE: Kernels = Kernels {
@@ -93,31 +93,35 @@ impl Kernels {
     }
 }
 
-/// Dots of one packed Q4_K (`six = false`) or Q6_K group (`g`, `nb`
-/// group-blocks) with `xs` (1 or 4 Q8_K rows; with fewer than 4, only the
-/// first is read). Result `[t][r]`: activation row `t`, group row `r`.
+/// Dots of one packed Q4_K, Q5_K or Q6_K group (`g`, `nb` group-blocks of
+/// type `ty`) with `xs` (1 or 4 Q8_K rows; with fewer than 4, only the first
+/// is read). Result `[t][r]`: activation row `t`, group row `r`.
 pub(super) fn dot_group_k(
     b: Backend,
-    six: bool,
+    ty: GgmlType,
     g: &[u8],
     xs: [&[u8]; 4],
     k: usize,
     nb: usize,
 ) -> [[f32; 8]; 4] {
+    let four = k == 4;
     #[cfg(target_arch = "x86_64")]
     if b != Backend::Scalar {
         use super::packed_k::{plain, vnni};
+        use super::packed_q6k::avx2;
         let (g4, x4) = (g.as_ptr(), xs.map(|x| x.as_ptr()));
         macro_rules! go {
             ($m:ident) => {
                 // SAFETY: SIMD backends are only passed in when available; the
                 // caller checked that the group and the rows cover `nb` blocks.
                 unsafe {
-                    match (k, six) {
-                        (4, false) => $m::dot_group(g4, x4, nb),
-                        (_, false) => $m::dot_group(g4, [x4[0]], nb),
-                        (4, true) => $m::dot_group_q6(g4, x4, nb),
-                        (_, true) => $m::dot_group_q6(g4, [x4[0]], nb),
+                    match (ty, four) {
+                        (GgmlType::Q6_K, true) => avx2::dot_group(g4, x4, nb),
+                        (GgmlType::Q6_K, false) => avx2::dot_group(g4, [x4[0]], nb),
+                        (GgmlType::Q5_K, true) => $m::dot_group::<4, true>(g4, x4, nb),
+                        (GgmlType::Q5_K, false) => $m::dot_group::<1, true>(g4, [x4[0]], nb),
+                        (_, true) => $m::dot_group::<4, false>(g4, x4, nb),
+                        (_, false) => $m::dot_group::<1, false>(g4, [x4[0]], nb),
                     }
                 }
             };
@@ -125,11 +129,13 @@ pub(super) fn dot_group_k(
         return if b == Backend::AvxVnni { go!(vnni) } else { go!(plain) };
     }
     let _ = b;
-    match (k, six) {
-        (4, false) => packed_k::dot_group(g, xs, nb),
-        (_, false) => packed_k::dot_group(g, [xs[0]], nb),
-        (4, true) => packed_k::dot_group_q6(g, xs, nb),
-        (_, true) => packed_k::dot_group_q6(g, [xs[0]], nb),
+    match (ty, four) {
+        (GgmlType::Q6_K, true) => packed_q6k::dot_group(g, xs, nb),
+        (GgmlType::Q6_K, false) => packed_q6k::dot_group(g, [xs[0]], nb),
+        (GgmlType::Q5_K, true) => packed_k::dot_group::<4, true>(g, xs, nb),
+        (GgmlType::Q5_K, false) => packed_k::dot_group::<1, true>(g, [xs[0]], nb),
+        (_, true) => packed_k::dot_group::<4, false>(g, xs, nb),
+        (_, false) => packed_k::dot_group::<1, false>(g, [xs[0]], nb),
     }
 }
 

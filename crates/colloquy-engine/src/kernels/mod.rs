@@ -33,6 +33,7 @@ mod dispatch;
 mod ops;
 mod packed;
 mod packed_k;
+mod packed_q6k;
 mod prep;
 mod quantize;
 mod types;

@@ -17,11 +17,11 @@
 //! number of activation rows, row range or backend.
 
 use super::blocks::{as_blocks, as_bytes, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlBlock, Q32Weight};
-use super::packed_k;
 use super::prep::{group_layout, XPrep};
 use super::types::GgmlType;
 use super::{blocks, dispatch};
 use super::{invalid, row_len, Backend};
+use super::{packed_k, packed_q6k};
 use crate::error::Result;
 use std::ops::Range;
 
@@ -49,8 +49,9 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         GgmlType::Q4_1 => group_layout::<BlockQ4_1>(),
         // Q5_0 is stored widened to Q8_0 (see the module docs).
         GgmlType::Q8_0 | GgmlType::Q5_0 => group_layout::<BlockQ8_0>(),
-        GgmlType::Q4_K => (0, 0, 0, packed_k::GROUP_BYTES),
-        GgmlType::Q6_K => (0, 0, 0, packed_k::GROUP_BYTES_Q6),
+        GgmlType::Q4_K => (0, 0, 0, packed_k::group_bytes(false)),
+        GgmlType::Q5_K => (0, 0, 0, packed_k::group_bytes(true)),
+        GgmlType::Q6_K => (0, 0, 0, packed_q6k::GROUP_BYTES),
         GgmlType::F32
         | GgmlType::F16
         | GgmlType::BF16
@@ -58,7 +59,6 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         | GgmlType::Q8_1
         | GgmlType::Q2_K
         | GgmlType::Q3_K
-        | GgmlType::Q5_K
         | GgmlType::Q8_K
         | GgmlType::IQ4_NL
         | GgmlType::IQ4_XS => unreachable!("{ty} weights are never packed"),
@@ -80,6 +80,7 @@ impl PackedWeights {
                 | GgmlType::Q5_0
                 | GgmlType::Q8_0
                 | GgmlType::Q4_K
+                | GgmlType::Q5_K
                 | GgmlType::Q6_K
         )
     }
@@ -172,8 +173,9 @@ impl PackedWeights {
         let (g, lane) = (r / PACK_ROWS, r % PACK_ROWS);
         let src = &self.data[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
         match self.ty {
-            GgmlType::Q4_K => return packed_k::unpack_group(src, lane, blk),
-            GgmlType::Q6_K => return packed_k::unpack_group_q6(src, lane, blk),
+            GgmlType::Q4_K => return packed_k::unpack_group::<false>(src, lane, blk),
+            GgmlType::Q5_K => return packed_k::unpack_group::<true>(src, lane, blk),
+            GgmlType::Q6_K => return packed_q6k::unpack_group(src, lane, blk),
             _ => {}
         }
         blk[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
@@ -232,7 +234,7 @@ impl PackedWeights {
             return Err(invalid(format!("output of {} values is too small for {m} x {width}", out.len())));
         }
         let b = backend.usable();
-        if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+        if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
             self.matmul_k(b, rows, xs, m, out, out_stride);
             return Ok(());
         }
@@ -352,7 +354,7 @@ impl PackedWeights {
 }
 
 impl PackedWeights {
-    /// [`matmul_with`](Self::matmul_with) for Q4_K and Q6_K (arguments already checked).
+    /// [`matmul_with`](Self::matmul_with) for Q4_K, Q5_K and Q6_K (arguments already checked).
     fn matmul_k(
         &self,
         b: Backend,
@@ -366,7 +368,6 @@ impl PackedWeights {
         let xlen = GgmlType::Q8_K.type_size() * (n / 256);
         let nb = n / ty.block_size();
         let gbytes = nb * group_block_layout(ty).3;
-        let six = ty == GgmlType::Q6_K;
         let groups = self.rows / PACK_ROWS;
         let xr = |t: usize| &xs[t * xlen..(t + 1) * xlen];
         let mut put = |t: usize, r: usize, v: f32| {
@@ -380,7 +381,7 @@ impl PackedWeights {
             while t < m {
                 let k = (m - t).min(4);
                 let x4 = [0, 1, 2, 3].map(|i| xr(t + i.min(k - 1)));
-                let res = dispatch::dot_group_k(b, six, gdata, x4, k, nb);
+                let res = dispatch::dot_group_k(b, ty, gdata, x4, k, nb);
                 let k = if k == 4 { 4 } else { 1 };
                 for (i, row) in res.iter().enumerate().take(k) {
                     for (lane, v) in row.iter().enumerate() {
@@ -423,16 +424,16 @@ fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
     let nb = n / ty.block_size();
     let bs = ty.type_size();
     let groups = rows / PACK_ROWS;
-    if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+    if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
         let gbs = group_block_layout(ty).3;
         for g in 0..groups {
             for b in 0..nb {
                 let blocks = std::array::from_fn(|r| &src[(g * PACK_ROWS + r) * wlen + b * bs..][..bs]);
                 let out = &mut dst[(g * nb + b) * gbs..(g * nb + b + 1) * gbs];
-                if ty == GgmlType::Q4_K {
-                    packed_k::pack_group(blocks, out);
-                } else {
-                    packed_k::pack_group_q6(blocks, out);
+                match ty {
+                    GgmlType::Q4_K => packed_k::pack_group::<false>(blocks, out),
+                    GgmlType::Q5_K => packed_k::pack_group::<true>(blocks, out),
+                    _ => packed_q6k::pack_group(blocks, out),
                 }
             }
         }
