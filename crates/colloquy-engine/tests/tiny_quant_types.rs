@@ -1,4 +1,5 @@
-//! Q2_K, Q3_K, IQ4_NL and IQ4_XS models against llama.cpp: tiny qwen2 models
+//! Q2_K, Q3_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS models against llama.cpp: tiny
+//! qwen2 models (Q5_K and Q6_K through their packed 8-row kernels)
 //! whose every matrix llama.cpp's own `llama-quantize --pure` wrote in one of
 //! these types (tests/fixtures/tiny/quant-*.gguf, from
 //! scripts/fixtures/make_tiny_quants.sh), with llama.cpp's logits for a fixed
@@ -73,7 +74,7 @@ fn compare(ty: GgmlType) -> (f32, f64, Vec<usize>) {
 #[test]
 fn quantized_models_match_llama_cpp() {
     let mut failures = Vec::new();
-    for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+    for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
         let (max, mean, flips) = compare(ty);
         eprintln!(
             "{ty}: max |d| {:.2}% of the top logit, mean {:.3}%, argmax flips {flips:?}",

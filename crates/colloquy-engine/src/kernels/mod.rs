@@ -15,15 +15,17 @@
 //! return, bit for bit, what [`vec_dot`] returns for each pair) nor on
 //! threads. For the quantized types the sequence is also the same on every
 //! [`Backend`]: each block's integer dot is exact, and the f32 steps that
-//! scale and accumulate it block by block are fixed (see `dot_scalar`), so
-//! scalar, AVX2 and AVX-VNNI results are bit-identical. F32/F16/BF16 dots
-//! use a backend-specific (fixed) summation order and agree to rounding.
+//! scale and accumulate it block by block are fixed (see `blocks`), so
+//! scalar, AVX2 and AVX-VNNI results are bit-identical. The portable F32,
+//! F16 and BF16 dots follow the AVX2 kernels' lanes and fused multiply-adds,
+//! so they are bit-identical across backends too.
 //! The backend is chosen once per process ([`Backend::active`]).
 //!
 //! # Speed
 //! For matrix products prefer [`matmul`] (tiles of 4 weight rows for one
 //! activation row, 4 activation rows per weight row otherwise), or repack
-//! Q4_0/Q4_1/Q8_0 weights once with [`PackedWeights::pack`], whose kernels
+//! weights once with [`PackedWeights::pack`] (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K,
+//! Q5_K, Q6_K), whose kernels
 //! handle 8 rows per SIMD operation and are 2-3x faster again.
 
 mod attend;

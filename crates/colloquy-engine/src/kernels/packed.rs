@@ -12,6 +12,10 @@
 //! d_x)` with the exact integer sum, so the widened rows give the same bits,
 //! through the Q8_0 kernels, at 34 bytes per 32 weights instead of 22.
 //!
+//! Q4_K, Q5_K and Q6_K have their own group-superblock layouts (`packed_k`,
+//! `packed_q6k`): 1-6% over the file's bytes, stored in the order their
+//! kernels read them.
+//!
 //! Results are bit-identical to [`super::vec_dot`] on the original rows (the
 //! per-row float sequence is the same exact-integer-then-f32 one), for any
 //! number of activation rows, row range or backend.
@@ -32,7 +36,7 @@ thread_local! {
 
 pub use super::prep::PACK_ROWS;
 
-/// A weight matrix (`rows` x `n`, type Q4_0, Q4_1 or Q8_0) repacked for
+/// A weight matrix (`rows` x `n`, of a type [`PackedWeights::supports`]) repacked for
 /// [`PackedWeights::matmul`].
 #[derive(Debug, Clone)]
 pub struct PackedWeights {

@@ -32,7 +32,7 @@ impl PackedAvx for BlockQ8_0 {
 }
 
 /// Bytes ahead of the current group-block to prefetch.
-const PREFETCH: usize = 2048;
+pub(crate) const PREFETCH: usize = 2048;
 
 #[inline(always)]
 unsafe fn bcast4(p: *const u8) -> __m256i {
