@@ -36,8 +36,8 @@ pub struct Linear {
     pub n_in: usize,
     offset: usize,
     row_bytes: usize,
-    /// The same weights regrouped for the fast kernels (Q4_0, Q4_1, Q8_0, Q4_K,
-    /// Q5_K, Q6_K, and Q5_0 widened to Q8_0).
+    /// The same weights regrouped for the fast kernels (Q4_0, Q4_1, Q5_0, Q8_0,
+    /// Q4_K, Q5_K, Q6_K).
     packed: Option<Arc<PackedWeights>>,
 }
 

@@ -74,7 +74,9 @@ fn compare(ty: GgmlType) -> (f32, f64, Vec<usize>) {
 #[test]
 fn quantized_models_match_llama_cpp() {
     let mut failures = Vec::new();
-    for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+    for ty in
+        [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS]
+    {
         let (max, mean, flips) = compare(ty);
         eprintln!(
             "{ty}: max |d| {:.2}% of the top logit, mean {:.3}%, argmax flips {flips:?}",

@@ -1,16 +1,15 @@
 //! Weights repacked eight rows at a time for fast matrix products.
 //!
-//! For Q4_0, Q4_1 and Q8_0 (and Q5_0, see below), groups of 8 consecutive rows are interleaved
-//! block by block: the 8 scales (and mins) first, then the quant bytes in
+//! For Q4_0, Q4_1, Q5_0 and Q8_0, groups of 8 consecutive rows are interleaved
+//! block by block: the 8 scales (and mins, or Q5_0's 4-byte words of fifth
+//! bits) first, then the quant bytes in
 //! 4-byte chunks, row after row (`chunk c = [row0 bytes 4c..4c+4, row1 ...,
 //! row7 ...]`). One 32-byte load then feeds 8 rows at once and the integer
 //! dot of each row lands in its own SIMD lane, so the float work per block
 //! is shared by 8 rows. Rows past the last full group stay in ggml layout.
 //!
-//! Q5_0 weights are widened to Q8_0 first (each 5-bit quant minus 16 as an
-//! `i8`, the same scale): both types finish a block as `acc + sumi * (d_w *
-//! d_x)` with the exact integer sum, so the widened rows give the same bits,
-//! through the Q8_0 kernels, at 34 bytes per 32 weights instead of 22.
+//! Every packed type takes the file's bytes (Q5_0 was once widened to Q8_0,
+//! 34 bytes per 32 weights instead of 22, which decoding read every token).
 //!
 //! Q4_K, Q5_K and Q6_K have their own group-superblock layouts (`packed_k`,
 //! `packed_q6k`): 1-6% over the file's bytes, stored in the order their
@@ -20,8 +19,8 @@
 //! per-row float sequence is the same exact-integer-then-f32 one), for any
 //! number of activation rows, row range or backend.
 
-use super::blocks::{as_blocks, as_bytes, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlBlock, Q32Weight};
-use super::prep::{group_layout, XPrep};
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
+use super::prep::{group_layout, PackedLayout, XPrep};
 use super::types::GgmlType;
 use super::{blocks, dispatch};
 use super::{invalid, row_len, Backend};
@@ -51,8 +50,8 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
     match ty {
         GgmlType::Q4_0 => group_layout::<BlockQ4_0>(),
         GgmlType::Q4_1 => group_layout::<BlockQ4_1>(),
-        // Q5_0 is stored widened to Q8_0 (see the module docs).
-        GgmlType::Q8_0 | GgmlType::Q5_0 => group_layout::<BlockQ8_0>(),
+        GgmlType::Q5_0 => group_layout::<BlockQ5_0>(),
+        GgmlType::Q8_0 => group_layout::<BlockQ8_0>(),
         GgmlType::Q4_K => (0, 0, 0, packed_k::group_bytes(false)),
         GgmlType::Q5_K => (0, 0, 0, packed_k::group_bytes(true)),
         GgmlType::Q6_K => (0, 0, 0, packed_q6k::GROUP_BYTES),
@@ -114,27 +113,18 @@ impl PackedWeights {
         if w.len() < total {
             return Err(invalid(format!("{rows} {ty} rows of {n} need {total} bytes, got {}", w.len())));
         }
-        // Q5_0 is stored widened to Q8_0 (see the module documentation).
-        let stored = if ty == GgmlType::Q5_0 { GgmlType::Q8_0 } else { ty };
-        let slen = row_len(stored, n)?;
-        let mut data = vec![0u8; packed_len(stored, rows, n, slen)];
-        let mut wide = Vec::new();
+        let mut data = vec![0u8; packed_len(ty, rows, n, wlen)];
         for start in (0..rows).step_by(STEP_ROWS) {
             let end = (start + STEP_ROWS).min(rows);
-            let mut src = &w[start * wlen..end * wlen];
-            if ty == GgmlType::Q5_0 {
-                wide.clear();
-                wide.extend(as_blocks::<BlockQ5_0>(src).iter().flat_map(widen_q5_0));
-                src = &wide;
-            }
-            let dst = &mut data[packed_len(stored, start, n, slen)..packed_len(stored, end, n, slen)];
-            pack_rows(stored, src, end - start, n, dst);
+            let src = &w[start * wlen..end * wlen];
+            let dst = &mut data[packed_len(ty, start, n, wlen)..packed_len(ty, end, n, wlen)];
+            pack_rows(ty, src, end - start, n, dst);
             release(start * wlen..end * wlen);
         }
-        Ok(PackedWeights { ty: stored, rows, n, data })
+        Ok(PackedWeights { ty, rows, n, data })
     }
 
-    /// The type the rows are stored as (Q5_0 weights are stored as Q8_0).
+    /// The weights' type.
     pub fn ty(&self) -> GgmlType {
         self.ty
     }
@@ -149,8 +139,7 @@ impl PackedWeights {
         self.n
     }
 
-    /// Rebuilds weight row `r` in ggml layout (for checks and tooling), in
-    /// the stored type ([`ty`](Self::ty)).
+    /// Rebuilds weight row `r` in ggml layout (for checks and tooling).
     pub fn unpack_row(&self, r: usize) -> Option<Vec<u8>> {
         if r >= self.rows {
             return None;
@@ -185,6 +174,11 @@ impl PackedWeights {
         blk[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
         if self.ty == GgmlType::Q4_1 {
             blk[2..4].copy_from_slice(&src[mo + 2 * lane..mo + 2 * lane + 2]);
+        }
+        if self.ty == GgmlType::Q5_0 {
+            let at = <BlockQ5_0 as PackedLayout>::HIGH + 4 * lane;
+            let word = u32::from_le_bytes([src[at], src[at + 1], src[at + 2], src[at + 3]]);
+            blk[2..6].copy_from_slice(&unsort_fifth_bits(word).to_le_bytes());
         }
         let q = &mut blk[bs - qbytes..];
         for c in 0..qbytes / 4 {
@@ -421,8 +415,8 @@ impl PackedWeights {
     }
 }
 
-/// Packs `rows` ggml rows of `n` elements (`src`, type `ty`, one of Q4_0,
-/// Q4_1 and Q8_0) into `dst`: whole groups interleaved, the tail rows as they are.
+/// Packs `rows` ggml rows of `n` elements (`src`, a type that
+/// [`PackedWeights::supports`]) into `dst`: whole groups interleaved, the tail rows as they are.
 fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
     let wlen = src.len() / rows.max(1);
     let nb = n / ty.block_size();
@@ -457,6 +451,11 @@ fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
                 if ty == GgmlType::Q4_1 {
                     out[mo + 2 * r..mo + 2 * r + 2].copy_from_slice(&blk[2..4]);
                 }
+                if ty == GgmlType::Q5_0 {
+                    let at = <BlockQ5_0 as PackedLayout>::HIGH + 4 * r;
+                    let word = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    out[at..at + 4].copy_from_slice(&sort_fifth_bits(word).to_le_bytes());
+                }
                 let q = &blk[bs - qbytes..];
                 for c in 0..qbytes / 4 {
                     let o = qo + 32 * c + 4 * r;
@@ -469,10 +468,29 @@ fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
     dst[tail..].copy_from_slice(&src[tail..]);
 }
 
-/// One Q5_0 block as a Q8_0 block with the same scale and the same values (`q - 16`).
-fn widen_q5_0(b: &BlockQ5_0) -> [u8; BlockQ8_0::BYTES] {
-    let wide = BlockQ8_0 { d: b.d, qs: b.quants() };
-    let mut out = [0u8; BlockQ8_0::BYTES];
-    out.copy_from_slice(as_bytes(std::slice::from_ref(&wide)));
+/// Q5_0's `qh` (bit `i`: element `i`'s fifth bit) sorted for the packed
+/// kernels: byte `e`, bit `c` holds element `4c + e`'s and bit `4 + c`
+/// element `16 + 4c + e`'s, the elements that byte `e` of quant chunk `c`
+/// holds in its low and high nibble.
+fn sort_fifth_bits(qh: u32) -> u32 {
+    let mut out = 0u32;
+    for e in 0..4 {
+        for c in 0..4 {
+            out |= ((qh >> (4 * c + e)) & 1) << (8 * e + c);
+            out |= ((qh >> (16 + 4 * c + e)) & 1) << (8 * e + 4 + c);
+        }
+    }
     out
+}
+
+/// The inverse of [`sort_fifth_bits`].
+fn unsort_fifth_bits(word: u32) -> u32 {
+    let mut qh = 0u32;
+    for e in 0..4 {
+        for c in 0..4 {
+            qh |= ((word >> (8 * e + c)) & 1) << (4 * c + e);
+            qh |= ((word >> (8 * e + 4 + c)) & 1) << (16 + 4 * c + e);
+        }
+    }
+    qh
 }

@@ -5,7 +5,7 @@
 //! the float steps are then those of the portable kernels, lane-wise:
 //! `acc + sumi * (d_w * d_x)` or `acc + ((d_w * d_x) * sumi + m_w * s_x)`.
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
 use super::dot_avx2::Q32Avx;
 use super::prep::{PackedLayout, XPrep};
 use std::arch::x86_64::*;
@@ -26,6 +26,10 @@ impl PackedAvx for BlockQ4_1 {
     const BYTE_QUANTS: bool = false;
     const NIBBLE_OFFSET: i32 = 0;
 }
+impl PackedAvx for BlockQ5_0 {
+    const BYTE_QUANTS: bool = false;
+    const NIBBLE_OFFSET: i32 = -16;
+}
 impl PackedAvx for BlockQ8_0 {
     const BYTE_QUANTS: bool = true;
     const NIBBLE_OFFSET: i32 = 0;
@@ -37,6 +41,27 @@ pub(crate) const PREFETCH: usize = 2048;
 #[inline(always)]
 unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// Q5_0's fifth bits as 0 or 16 in each quant byte of chunk `c`'s low
+/// (`hi = false`) or high nibbles. `qh` holds each row's word as packed:
+/// byte `e`, bit `c` is element `4c + e`'s fifth bit and bit `4 + c` element
+/// `16 + 4c + e`'s, so one shift lines a chunk's bits up at bit 4 of its
+/// bytes (16-bit shifts: what crosses between bytes misses bit 4).
+#[inline(always)]
+unsafe fn fifth_bits(qh: __m256i, c: usize, hi: bool) -> __m256i {
+    let m = _mm256_set1_epi8(0x10);
+    let v = match (hi, c) {
+        (false, 0) => _mm256_slli_epi16::<4>(qh),
+        (false, 1) => _mm256_slli_epi16::<3>(qh),
+        (false, 2) => _mm256_slli_epi16::<2>(qh),
+        (false, _) => _mm256_slli_epi16::<1>(qh),
+        (true, 0) => qh,
+        (true, 1) => _mm256_srli_epi16::<1>(qh),
+        (true, 2) => _mm256_srli_epi16::<2>(qh),
+        (true, _) => _mm256_srli_epi16::<3>(qh),
+    };
+    _mm256_and_si256(v, m)
 }
 
 macro_rules! packed_module {
@@ -110,10 +135,19 @@ macro_rules! packed_module {
                             }
                         }
                     } else {
+                        let qh = if B::FIFTH_BITS {
+                            _mm256_loadu_si256(gb.add(B::HIGH) as *const __m256i)
+                        } else {
+                            _mm256_setzero_si256()
+                        };
                         for c in 0..4 {
                             let v = _mm256_loadu_si256(gb.add(qo + 32 * c) as *const __m256i);
-                            let lo = _mm256_and_si256(v, m4);
-                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                            let mut lo = _mm256_and_si256(v, m4);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                            if B::FIFTH_BITS {
+                                lo = _mm256_or_si256(lo, fifth_bits(qh, c, false));
+                                hi = _mm256_or_si256(hi, fifth_bits(qh, c, true));
+                            }
                             for t in 0..RX {
                                 let xb = xq[t].add(b * xbs + xhdr);
                                 si[t] = dot_acc(si[t], lo, bcast4(xb.add(4 * c)));

@@ -3,21 +3,32 @@
 //! above the block types, so that they and the dispatch share it without
 //! importing each other.
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlBlock};
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1, GgmlBlock};
 
 /// Rows per interleaved group of packed weights.
 pub const PACK_ROWS: usize = 8;
 
 /// The layout of one packed group-block of a 32-wide type: the blocks of
 /// [`PACK_ROWS`] rows interleaved, their scales first, then their mins (if
-/// the type has them), then their quants in 4-byte chunks, row after row.
+/// the type has them) or their 32 fifth bits (Q5_0's `qh`, 4 bytes a row),
+/// then their quants in 4-byte chunks, row after row.
 pub(crate) trait PackedLayout: GgmlBlock {
     /// Whether the block has a min after its scale.
     const HAS_MIN: bool;
+    /// Whether the block has a 4-byte word of fifth bits after its scale.
+    const FIFTH_BITS: bool = false;
     /// Offset of the eight mins (0 without them).
     const MINS: usize = if Self::HAS_MIN { 2 * PACK_ROWS } else { 0 };
+    /// Offset of the eight words of fifth bits (0 without them).
+    const HIGH: usize = if Self::FIFTH_BITS { 2 * PACK_ROWS } else { 0 };
     /// Offset of the interleaved quants.
-    const QUANTS: usize = if Self::HAS_MIN { 4 * PACK_ROWS } else { 2 * PACK_ROWS };
+    const QUANTS: usize = if Self::HAS_MIN {
+        4 * PACK_ROWS
+    } else if Self::FIFTH_BITS {
+        6 * PACK_ROWS
+    } else {
+        2 * PACK_ROWS
+    };
     /// Bytes of one group-block.
     const GROUP: usize = Self::BYTES * PACK_ROWS;
 }
@@ -27,6 +38,10 @@ impl PackedLayout for BlockQ4_0 {
 }
 impl PackedLayout for BlockQ4_1 {
     const HAS_MIN: bool = true;
+}
+impl PackedLayout for BlockQ5_0 {
+    const HAS_MIN: bool = false;
+    const FIFTH_BITS: bool = true;
 }
 impl PackedLayout for BlockQ8_0 {
     const HAS_MIN: bool = false;
