@@ -11,19 +11,27 @@ mod common;
 use std::path::PathBuf;
 
 use colloquy_engine::fetch;
-use colloquy_engine::gguf::Gguf;
+use colloquy_engine::gguf::{Gguf, Value as GgufValue};
 use colloquy_engine::kernels::GgmlType;
 use colloquy_engine::synthetic::{qwen2_like, Qwen2Shape};
 use common::{events, exchange, request, start, user};
 use serde_json::{json, Value};
 
 fn tiny_r1(dir: &std::path::Path) -> PathBuf {
+    tiny_r1_with(dir, |t| t)
+}
+
+/// The tiny R1 model, with its template changed by `edit`.
+fn tiny_r1_with(dir: &std::path::Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     let known = fetch::model("r1-header").unwrap();
     let header = fetch::models_dir(&fetch::cache_dir()).join(&known.file_name);
     assert!(header.exists(), "{} is missing: run `colloquy pull r1-header` first", header.display());
     let header = Gguf::open_vocab_only(&header).unwrap();
+    let template = edit(header.get_str("tokenizer.chat_template").unwrap().to_string());
     let file = dir.join("synthetic-tiny-r1-qwen2.gguf");
-    qwen2_like(&header, &Qwen2Shape::TINY, GgmlType::Q8_0, 7).unwrap().write(&file).unwrap();
+    let mut model = qwen2_like(&header, &Qwen2Shape::TINY, GgmlType::Q8_0, 7).unwrap();
+    model.set("tokenizer.chat_template", GgufValue::String(template));
+    model.write(&file).unwrap();
     file
 }
 
@@ -97,4 +105,46 @@ fn thinking_goes_out_as_reasoning_content() {
     let shown = s.to_string();
     assert_eq!(shown.matches("What is 2+2?").count(), 1, "the resent transcript was added twice: {shown}");
     assert_eq!(shown.matches("And 3+3?").count(), 1, "{shown}");
+}
+
+/// A template whose generation prompt opens `<think>` (as later R1 templates
+/// and Qwen3's do): the answer starts inside its reasoning and carries only
+/// `</think>`, and still goes out split, whole, streamed and in the session.
+#[test]
+fn a_prompt_that_opens_thinking_splits_from_the_first_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_r1_with(dir.path(), |t| {
+        let open = t.replace("{{'<｜Assistant｜>'}}{% endif %}", "{{'<｜Assistant｜><think>\n'}}{% endif %}");
+        assert_ne!(open, t, "the R1 template's generation prompt was not found");
+        open
+    });
+    let server = start(&dir.path().join("sessions"), &["--model", model.to_str().unwrap()]);
+    let addr = &server.1;
+    let ask = |stream: bool| {
+        json!({"messages": [user("What is 2+2?")], "temperature": 0, "max_tokens": 48, "stream": stream,
+               "store": !stream, "grammar": {"type": "regex", "value": "[a-z]{2,12}</think>[a-z]{2,8}"}})
+    };
+    let (status, whole) = request(addr, "POST", "/v1/chat/completions", &ask(false).to_string());
+    assert_eq!(status, 200, "{whole}");
+    let msg = &whole["choices"][0]["message"];
+    let reasoning = msg["reasoning_content"].as_str().expect("reasoning_content").to_string();
+    let content = msg["content"].as_str().unwrap().to_string();
+    assert!(!reasoning.is_empty() && !reasoning.contains("think"), "{msg}");
+    assert!(!content.is_empty() && !content.contains("think"), "{msg}");
+
+    let (status, _, text) = exchange(addr, "POST", "/v1/chat/completions", "", &ask(true).to_string());
+    assert_eq!(status, 200, "{text}");
+    let (mut r, mut c) = (String::new(), String::new());
+    for e in events(&text).iter().filter(|e| e.as_str() != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        r += v["choices"][0]["delta"]["reasoning_content"].as_str().unwrap_or("");
+        c += v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+    }
+    assert_eq!((r, c), (reasoning.clone(), content.clone()));
+
+    let id = whole["session_id"].as_str().unwrap();
+    let (status, s) = request(addr, "GET", &format!("/v1/sessions/{id}"), "");
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["messages"][1]["reasoning_content"], json!(reasoning), "{s}");
+    assert_eq!(s["messages"][1]["content"], json!(content), "{s}");
 }

@@ -42,6 +42,8 @@ struct Reply {
     held: Option<Held>,
     /// The answer may be tool calls (the request had tools).
     calls_expected: bool,
+    /// The template's generation prompt opened `<think>`: the answer starts in its reasoning.
+    thinking_opened: bool,
 }
 
 fn now() -> u64 {
@@ -138,6 +140,7 @@ async fn chat_reply(app: App, headers: HeaderMap, req: ChatRequest) -> Result<Re
         echo: None,
         held,
         calls_expected: structure.calls_expected,
+        thinking_opened: app.llm.opens_thinking(),
     };
     respond(app, turn, reply, req.sampling.stream).await
 }
@@ -183,6 +186,7 @@ async fn completion_reply(app: App, req: CompletionRequest) -> Result<Response, 
         echo: req.echo.then_some(prompt),
         held: None,
         calls_expected: false,
+        thinking_opened: false,
     };
     respond(app, turn, reply, req.sampling.stream).await
 }
@@ -259,6 +263,7 @@ async fn whole_reply(
     let done = finish(&app, turn, reply.held.take()).await?;
     let logprobs = logprobs_json(&reply, &lps, 0);
     let (thinking, answer) = match reply.kind {
+        Kind::Chat if reply.thinking_opened => reasoning::split_opened(&text),
         Kind::Chat => reasoning::split(&text),
         Kind::Text => (None, text.as_str()),
     };
@@ -331,7 +336,8 @@ fn stream_reply(app: App, mut events: mpsc::UnboundedReceiver<Event>, mut reply:
             return;
         }
         let mut offset = 0;
-        let mut thinking = ReasoningStream::new();
+        let mut thinking =
+            if reply.thinking_opened { ReasoningStream::opened() } else { ReasoningStream::new() };
         let mut calls = CallStream::new(reply.calls_expected);
         let turn = loop {
             let ev = tokio::select! {

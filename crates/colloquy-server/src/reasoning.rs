@@ -2,7 +2,10 @@
 //! `reasoning_content` (as DeepSeek's API and llama-server's `deepseek`
 //! reasoning format do).
 //!
-//! An answer that opens with `<think>` reasons up to `</think>`; both parts
+//! An answer that opens with `<think>` reasons up to `</think>`; so does one
+//! whose template's generation prompt already opened `<think>` (later
+//! DeepSeek-R1 templates, Qwen3's), from its first token ([`split_opened`],
+//! [`ReasoningStream::opened`]). Both parts
 //! are trimmed, whole ([`split`]) and streamed ([`ReasoningStream`]) alike,
 //! so the streamed pieces join to the whole reply's fields. The session
 //! keeps the text the model wrote, tags included.
@@ -23,6 +26,22 @@ pub fn split(text: &str) -> (Option<&str>, &str) {
         colloquy::split_reasoning(text)
     } else {
         (None, text)
+    }
+}
+
+/// [`split`] for an answer that starts inside `<think>`, because the
+/// generation prompt opened it: the reasoning runs up to `</think>`, or is
+/// all of the answer if it ended first.
+///
+/// ```
+/// use colloquy_server::reasoning::split_opened;
+/// assert_eq!(split_opened(" hm </think>\n\nYes."), (Some("hm"), "Yes."));
+/// assert_eq!(split_opened("still thinking"), (Some("still thinking"), ""));
+/// ```
+pub fn split_opened(text: &str) -> (Option<&str>, &str) {
+    match text.find(CLOSE) {
+        Some(i) => (Some(text[..i].trim()), text[i + CLOSE.len()..].trim_start()),
+        None => (Some(text.trim()), ""),
     }
 }
 
@@ -54,6 +73,20 @@ impl ReasoningStream {
     /// A stream at the start of an answer.
     pub fn new() -> ReasoningStream {
         ReasoningStream::default()
+    }
+
+    /// A stream at the start of an answer that begins inside `<think>` (see
+    /// [`split_opened`]), whose pieces join to what `split_opened` gives.
+    ///
+    /// ```
+    /// use colloquy_server::reasoning::ReasoningStream;
+    /// let mut s = ReasoningStream::opened();
+    /// let (r, c) = s.push("\nSo 4.</think>\n\n4");
+    /// let (r2, c2) = s.finish();
+    /// assert_eq!((r + &r2, c + &c2), ("So 4.".to_string(), "4".to_string()));
+    /// ```
+    pub fn opened() -> ReasoningStream {
+        ReasoningStream { state: State::ThinkStart, held: String::new() }
     }
 
     /// Takes the next piece of the answer; returns the reasoning and the
@@ -164,13 +197,15 @@ mod tests {
             "<think>x</think>   ",
             "<think>a </thinking> b</think> c",
         ];
-        for text in texts {
-            let (wr, wc) = split(text);
+        let opened = ["\nLet me add.</think>\n\n4", "", "  x  ", "a </th", "a</think>", "</think>b"];
+        let cases = texts.iter().map(|t| (*t, false)).chain(opened.iter().map(|t| (*t, true)));
+        for (text, open) in cases {
+            let (wr, wc) = if open { split_opened(text) } else { split(text) };
             let want = (wr.unwrap_or_default().to_string(), wc.to_string());
             let cuts: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
             for &a in &cuts {
                 for &b in cuts.iter().filter(|&&b| b >= a) {
-                    let mut s = ReasoningStream::new();
+                    let mut s = if open { ReasoningStream::opened() } else { ReasoningStream::new() };
                     let mut got = (String::new(), String::new());
                     for piece in [&text[..a], &text[a..b], &text[b..]] {
                         let (r, c) = s.push(piece);
@@ -180,7 +215,7 @@ mod tests {
                     let (r, c) = s.finish();
                     got.0 += &r;
                     got.1 += &c;
-                    assert_eq!(got, want, "{text:?} cut at {a}, {b}");
+                    assert_eq!(got, want, "{text:?} (opened: {open}) cut at {a}, {b}");
                 }
             }
         }

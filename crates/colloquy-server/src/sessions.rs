@@ -209,9 +209,14 @@ async fn blocking_keep<T: Send + 'static>(
     rx.await.unwrap_or_else(|_| panic!("a blocking save thread died"))
 }
 
-fn message_json(m: &colloquy::ChatMessage) -> Value {
+fn message_json(m: &colloquy::ChatMessage, thinking_opened: bool) -> Value {
     // An answer that thought shows its thinking apart, as a reply gave it.
-    match (m.role(), crate::reasoning::split(m.content())) {
+    let parts = if thinking_opened {
+        crate::reasoning::split_opened(m.content())
+    } else {
+        crate::reasoning::split(m.content())
+    };
+    match (m.role(), parts) {
         (colloquy::MessageType::ModelAnswer, (Some(r), answer)) => {
             json!({"role": "assistant", "content": answer, "reasoning_content": r})
         }
@@ -248,8 +253,9 @@ pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Result<Json
     let store = Arc::clone(app.sessions.store());
     let key = id.clone();
     let m = blocking(move || store.manifest(&key)).await?;
-    let messages: Vec<Value> = m.transcript().iter().map(message_json).collect();
-    let dropped: Vec<Value> = m.dropped.iter().map(message_json).collect();
+    let opened = app.llm.opens_thinking();
+    let messages: Vec<Value> = m.transcript().iter().map(|m| message_json(m, opened)).collect();
+    let dropped: Vec<Value> = m.dropped.iter().map(|m| message_json(m, opened)).collect();
     Ok(Json(json!({"id": id, "object": "session", "tokens": m.tokens.len(), "messages": messages,
                    "dropped_messages": dropped, "version": m.version})))
 }

@@ -483,6 +483,21 @@ impl Llama {
         self.inner.prefix().stats()
     }
 
+    /// Whether this model's chat template opens `<think>` in the generation
+    /// prompt ([`ChatTemplate::opens_thinking`]), so that its answers start
+    /// inside their reasoning.
+    ///
+    /// ```no_run
+    /// # use colloquy::language::*;
+    /// # #[tokio::main] async fn main() {
+    /// let llm = Llama::new_chat().await.unwrap();
+    /// assert!(!llm.opens_thinking());
+    /// # }
+    /// ```
+    pub fn opens_thinking(&self) -> bool {
+        self.inner.template.opens_thinking()
+    }
+
     /// The tokens the model reads for `messages`, rendered with the chat
     /// template up to where the answer starts (what a session holding exactly
     /// these messages has read). Useful for counting what fits in the context.

@@ -65,6 +65,22 @@ impl ChatTemplate {
         Ok(ChatTemplate { env, tool_role, takes_tools, bos: bos.to_string(), eos: eos.to_string() })
     }
 
+    /// Whether the generation prompt opens the model's thinking: it ends in
+    /// `<think>` (later DeepSeek-R1 templates, Qwen3's), so the answer starts
+    /// inside it and carries only the closing `</think>`.
+    ///
+    /// ```
+    /// use colloquy::template::{ChatTemplate, CHATML};
+    ///
+    /// let opens = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}A: <think>\n{% endif %}";
+    /// assert!(ChatTemplate::new(opens, "", "").unwrap().opens_thinking());
+    /// assert!(!ChatTemplate::new(CHATML, "", "").unwrap().opens_thinking());
+    /// ```
+    pub fn opens_thinking(&self) -> bool {
+        let probe = [ChatMessage::new(MessageType::UserMessage, "?")];
+        self.render(&probe, true).is_ok_and(|t| t.trim_end().ends_with("<think>"))
+    }
+
     /// Renders a conversation. With `add_generation_prompt`, the text ends where the
     /// model's answer starts.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
