@@ -35,6 +35,25 @@ fn tiny_r1_with(dir: &std::path::Path, edit: impl FnOnce(String) -> String) -> P
     file
 }
 
+/// A stream's reasoning and content deltas, joined; reasoning must not
+/// follow content.
+fn streamed(text: &str) -> (String, String) {
+    let (mut r, mut c, mut content_started) = (String::new(), String::new(), false);
+    for e in events(text).iter().filter(|e| e.as_str() != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        let delta = &v["choices"][0]["delta"];
+        if let Some(piece) = delta["reasoning_content"].as_str() {
+            assert!(!content_started, "reasoning after content: {text}");
+            r += piece;
+        }
+        if let Some(piece) = delta["content"].as_str() {
+            content_started |= !piece.is_empty();
+            c += piece;
+        }
+    }
+    (r, c)
+}
+
 fn thinking(messages: Value, stream: bool) -> Value {
     json!({"messages": messages, "temperature": 0, "max_tokens": 48, "stream": stream,
            "grammar": {"type": "regex", "value": "<think>[a-z]{2,12}</think>[a-z]{2,8}"}})
@@ -65,20 +84,7 @@ fn thinking_goes_out_as_reasoning_content() {
     let body = thinking(json!([user("What is 2+2?")]), true).to_string();
     let (status, _, text) = exchange(addr, "POST", "/v1/chat/completions", "", &body);
     assert_eq!(status, 200, "{text}");
-    let (mut r, mut c, mut content_started) = (String::new(), String::new(), false);
-    for e in events(&text).iter().filter(|e| e.as_str() != "[DONE]") {
-        let v: Value = serde_json::from_str(e).unwrap();
-        let delta = &v["choices"][0]["delta"];
-        if let Some(piece) = delta["reasoning_content"].as_str() {
-            assert!(!content_started, "reasoning after content: {text}");
-            r += piece;
-        }
-        if let Some(piece) = delta["content"].as_str() {
-            content_started |= !piece.is_empty();
-            c += piece;
-        }
-    }
-    assert_eq!((r, c), (reasoning.clone(), content.clone()));
+    assert_eq!(streamed(&text), (reasoning.clone(), content.clone()));
 
     // A stored session: its next turn renders the answer without its thinking,
     // so the cached tokens stop before the first answer; the client resends
@@ -134,13 +140,7 @@ fn a_prompt_that_opens_thinking_splits_from_the_first_token() {
 
     let (status, _, text) = exchange(addr, "POST", "/v1/chat/completions", "", &ask(true).to_string());
     assert_eq!(status, 200, "{text}");
-    let (mut r, mut c) = (String::new(), String::new());
-    for e in events(&text).iter().filter(|e| e.as_str() != "[DONE]") {
-        let v: Value = serde_json::from_str(e).unwrap();
-        r += v["choices"][0]["delta"]["reasoning_content"].as_str().unwrap_or("");
-        c += v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
-    }
-    assert_eq!((r, c), (reasoning.clone(), content.clone()));
+    assert_eq!(streamed(&text), (reasoning.clone(), content.clone()));
 
     let id = whole["session_id"].as_str().unwrap();
     let (status, s) = request(addr, "GET", &format!("/v1/sessions/{id}"), "");

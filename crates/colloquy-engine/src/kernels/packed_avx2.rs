@@ -36,7 +36,19 @@ impl PackedAvx for BlockQ8_0 {
 }
 
 /// Bytes ahead of the current group-block to prefetch.
-pub(crate) const PREFETCH: usize = 2048;
+const PREFETCH: usize = 2048;
+
+/// Software prefetch of the `len` bytes [`PREFETCH`] past `at`, well ahead
+/// of a packed kernel's (single, sequential) weight stream: the hardware
+/// prefetchers alone fall short. A hint only; nothing is read.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_ahead(at: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH + off) as *const i8);
+        off += 64;
+    }
+}
 
 #[inline(always)]
 unsafe fn bcast4(p: *const u8) -> __m256i {
@@ -101,13 +113,7 @@ macro_rules! packed_module {
                 let mut acc = [_mm256_setzero_ps(); 4];
                 for b in 0..nb {
                     let gb = g.add(b * gbs);
-                    // Software prefetch well ahead of the (single, sequential)
-                    // weight stream; the hardware prefetchers alone fall short.
-                    let mut off = 0;
-                    while off < gbs {
-                        _mm_prefetch::<_MM_HINT_T0>(gb.wrapping_add(PREFETCH + off) as *const i8);
-                        off += 64;
-                    }
+                    prefetch_ahead(gb, gbs);
                     // Integer sums are exact, so they may collect in two
                     // chains that are added at the end: with one or two
                     // activation rows, one chain of eight dependent dot

@@ -161,7 +161,6 @@ macro_rules! q4k_module {
     ($module:ident, $feat:literal, $vnni:literal) => {
         pub(crate) mod $module {
             use super::{group_bytes, qh_at, quants_at, MINS, SCALES, XBLOCK};
-            use crate::kernels::packed_avx2::PREFETCH;
             use std::arch::x86_64::*;
 
             /// # Safety
@@ -182,12 +181,7 @@ macro_rules! q4k_module {
                 let mut acc = [_mm256_setzero_ps(); 4];
                 for ib in 0..nb {
                     let gb = g.add(ib * group_bytes(FIVE));
-                    // Software prefetch ahead of the sequential weight stream.
-                    let mut off = 0;
-                    while off < group_bytes(FIVE) {
-                        _mm_prefetch::<_MM_HINT_T0>(gb.wrapping_add(PREFETCH + off) as *const i8);
-                        off += 64;
-                    }
+                    crate::kernels::packed_avx2::prefetch_ahead(gb, group_bytes(FIVE));
                     let mut sumi = [_mm256_setzero_si256(); R];
                     for k in 0..4 {
                         // Bits 2k and 2k + 1 of qh, moved to bits 0 and 1 of each byte

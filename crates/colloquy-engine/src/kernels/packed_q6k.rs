@@ -122,7 +122,7 @@ pub(crate) fn dot_group<const R: usize>(g: &[u8], xs: [&[u8]; R], nb: usize) -> 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::{chunk_at, GROUP_BYTES, SCALES, XBLOCK};
-    use crate::kernels::packed_avx2::PREFETCH;
+    use crate::kernels::packed_avx2::prefetch_ahead;
     use std::arch::x86_64::*;
 
     /// Four quarters' quants (unsigned, 0..63) of one 4-byte chunk of 8 rows,
@@ -171,13 +171,7 @@ pub(crate) mod avx2 {
         let mut acc = [_mm256_setzero_ps(); 4];
         for ib in 0..nb {
             let gb = g.add(ib * GROUP_BYTES);
-            // Software prefetch ahead of the sequential weight stream, as the
-            // 32-wide packed kernels do.
-            let mut off = 0;
-            while off < GROUP_BYTES {
-                _mm_prefetch::<_MM_HINT_T0>(gb.wrapping_add(PREFETCH + off) as *const i8);
-                off += 64;
-            }
+            prefetch_ahead(gb, GROUP_BYTES);
             let mut sumu = [_mm256_setzero_si256(); R];
             let mut corr = [_mm256_setzero_si256(); R];
             for h in 0..2 {
