@@ -35,6 +35,17 @@ fn tiny_r1_with(dir: &std::path::Path, edit: impl FnOnce(String) -> String) -> P
     file
 }
 
+/// A whole reply's `reasoning_content` and `content`, both non-empty and
+/// free of the tags.
+fn split_reply(whole: &Value) -> (String, String) {
+    let msg = &whole["choices"][0]["message"];
+    let reasoning = msg["reasoning_content"].as_str().expect("reasoning_content").to_string();
+    let content = msg["content"].as_str().unwrap().to_string();
+    assert!(!reasoning.is_empty() && !reasoning.contains("think"), "{msg}");
+    assert!(!content.is_empty() && !content.contains("think"), "{msg}");
+    (reasoning, content)
+}
+
 /// A stream's reasoning and content deltas, joined; reasoning must not
 /// follow content.
 fn streamed(text: &str) -> (String, String) {
@@ -74,11 +85,7 @@ fn thinking_goes_out_as_reasoning_content() {
         &thinking(json!([user("What is 2+2?")]), false).to_string(),
     );
     assert_eq!(status, 200, "{whole}");
-    let msg = &whole["choices"][0]["message"];
-    let reasoning = msg["reasoning_content"].as_str().expect("reasoning_content").to_string();
-    let content = msg["content"].as_str().unwrap().to_string();
-    assert!(!reasoning.is_empty() && !reasoning.contains("think"), "{msg}");
-    assert!(!content.is_empty() && !content.contains("think"), "{msg}");
+    let (reasoning, content) = split_reply(&whole);
 
     // Streamed: the same two texts, in reasoning deltas, then content deltas.
     let body = thinking(json!([user("What is 2+2?")]), true).to_string();
@@ -132,11 +139,7 @@ fn a_prompt_that_opens_thinking_splits_from_the_first_token() {
     };
     let (status, whole) = request(addr, "POST", "/v1/chat/completions", &ask(false).to_string());
     assert_eq!(status, 200, "{whole}");
-    let msg = &whole["choices"][0]["message"];
-    let reasoning = msg["reasoning_content"].as_str().expect("reasoning_content").to_string();
-    let content = msg["content"].as_str().unwrap().to_string();
-    assert!(!reasoning.is_empty() && !reasoning.contains("think"), "{msg}");
-    assert!(!content.is_empty() && !content.contains("think"), "{msg}");
+    let (reasoning, content) = split_reply(&whole);
 
     let (status, _, text) = exchange(addr, "POST", "/v1/chat/completions", "", &ask(true).to_string());
     assert_eq!(status, 200, "{text}");
