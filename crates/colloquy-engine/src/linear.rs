@@ -37,7 +37,7 @@ pub struct Linear {
     offset: usize,
     row_bytes: usize,
     /// The same weights regrouped for the fast kernels (Q4_0, Q4_1, Q5_0, Q8_0,
-    /// Q4_K, Q5_K, Q6_K).
+    /// IQ4_NL, Q4_K, Q5_K, Q6_K).
     packed: Option<Arc<PackedWeights>>,
 }
 

@@ -7,7 +7,8 @@ use colloquy_engine::kernels::{self, Backend, GgmlType, PackedWeights};
 use kernels_support::{activation, random_weights, Rng};
 use proptest::prelude::*;
 
-const TYPES: [GgmlType; 4] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0];
+const TYPES: [GgmlType; 5] =
+    [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::IQ4_NL];
 
 fn backends() -> Vec<Backend> {
     Backend::ALL.into_iter().filter(|b| b.is_available()).collect()

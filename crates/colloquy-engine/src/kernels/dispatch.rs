@@ -153,7 +153,7 @@ pub(super) fn dot_packed<const RX: usize>(
     debug_assert!(RX <= 4 && xp.iter().all(|p| p.d.len() >= nb));
     #[cfg(target_arch = "x86_64")]
     if b != Backend::Scalar {
-        use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
+        use super::blocks::{BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
         use super::packed_avx2::{plain, vnni};
         let (gp, xq) = (g.as_ptr(), xs.map(|s| s.as_ptr()));
         macro_rules! go {
@@ -174,6 +174,7 @@ pub(super) fn dot_packed<const RX: usize>(
             GgmlType::Q4_1 => Some(go!(BlockQ4_1)),
             GgmlType::Q5_0 => Some(go!(BlockQ5_0)),
             GgmlType::Q8_0 => Some(go!(BlockQ8_0)),
+            GgmlType::IQ4_NL => Some(go!(BlockIQ4_NL)),
             _ => None,
         };
     }
@@ -199,7 +200,7 @@ pub(super) fn dot_packed_run(
     assert!(g.len() >= groups * gbytes && xp.d.len() >= nb, "dot_packed_run: short group or activation data");
     #[cfg(target_arch = "x86_64")]
     if b != Backend::Scalar {
-        use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
+        use super::blocks::{BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
         use super::packed_avx2::{plain, vnni};
         let (gp, xq, op) = (g.as_ptr(), x.as_ptr(), out.as_mut_ptr());
         macro_rules! go {
@@ -221,6 +222,7 @@ pub(super) fn dot_packed_run(
             GgmlType::Q4_1 => go!(BlockQ4_1),
             GgmlType::Q5_0 => go!(BlockQ5_0),
             GgmlType::Q8_0 => go!(BlockQ8_0),
+            GgmlType::IQ4_NL => go!(BlockIQ4_NL),
             _ => return false,
         }
         return true;

@@ -1,6 +1,6 @@
 //! Weights repacked eight rows at a time for fast matrix products.
 //!
-//! For Q4_0, Q4_1, Q5_0 and Q8_0, groups of 8 consecutive rows are interleaved
+//! For Q4_0, Q4_1, Q5_0, Q8_0 and IQ4_NL, groups of 8 consecutive rows are interleaved
 //! block by block: the 8 scales (and mins, or Q5_0's 4-byte words of fifth
 //! bits) first, then the quant bytes in
 //! 4-byte chunks, row after row (`chunk c = [row0 bytes 4c..4c+4, row1 ...,
@@ -19,7 +19,7 @@
 //! per-row float sequence is the same exact-integer-then-f32 one), for any
 //! number of activation rows, row range or backend.
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
+use super::blocks::{BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
 use super::prep::{group_layout, PackedLayout, XPrep};
 use super::types::GgmlType;
 use super::{blocks, dispatch};
@@ -52,6 +52,7 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         GgmlType::Q4_1 => group_layout::<BlockQ4_1>(),
         GgmlType::Q5_0 => group_layout::<BlockQ5_0>(),
         GgmlType::Q8_0 => group_layout::<BlockQ8_0>(),
+        GgmlType::IQ4_NL => group_layout::<BlockIQ4_NL>(),
         GgmlType::Q4_K => (0, 0, 0, packed_k::group_bytes(false)),
         GgmlType::Q5_K => (0, 0, 0, packed_k::group_bytes(true)),
         GgmlType::Q6_K => (0, 0, 0, packed_q6k::GROUP_BYTES),
@@ -63,7 +64,6 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         | GgmlType::Q2_K
         | GgmlType::Q3_K
         | GgmlType::Q8_K
-        | GgmlType::IQ4_NL
         | GgmlType::IQ4_XS => unreachable!("{ty} weights are never packed"),
     }
 }
@@ -82,6 +82,7 @@ impl PackedWeights {
                 | GgmlType::Q4_1
                 | GgmlType::Q5_0
                 | GgmlType::Q8_0
+                | GgmlType::IQ4_NL
                 | GgmlType::Q4_K
                 | GgmlType::Q5_K
                 | GgmlType::Q6_K

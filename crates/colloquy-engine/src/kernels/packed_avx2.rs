@@ -5,7 +5,7 @@
 //! the float steps are then those of the portable kernels, lane-wise:
 //! `acc + sumi * (d_w * d_x)` or `acc + ((d_w * d_x) * sumi + m_w * s_x)`.
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0};
+use super::blocks::{BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, IQ4_VALUES};
 use super::dot_avx2::Q32Avx;
 use super::prep::{PackedLayout, XPrep};
 use std::arch::x86_64::*;
@@ -16,6 +16,8 @@ pub(crate) trait PackedAvx: Q32Avx + PackedLayout {
     const BYTE_QUANTS: bool;
     /// What each unsigned nibble stands for minus itself (`-8` for Q4_0's `q - 8`).
     const NIBBLE_OFFSET: i32;
+    /// Each nibble indexes IQ4_NL's table of 16 signed values.
+    const LOOKUP: bool = false;
 }
 
 impl PackedAvx for BlockQ4_0 {
@@ -29,6 +31,11 @@ impl PackedAvx for BlockQ4_1 {
 impl PackedAvx for BlockQ5_0 {
     const BYTE_QUANTS: bool = false;
     const NIBBLE_OFFSET: i32 = -16;
+}
+impl PackedAvx for BlockIQ4_NL {
+    const BYTE_QUANTS: bool = false;
+    const NIBBLE_OFFSET: i32 = 0;
+    const LOOKUP: bool = true;
 }
 impl PackedAvx for BlockQ8_0 {
     const BYTE_QUANTS: bool = true;
@@ -110,6 +117,9 @@ macro_rules! packed_module {
             ) -> [[f32; 8]; 4] {
                 let (gbs, qo, xbs, xhdr) = (B::GROUP, B::QUANTS, B::X_BYTES, B::X_QS);
                 let m4 = _mm256_set1_epi8(0x0F);
+                // IQ4_NL's values, in both 128-bit lanes (read only with `B::LOOKUP`).
+                let table =
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_VALUES.as_ptr() as *const __m128i));
                 let mut acc = [_mm256_setzero_ps(); 4];
                 for b in 0..nb {
                     let gb = g.add(b * gbs);
@@ -153,6 +163,25 @@ macro_rules! packed_module {
                             if B::FIFTH_BITS {
                                 lo = _mm256_or_si256(lo, fifth_bits(qh, c, false));
                                 hi = _mm256_or_si256(hi, fifth_bits(qh, c, true));
+                            }
+                            if B::LOOKUP {
+                                // The table's signed values: |w| against x with w's sign
+                                // (activations never hold -128, so the product is exact).
+                                let (wl, wh) =
+                                    (_mm256_shuffle_epi8(table, lo), _mm256_shuffle_epi8(table, hi));
+                                let (al, ah) = (_mm256_sign_epi8(wl, wl), _mm256_sign_epi8(wh, wh));
+                                for t in 0..RX {
+                                    let xb = xq[t].add(b * xbs + xhdr);
+                                    let yl = _mm256_sign_epi8(bcast4(xb.add(4 * c)), wl);
+                                    let yh = _mm256_sign_epi8(bcast4(xb.add(16 + 4 * c)), wh);
+                                    si[t] = dot_acc(si[t], al, yl);
+                                    if two {
+                                        sj[t] = dot_acc(sj[t], ah, yh);
+                                    } else {
+                                        si[t] = dot_acc(si[t], ah, yh);
+                                    }
+                                }
+                                continue;
                             }
                             for t in 0..RX {
                                 let xb = xq[t].add(b * xbs + xhdr);

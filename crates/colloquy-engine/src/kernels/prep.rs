@@ -3,7 +3,7 @@
 //! above the block types, so that they and the dispatch share it without
 //! importing each other.
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1, GgmlBlock};
+use super::blocks::{BlockIQ4_NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1, GgmlBlock};
 
 /// Rows per interleaved group of packed weights.
 pub const PACK_ROWS: usize = 8;
@@ -42,6 +42,9 @@ impl PackedLayout for BlockQ4_1 {
 impl PackedLayout for BlockQ5_0 {
     const HAS_MIN: bool = false;
     const FIFTH_BITS: bool = true;
+}
+impl PackedLayout for BlockIQ4_NL {
+    const HAS_MIN: bool = false;
 }
 impl PackedLayout for BlockQ8_0 {
     const HAS_MIN: bool = false;
