@@ -57,8 +57,9 @@ pub(crate) unsafe fn prefetch_ahead(at: *const u8, len: usize) {
     }
 }
 
+/// The 4 bytes at `p` in every 32-bit lane.
 #[inline(always)]
-unsafe fn bcast4(p: *const u8) -> __m256i {
+pub(crate) unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 

@@ -122,7 +122,7 @@ pub(crate) fn dot_group<const R: usize>(g: &[u8], xs: [&[u8]; R], nb: usize) -> 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::{chunk_at, GROUP_BYTES, SCALES, XBLOCK};
-    use crate::kernels::packed_avx2::prefetch_ahead;
+    use crate::kernels::packed_avx2::{bcast4, prefetch_ahead};
     use std::arch::x86_64::*;
 
     /// Four quarters' quants (unsigned, 0..63) of one 4-byte chunk of 8 rows,
@@ -147,16 +147,13 @@ pub(crate) mod avx2 {
         _mm256_loadu_si256(p as *const __m256i)
     }
 
+    /// Each lane's signed scales from the 8 bytes at `a` and at `b` as one
+    /// i16 pair (a, b) per lane.
     #[inline(always)]
-    unsafe fn bcast4(p: *const u8) -> __m256i {
-        _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
-    }
-
-    /// Each lane's signed scale (8 bytes at `p`) as the i16 pair (sc, sc).
-    #[inline(always)]
-    unsafe fn scale_pair(p: *const u8) -> __m256i {
-        let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
-        _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32::<16>(sc))
+    unsafe fn scale_pairs(a: *const u8, b: *const u8) -> __m256i {
+        let lo = _mm256_cvtepi8_epi32(_mm_loadl_epi64(a as *const __m128i));
+        let hi = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b as *const __m128i));
+        _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32::<16>(hi))
     }
 
     /// # Safety
@@ -193,20 +190,16 @@ pub(crate) mod avx2 {
                                     _mm256_maddubs_epi16(a[k], bcast4(x)),
                                     _mm256_maddubs_epi16(b[k], bcast4(x.add(4))),
                                 );
-                                let sp = scale_pair(sc.add(16 * k));
+                                let sp = scale_pairs(sc.add(16 * k), sc.add(16 * k));
                                 sumu[t] = _mm256_add_epi32(sumu[t], _mm256_madd_epi16(d, sp));
                             }
                         }
                     }
                 }
             }
-            let scales = |p: *const u8| _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
-            let pair = |a: __m256i, b: __m256i| {
-                _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32::<16>(b))
-            };
             // Σ_j sc_j · bsum_j, two sub-blocks per madd: the `-32` taken out exactly.
             for i in 0..8 {
-                let sp = pair(scales(gb.add(SCALES + 16 * i)), scales(gb.add(SCALES + 16 * i + 8)));
+                let sp = scale_pairs(gb.add(SCALES + 16 * i), gb.add(SCALES + 16 * i + 8));
                 for t in 0..R {
                     let b = bcast4(xs[t].add(ib * XBLOCK + 260 + 4 * i));
                     corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(sp, b));
