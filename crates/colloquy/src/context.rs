@@ -43,6 +43,8 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 pub(crate) struct ModelContext {
     pub model: Model,
     pub template: ChatTemplate,
+    /// The template opens `<think>` in the generation prompt (checked once, at build).
+    pub opens_thinking: bool,
     pub fingerprint: Fingerprint,
     pub policy: ContextPolicy,
     /// Draw a progress bar while reading long prompts (on a terminal).

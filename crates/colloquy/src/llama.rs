@@ -351,9 +351,11 @@ impl LlamaBuilder {
         let prefix =
             Mutex::new(PrefixCache::new(self.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES)));
         let progress = self.progress.unwrap_or(true);
+        let opens_thinking = template.opens_thinking();
         let inner = ModelContext {
             model,
             template,
+            opens_thinking,
             fingerprint,
             policy: self.policy,
             progress,
@@ -495,7 +497,7 @@ impl Llama {
     /// # }
     /// ```
     pub fn opens_thinking(&self) -> bool {
-        self.inner.template.opens_thinking()
+        self.inner.opens_thinking
     }
 
     /// The tokens the model reads for `messages`, rendered with the chat
