@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JOBS="${CARGO_BUILD_JOBS:-2}"
+# A one-shot build gains nothing from incremental state, which would double
+# the disk it needs (CI once ran out of disk mid-link: ld died of SIGBUS).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# Say so plainly when the disk cannot hold the build, before it starts.
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ -n "$free_kib" ] && [ "$free_kib" -lt 4194304 ]; then
+  echo "warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}');" \
+    "the test build needs about 4 GiB (target/ and fuzz/target/): free some space first" >&2
+fi
 
 if ! python3 -m pip --version >/dev/null 2>&1; then
   echo "python3 with pip is needed to fetch the models; installing it" >&2

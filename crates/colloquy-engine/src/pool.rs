@@ -112,15 +112,22 @@ impl std::fmt::Debug for ThreadPool {
     }
 }
 
-/// How long a waiting thread spins before it sleeps: long enough to catch
-/// the next section of a forward pass (they follow each other within
-/// microseconds), short enough that idle or descheduled-peer waits give the
-/// core back to whoever else needs it.
+/// How long the caller spins for chunks that other threads hold before it
+/// sleeps: long enough to catch them in a forward pass (they end within
+/// microseconds of each other), short enough that a descheduled peer's wait
+/// gives the core back.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(250);
 
-/// Spins until `ready()` or until [`SPIN`] has passed; returns `ready()`.
+/// How long an idle worker spins for the next section before it sleeps.
+/// Shorter than [`SPIN`]: on shared cores the caller that would start that
+/// section is often descheduled, and a sleeping worker lets the scheduler run
+/// it there. Measured against 250 µs beside two busy loops (BENCHMARKS.md):
+/// SmolLM2 decode 101 → 124 t/s, prompts within noise.
+const WORKER_SPIN: std::time::Duration = std::time::Duration::from_micros(30);
+
+/// Spins until `ready()` or until `limit` has passed; returns `ready()`.
 #[inline]
-fn spin_until(ready: impl Fn() -> bool) -> bool {
+fn spin_until(limit: std::time::Duration, ready: impl Fn() -> bool) -> bool {
     let start = std::time::Instant::now();
     loop {
         // Check the clock only every 64 rounds: it costs more than a round.
@@ -130,7 +137,7 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
             }
             std::hint::spin_loop();
         }
-        if start.elapsed() >= SPIN {
+        if start.elapsed() >= limit {
             return ready();
         }
     }
@@ -213,7 +220,7 @@ impl ThreadPool {
         // Spin briefly, then sleep until the last worker wakes this thread.
         let workers = self.n_threads - 1;
         let all_done = || self.shared.done.load(Ordering::Acquire) >= workers;
-        if !spin_until(all_done) {
+        if !spin_until(SPIN, all_done) {
             while !all_done() {
                 std::thread::park_timeout(std::time::Duration::from_millis(1));
             }
@@ -294,7 +301,7 @@ impl ThreadPool {
         // Wait for chunks other threads hold: spin briefly, then sleep (the
         // thread that finishes the last chunk wakes this one).
         let all_done = || shared.finished.load(Ordering::Acquire) >= n_chunks;
-        if !spin_until(all_done) {
+        if !spin_until(SPIN, all_done) {
             while !all_done() {
                 std::thread::park_timeout(std::time::Duration::from_millis(1));
             }
@@ -372,7 +379,7 @@ fn worker_loop(shared: &Shared, index: usize) {
     loop {
         // Spin for a short while (the next section usually starts within
         // microseconds), then sleep on the condvar.
-        spin_until(|| shared.epoch.load(Ordering::Acquire) != seen);
+        spin_until(WORKER_SPIN, || shared.epoch.load(Ordering::Acquire) != seen);
         let mut epoch;
         let job = {
             let mut slot = shared.job.lock().unwrap_or_else(|e| e.into_inner());
