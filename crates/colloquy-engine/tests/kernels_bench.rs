@@ -118,9 +118,11 @@ fn bench_large() {
     let backend = Backend::detect();
     bench(GgmlType::Q4_1, 49152, 2048, backend);
     bench(GgmlType::Q8_0, 49152, 1024, backend);
-    // Q5_0 (Gemma 3's Q4_K_M file), IQ4_NL and the K-quants of Q4_K_M/Q5_K_M files,
-    // at a 1.5B model's FFN width.
-    for ty in [GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+    // Q5_0 (Gemma 3's Q4_K_M file), the IQ4 types and the K-quants of
+    // Q4_K_M/Q5_K_M files, at a 1.5B model's FFN width.
+    for ty in
+        [GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K]
+    {
         bench(ty, 32768, 1536, backend);
     }
 }

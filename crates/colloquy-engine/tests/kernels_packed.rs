@@ -67,11 +67,11 @@ fn packed_matches_vec_dot() {
     }
 }
 
-/// Q4_K, Q5_K and Q6_K (256-wide superblocks, their own packed layouts): lossless,
+/// Q4_K, Q5_K, Q6_K and IQ4_XS (256-wide superblocks, their own packed layouts): lossless,
 /// and the bits of `vec_dot`.
 #[test]
 fn packed_k_quants_match_vec_dot() {
-    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS] {
         check_shapes(ty, [(8, 256), (16, 512), (13, 256), (24, 1536), (5, 256)], 512);
     }
 }

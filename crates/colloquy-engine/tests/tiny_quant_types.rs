@@ -1,5 +1,5 @@
 //! Q2_K, Q3_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS models against llama.cpp: tiny
-//! qwen2 models (Q5_K and Q6_K through their packed 8-row kernels)
+//! qwen2 models (Q5_K, Q6_K and IQ4_XS through their packed 8-row kernels)
 //! whose every matrix llama.cpp's own `llama-quantize --pure` wrote in one of
 //! these types (tests/fixtures/tiny/quant-*.gguf, from
 //! scripts/fixtures/make_tiny_quants.sh), with llama.cpp's logits for a fixed

@@ -12,7 +12,7 @@
 use super::backend::{Backend, Kernels};
 use super::prep::XPrep;
 use super::types::GgmlType;
-use super::{attend, blocks, packed_k, packed_q6k, quantize};
+use super::{attend, blocks, packed_iq4xs, packed_k, packed_q6k, quantize};
 
 /// The portable kernels: the reference every other table must equal.
 static PORTABLE: Kernels = Kernels {
@@ -93,7 +93,7 @@ impl Kernels {
     }
 }
 
-/// Dots of one packed Q4_K, Q5_K or Q6_K group (`g`, `nb` group-blocks of
+/// Dots of one packed Q4_K, Q5_K, Q6_K or IQ4_XS group (`g`, `nb` group-blocks of
 /// type `ty`) with `xs` (1 or 4 Q8_K rows; with fewer than 4, only the first
 /// is read). Result `[t][r]`: activation row `t`, group row `r`.
 pub(super) fn dot_group_k(
@@ -118,6 +118,8 @@ pub(super) fn dot_group_k(
                     match (ty, four) {
                         (GgmlType::Q6_K, true) => avx2::dot_group(g4, x4, nb),
                         (GgmlType::Q6_K, false) => avx2::dot_group(g4, [x4[0]], nb),
+                        (GgmlType::IQ4_XS, true) => packed_iq4xs::avx2::dot_group(g4, x4, nb),
+                        (GgmlType::IQ4_XS, false) => packed_iq4xs::avx2::dot_group(g4, [x4[0]], nb),
                         (GgmlType::Q5_K, true) => $m::dot_group::<4, true>(g4, x4, nb),
                         (GgmlType::Q5_K, false) => $m::dot_group::<1, true>(g4, [x4[0]], nb),
                         (_, true) => $m::dot_group::<4, false>(g4, x4, nb),
@@ -132,6 +134,8 @@ pub(super) fn dot_group_k(
     match (ty, four) {
         (GgmlType::Q6_K, true) => packed_q6k::dot_group(g, xs, nb),
         (GgmlType::Q6_K, false) => packed_q6k::dot_group(g, [xs[0]], nb),
+        (GgmlType::IQ4_XS, true) => packed_iq4xs::dot_group(g, xs, nb),
+        (GgmlType::IQ4_XS, false) => packed_iq4xs::dot_group(g, [xs[0]], nb),
         (GgmlType::Q5_K, true) => packed_k::dot_group::<4, true>(g, xs, nb),
         (GgmlType::Q5_K, false) => packed_k::dot_group::<1, true>(g, [xs[0]], nb),
         (_, true) => packed_k::dot_group::<4, false>(g, xs, nb),

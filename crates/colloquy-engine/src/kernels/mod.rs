@@ -25,7 +25,7 @@
 //! For matrix products prefer [`matmul`] (tiles of 4 weight rows for one
 //! activation row, 4 activation rows per weight row otherwise), or repack
 //! weights once with [`PackedWeights::pack`] (Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL,
-//! Q4_K, Q5_K, Q6_K), whose kernels
+//! Q4_K, Q5_K, Q6_K, IQ4_XS), whose kernels
 //! handle 8 rows per SIMD operation and are 2-3x faster again.
 
 mod attend;
@@ -34,6 +34,7 @@ pub mod blocks;
 mod dispatch;
 mod ops;
 mod packed;
+mod packed_iq4xs;
 mod packed_k;
 mod packed_q6k;
 mod prep;

@@ -11,9 +11,9 @@
 //! Every packed type takes the file's bytes (Q5_0 was once widened to Q8_0,
 //! 34 bytes per 32 weights instead of 22, which decoding read every token).
 //!
-//! Q4_K, Q5_K and Q6_K have their own group-superblock layouts (`packed_k`,
-//! `packed_q6k`): 1-6% over the file's bytes, stored in the order their
-//! kernels read them.
+//! Q4_K, Q5_K, Q6_K and IQ4_XS have their own group-superblock layouts
+//! (`packed_k`, `packed_q6k`, `packed_iq4xs`): 1-6% over the file's bytes,
+//! stored in the order their kernels read them.
 //!
 //! Results are bit-identical to [`super::vec_dot`] on the original rows (the
 //! per-row float sequence is the same exact-integer-then-f32 one), for any
@@ -24,7 +24,7 @@ use super::prep::{group_layout, PackedLayout, XPrep};
 use super::types::GgmlType;
 use super::{blocks, dispatch};
 use super::{invalid, row_len, Backend};
-use super::{packed_k, packed_q6k};
+use super::{packed_iq4xs, packed_k, packed_q6k};
 use crate::error::Result;
 use std::ops::Range;
 
@@ -56,6 +56,7 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         GgmlType::Q4_K => (0, 0, 0, packed_k::group_bytes(false)),
         GgmlType::Q5_K => (0, 0, 0, packed_k::group_bytes(true)),
         GgmlType::Q6_K => (0, 0, 0, packed_q6k::GROUP_BYTES),
+        GgmlType::IQ4_XS => (0, 0, 0, packed_iq4xs::GROUP_BYTES),
         GgmlType::F32
         | GgmlType::F16
         | GgmlType::BF16
@@ -63,9 +64,14 @@ pub(crate) fn group_block_layout(ty: GgmlType) -> (usize, usize, usize, usize) {
         | GgmlType::Q8_1
         | GgmlType::Q2_K
         | GgmlType::Q3_K
-        | GgmlType::Q8_K
-        | GgmlType::IQ4_XS => unreachable!("{ty} weights are never packed"),
+        | GgmlType::Q8_K => unreachable!("{ty} weights are never packed"),
     }
+}
+
+/// Whether `ty` packs into 256-wide group-superblocks of its own layout
+/// (dotted with Q8_K activations by `dispatch::dot_group_k`).
+fn superblock(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::IQ4_XS)
 }
 
 /// Bytes that the first `rows` rows take packed: whole groups, then rows in ggml layout.
@@ -86,6 +92,7 @@ impl PackedWeights {
                 | GgmlType::Q4_K
                 | GgmlType::Q5_K
                 | GgmlType::Q6_K
+                | GgmlType::IQ4_XS
         )
     }
 
@@ -170,6 +177,7 @@ impl PackedWeights {
             GgmlType::Q4_K => return packed_k::unpack_group::<false>(src, lane, blk),
             GgmlType::Q5_K => return packed_k::unpack_group::<true>(src, lane, blk),
             GgmlType::Q6_K => return packed_q6k::unpack_group(src, lane, blk),
+            GgmlType::IQ4_XS => return packed_iq4xs::unpack_group(src, lane, blk),
             _ => {}
         }
         blk[..2].copy_from_slice(&src[2 * lane..2 * lane + 2]);
@@ -233,7 +241,7 @@ impl PackedWeights {
             return Err(invalid(format!("output of {} values is too small for {m} x {width}", out.len())));
         }
         let b = backend.usable();
-        if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+        if superblock(ty) {
             self.matmul_k(b, rows, xs, m, out, out_stride);
             return Ok(());
         }
@@ -353,7 +361,7 @@ impl PackedWeights {
 }
 
 impl PackedWeights {
-    /// [`matmul_with`](Self::matmul_with) for Q4_K, Q5_K and Q6_K (arguments already checked).
+    /// [`matmul_with`](Self::matmul_with) for Q4_K, Q5_K, Q6_K and IQ4_XS (arguments already checked).
     fn matmul_k(
         &self,
         b: Backend,
@@ -423,7 +431,7 @@ fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
     let nb = n / ty.block_size();
     let bs = ty.type_size();
     let groups = rows / PACK_ROWS;
-    if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+    if superblock(ty) {
         let gbs = group_block_layout(ty).3;
         for g in 0..groups {
             for b in 0..nb {
@@ -432,6 +440,7 @@ fn pack_rows(ty: GgmlType, src: &[u8], rows: usize, n: usize, dst: &mut [u8]) {
                 match ty {
                     GgmlType::Q4_K => packed_k::pack_group::<false>(blocks, out),
                     GgmlType::Q5_K => packed_k::pack_group::<true>(blocks, out),
+                    GgmlType::IQ4_XS => packed_iq4xs::pack_group(blocks, out),
                     _ => packed_q6k::pack_group(blocks, out),
                 }
             }

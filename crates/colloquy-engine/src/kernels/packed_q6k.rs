@@ -92,21 +92,33 @@ fn quant(g: &[u8], lane: usize, e: usize) -> u8 {
 /// Portable dots of one packed group (`nb` group-superblocks) with `R` Q8_K
 /// activation rows: `[t][r]`, the same bits as the scalar `vec_dot`.
 pub(crate) fn dot_group<const R: usize>(g: &[u8], xs: [&[u8]; R], nb: usize) -> [[f32; 8]; 4] {
+    dot_group_scaled(g, xs, nb, GROUP_BYTES, 16, |gb, xb, lane, j| {
+        (16 * j..16 * j + 16).map(|e| (quant(gb, lane, e) as i32 - 32) * xb[4 + e] as i8 as i32).sum()
+    })
+}
+
+/// The portable dots of a layout that starts with each row's `d` as f32 and
+/// then, for each of `subs` sub-blocks, each row's signed scale (Q6_K's and
+/// IQ4_XS's): `sub_dot(gb, xb, lane, j)` is row `lane`'s exact integer dot of
+/// sub-block `j`, and each superblock ends with [`finish_q6k`].
+pub(crate) fn dot_group_scaled<const R: usize>(
+    g: &[u8],
+    xs: [&[u8]; R],
+    nb: usize,
+    group_bytes: usize,
+    subs: usize,
+    sub_dot: impl Fn(&[u8], &[u8], usize, usize) -> i32,
+) -> [[f32; 8]; 4] {
     let mut acc = [[0.0f32; 8]; 4];
     for ib in 0..nb {
-        let gb = &g[ib * GROUP_BYTES..(ib + 1) * GROUP_BYTES];
+        let gb = &g[ib * group_bytes..(ib + 1) * group_bytes];
         for (t, x) in xs.iter().enumerate() {
             let xb = &x[ib * XBLOCK..(ib + 1) * XBLOCK];
             let dx = f32::from_le_bytes([xb[0], xb[1], xb[2], xb[3]]);
             for lane in 0..PACK_ROWS {
-                let mut sumi = 0i32;
-                for j in 0..16 {
-                    let mut d = 0i32;
-                    for e in 16 * j..16 * j + 16 {
-                        d += (quant(gb, lane, e) as i32 - 32) * xb[4 + e] as i8 as i32;
-                    }
-                    sumi += gb[SCALES + 8 * j + lane] as i8 as i32 * d;
-                }
+                let sumi: i32 = (0..subs)
+                    .map(|j| gb[SCALES + 8 * j + lane] as i8 as i32 * sub_dot(gb, xb, lane, j))
+                    .sum();
                 let wd =
                     f32::from_le_bytes([gb[4 * lane], gb[4 * lane + 1], gb[4 * lane + 2], gb[4 * lane + 3]]);
                 acc[t][lane] = finish_q6k(acc[t][lane], dx, wd, sumi);
@@ -205,14 +217,33 @@ pub(crate) mod avx2 {
                     corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(sp, b));
                 }
             }
-            let wd = _mm256_loadu_ps(gb as *const f32);
-            for t in 0..R {
-                let sumi = _mm256_sub_epi32(sumu[t], _mm256_slli_epi32::<5>(corr[t]));
-                let dx = _mm256_set1_ps(std::ptr::read_unaligned(xs[t].add(ib * XBLOCK) as *const f32));
-                let v = _mm256_mul_ps(_mm256_mul_ps(dx, wd), _mm256_cvtepi32_ps(sumi));
-                acc[t] = _mm256_add_ps(acc[t], v);
-            }
+            let sumi = std::array::from_fn(|t| _mm256_sub_epi32(sumu[t], _mm256_slli_epi32::<5>(corr[t])));
+            finish(&mut acc, gb, &xs, ib, sumi);
         }
+        lanes(acc)
+    }
+
+    /// Each lane's `acc + (dx·d)·sumi` ([`finish_q6k`](super::finish_q6k)),
+    /// with `d` the row's f32 at the start of the group-superblock `gb` and
+    /// `dx` activation row `t`'s scale in its block `ib`.
+    #[inline(always)]
+    pub(crate) unsafe fn finish<const R: usize>(
+        acc: &mut [__m256; 4],
+        gb: *const u8,
+        xs: &[*const u8; R],
+        ib: usize,
+        sumi: [__m256i; R],
+    ) {
+        let wd = _mm256_loadu_ps(gb as *const f32);
+        for t in 0..R {
+            let dx = _mm256_set1_ps(std::ptr::read_unaligned(xs[t].add(ib * XBLOCK) as *const f32));
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(dx, wd), _mm256_cvtepi32_ps(sumi[t])));
+        }
+    }
+
+    /// The accumulators as `[t][r]`.
+    #[inline(always)]
+    pub(crate) unsafe fn lanes(acc: [__m256; 4]) -> [[f32; 8]; 4] {
         let mut out = [[0.0f32; 8]; 4];
         for (o, a) in out.iter_mut().zip(acc) {
             _mm256_storeu_ps(o.as_mut_ptr(), a);
