@@ -20,7 +20,7 @@
 //! with the portable kernel's float step (`acc + (dx·d)·sumi`), so results
 //! are bit-identical to `vec_dot` on the original rows.
 
-use super::blocks::{BlockQ8_K, GgmlBlock, IQ4_VALUES};
+use super::blocks::{as_blocks, BlockIQ4_XS, BlockQ8_K, GgmlBlock, IQ4_VALUES};
 use super::packed_q6k::dot_group_scaled;
 use super::PACK_ROWS;
 
@@ -36,22 +36,15 @@ const fn chunk_at(j: usize, c: usize) -> usize {
     QUANTS + 128 * j + 32 * c
 }
 
-/// Sub-block `j`'s 6-bit scale minus 32 from ggml's `scales_h` (a little-
-/// endian u16 at bytes 2..4) and `scales_l` (bytes 4..8).
-fn scale(wb: &[u8], j: usize) -> i8 {
-    let low = (wb[4 + j / 2] >> (4 * (j % 2))) & 0xF;
-    let high = (u16::from_le_bytes([wb[2], wb[3]]) >> (2 * j)) & 3;
-    (low | (high as u8) << 4) as i8 - 32
-}
-
 /// Writes one group-superblock from the 8 rows' superblocks (136 bytes each:
 /// `d` as f16, `scales_h`, `scales_l[4]`, `qs[128]`).
 pub(crate) fn pack_group(rows: [&[u8]; PACK_ROWS], out: &mut [u8]) {
     for (r, wb) in rows.iter().enumerate() {
         let d = half::f16::from_le_bytes([wb[0], wb[1]]).to_f32();
         out[4 * r..4 * r + 4].copy_from_slice(&d.to_le_bytes());
+        let block = &as_blocks::<BlockIQ4_XS>(wb)[0];
         for j in 0..8 {
-            out[SCALES + 8 * j + r] = scale(wb, j) as u8;
+            out[SCALES + 8 * j + r] = block.scale(j) as i8 as u8;
             for c in 0..4 {
                 let (at, src) = (chunk_at(j, c) + 4 * r, 8 + 16 * j + 4 * c);
                 out[at..at + 4].copy_from_slice(&wb[src..src + 4]);
@@ -102,7 +95,7 @@ pub(crate) mod avx2 {
     use super::{chunk_at, GROUP_BYTES, SCALES, XBLOCK};
     use crate::kernels::blocks::IQ4_VALUES;
     use crate::kernels::packed_avx2::{bcast4, prefetch_ahead};
-    use crate::kernels::packed_q6k::avx2::{finish, lanes};
+    use crate::kernels::packed_q6k::avx2::{finish, lanes, scale_pairs};
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -123,11 +116,7 @@ pub(crate) mod avx2 {
             let mut sumi = [_mm256_setzero_si256(); R];
             for j in 0..8 {
                 // Each lane's scale as the i16 pair (sc, sc), for its pair of sums.
-                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(gb.add(SCALES + 8 * j) as *const __m128i));
-                let sp = _mm256_or_si256(
-                    _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
-                    _mm256_slli_epi32::<16>(sc),
-                );
+                let sp = scale_pairs(gb.add(SCALES + 8 * j), gb.add(SCALES + 8 * j));
                 for c in 0..4 {
                     let w = _mm256_loadu_si256(gb.add(chunk_at(j, c)) as *const __m256i);
                     let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(w, m4));

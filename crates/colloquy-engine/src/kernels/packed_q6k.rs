@@ -162,7 +162,7 @@ pub(crate) mod avx2 {
     /// Each lane's signed scales from the 8 bytes at `a` and at `b` as one
     /// i16 pair (a, b) per lane.
     #[inline(always)]
-    unsafe fn scale_pairs(a: *const u8, b: *const u8) -> __m256i {
+    pub(crate) unsafe fn scale_pairs(a: *const u8, b: *const u8) -> __m256i {
         let lo = _mm256_cvtepi8_epi32(_mm_loadl_epi64(a as *const __m128i));
         let hi = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b as *const __m128i));
         _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32::<16>(hi))
